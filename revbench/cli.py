@@ -1,0 +1,248 @@
+"""The `revbench` command line: run, list (plot and gate register here too)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from .errors import UsageError
+
+DEVICES = ("auto", "cuda", "estimate", "cpu")
+
+
+def _console() -> Console:
+    """Status and tables go to stderr; wide enough for the tables when not on a terminal."""
+    c = Console(stderr=True)
+    return c if c.is_terminal else Console(stderr=True, width=160)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other bad input
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        out = [int(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+    return out
+
+
+def resolve_method(device: str, console: Console) -> str:
+    if device not in DEVICES:
+        raise UsageError(f"device {device!r} is invalid; valid: {', '.join(DEVICES)}")
+    has_gpu = torch.cuda.is_available()
+    if device == "cuda" and not has_gpu:
+        raise UsageError("device 'cuda' is invalid here: no CUDA GPU is visible; valid: estimate, cpu")
+    if device == "auto":
+        if has_gpu:
+            return "cuda"
+        console.print("no CUDA GPU found: using the GPU-free estimator (--device estimate)")
+        return "estimate"
+    return device
+
+
+# ------------------------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .results import RunStore, export_csv, load, per_sample_fit
+    from .runner import run_cells, summary_table
+    from .suite import expand, load_suite
+
+    console = _console()
+    suite = load_suite(args.suite)
+    method = resolve_method(args.device, console)
+    cells = expand(
+        suite,
+        method=method,
+        models=args.models,
+        resolutions=args.resolutions,
+        batch_sizes=args.batch_sizes,
+        precisions=args.precision,
+        modes=args.modes,
+        scenario=args.scenario,
+        optimizer=args.optimizer,
+    )
+    if args.dry_run:
+        for cell in cells:
+            print(cell.label())
+        return 0
+    # Everything is validated; only now is anything written.
+    out = Path(args.out)
+    store = None
+    if args.resume:
+        store = RunStore(Path(args.resume)) if args.resume != "latest" else RunStore.latest(out, suite.name)
+        if store is None or not store.manifest_path.is_file():
+            where = args.resume if args.resume != "latest" else out / suite.name
+            raise UsageError(f"nothing to resume at {where}: no run directory with a manifest.json")
+    else:
+        store = RunStore.create(out, suite.name)
+    store.write_manifest(
+        {
+            "suite": suite.name,
+            "method": method,
+            "command": shlex.join(sys.argv),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cells": len(cells),
+        }
+    )
+    console.print(f"{suite.name}: {len(cells)} cell(s), method {method}, writing {store.dir}")
+    isolate = method == "cuda" if args.isolate is None else args.isolate
+    summary = run_cells(
+        cells,
+        store,
+        isolate=isolate,
+        resume=bool(args.resume),
+        memory_snapshot=args.memory_snapshot,
+        thop=not args.no_thop,
+        console=console,
+    )
+    console.print(summary_table(summary.records))
+    df = load(store.results_path) if store.results_path.is_file() else None
+    if df is not None and not df.empty:
+        fit = per_sample_fit(df)
+        if not fit.empty:
+            console.print(_fit_table(fit))
+        if args.csv:
+            export_csv(df, args.csv)
+    console.print(f"results: {store.results_path}")
+    return 130 if summary.interrupted else 0
+
+
+def _fit_table(fit):
+    from rich.table import Table
+
+    table = Table(title="memory per sample (least-squares slope over batch size)")
+    for col in ("model", "mode", "res", "prec", "MB/sample", "fixed MB", "batches"):
+        table.add_column(col)
+    for _, r in fit.iterrows():
+        label = r["model"] + (f"[{r['variant']}]" if r["variant"] else "")
+        table.add_row(
+            label,
+            r["mode"],
+            str(r["resolution"]),
+            r["precision"],
+            f"{r['bytes_per_sample'] / 1e6:.1f}",
+            f"{r['fixed_bytes'] / 1e6:.1f}",
+            r["batch_sizes"],
+        )
+    return table
+
+
+# ------------------------------------------------------------------------------ list
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from revbench.models import list_models
+
+    from .suite import builtin_suites
+
+    if args.suites:
+        for name in builtin_suites():
+            print(name)
+        return 0
+    table = Table(title="registered models")
+    for col in ("name", "family", "kind", "size", "native", "modes", "params (pub.)", "GMACs (pub.)", "top-1", "source"):
+        table.add_column(col)
+    for info in list_models(kind=args.kind, family=args.family):
+        table.add_row(
+            info.name,
+            info.family,
+            info.kind,
+            info.size,
+            str(info.native_resolution),
+            ",".join(info.modes),
+            f"{info.published_params:,}" if info.published_params else "-",
+            f"{info.published_macs / 1e9:.2f}" if info.published_macs else "-",
+            f"{info.published_top1:.1f}" if info.published_top1 else "-",
+            info.source,
+        )
+    Console(width=200).print(table)
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="revbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="measure a suite's cells")
+    run.add_argument("--suite", required=True, help="built-in suite name or path to a .toml file")
+    run.add_argument("--device", default="auto", help="auto (cuda if a GPU is present, else estimate) | cuda | estimate | cpu")
+    run.add_argument("--models", type=_csv, help="comma-separated model names (replaces the suite's)")
+    run.add_argument("--resolutions", type=_csv, help="comma-separated sides in pixels, or 'native'")
+    run.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
+    run.add_argument("--precision", type=_csv, help="fp32, amp-bf16, amp-fp16 (comma-separated)")
+    run.add_argument("--modes", type=_csv, help="reversible, vanilla, checkpoint (comma-separated)")
+    run.add_argument("--scenario", help="train | infer")
+    run.add_argument("--optimizer", help="sgd (with momentum) | adamw")
+    run.add_argument("--out", default="results", help="results directory (default: results/)")
+    run.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        help="continue a run, skipping measured cells: the latest run of the suite, or RUN_DIR",
+    )
+    iso = run.add_mutually_exclusive_group()
+    iso.add_argument("--isolate", dest="isolate", action="store_true", default=None, help="one subprocess per cell (default for cuda)")
+    iso.add_argument("--no-isolate", dest="isolate", action="store_false", help="run cells in this process")
+    run.add_argument("--memory-snapshot", action="store_true", help="save each cuda cell's allocator history (PyTorch memory_viz)")
+    run.add_argument("--no-thop", action="store_true", help="skip the thop MAC count (a real CPU forward per model)")
+    run.add_argument("--csv", help="also export the results as CSV to this path")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list registered models (or suites)")
+    lst.add_argument("--kind", help="reversible | baseline")
+    lst.add_argument("--family")
+    lst.add_argument("--suites", action="store_true", help="list built-in suites instead")
+    lst.set_defaults(func=cmd_list)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands():
+    # Commands that live in their own modules (plot, gate) register themselves here.
+    import importlib
+
+    for name in ("revbench.plot", "revbench.gate"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        yield module.register_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"revbench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Parameter and MAC counts.
+
+* `count_params`: exact, from the module (cheap on the meta device).
+* `count_macs`: torch.utils.flop_counter at batch 1, FLOPs / 2. It sees operations at the
+  dispatcher, so functional matmuls and scaled_dot_product_attention count too (thop is
+  blind to them). Runs on the meta device: full-size models cost nothing.
+* `count_macs_thop`: thop with revbench's rules for the convention the RevBiFPN paper
+  published its MACs in (an older thop): conv = output elements x (C_in/groups x k^2, +1
+  with a bias); BatchNorm = 2 x input elements; bilinear upsample = 11 x output elements;
+  Linear = output elements x in_features; zero for activations, additions, pooling and
+  the squeeze-excite multiply. thop 0.1.x itself counts BatchNorm differently and drops
+  the conv bias term, so every module type that matters gets an explicit rule here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, resolution: int, *, in_chans: int = 3) -> int:
+    """Forward MACs at batch 1 in eval mode (on the model's device; meta is fine)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, in_chans, resolution, resolution, device=device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+# ------------------------------------------------------------------ thop, published rules
+
+
+def _add(module: nn.Module, ops: float) -> None:
+    module.total_ops += torch.DoubleTensor([int(ops)])
+
+
+def _conv_rule(m: nn.modules.conv._ConvNd, inputs, output) -> None:
+    per_output = m.in_channels // m.groups * math.prod(m.kernel_size) + (m.bias is not None)
+    _add(m, output.numel() * per_output)
+
+
+def _batchnorm_rule(m: nn.Module, inputs, output) -> None:
+    _add(m, 2 * inputs[0].numel())
+
+
+def _linear_rule(m: nn.Linear, inputs, output) -> None:
+    _add(m, output.numel() * m.in_features)
+
+
+def _upsample_rule(m: nn.Upsample, inputs, output) -> None:
+    per_output = {"bilinear": 11, "linear": 5, "bicubic": 259, "trilinear": 31}.get(m.mode, 0)
+    _add(m, output.numel() * per_output)
+
+
+def _zero_rule(m: nn.Module, inputs, output) -> None:
+    _add(m, 0)
+
+
+ZERO_COST = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.Identity,
+    nn.Dropout,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.MaxPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.PixelUnshuffle,
+    nn.PixelShuffle,
+)
+
+THOP_PUBLISHED_RULES: dict[type, Callable] = {
+    nn.Conv1d: _conv_rule,
+    nn.Conv2d: _conv_rule,
+    nn.Conv3d: _conv_rule,
+    nn.BatchNorm1d: _batchnorm_rule,
+    nn.BatchNorm2d: _batchnorm_rule,
+    nn.BatchNorm3d: _batchnorm_rule,
+    nn.SyncBatchNorm: _batchnorm_rule,
+    nn.Linear: _linear_rule,
+    nn.Upsample: _upsample_rule,
+    **{t: _zero_rule for t in ZERO_COST},
+}
+
+
+def count_macs_thop(
+    model: nn.Module, resolution: int, *, rules: dict[type, Callable] | None = None
+) -> int:
+    """MACs at batch 1 under the published thop convention (needs real tensors, CPU)."""
+    import thop
+
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, 3, resolution, resolution)
+    try:
+        with torch.no_grad():
+            macs, _ = thop.profile(
+                model, inputs=(x,), custom_ops=rules or THOP_PUBLISHED_RULES, verbose=False
+            )
+    finally:
+        model.train(was_training)
+        _strip_thop_buffers(model)
+    return int(macs)
+
+
+def _strip_thop_buffers(model: nn.Module) -> None:
+    # thop leaves total_ops/total_params buffers on every module; they would otherwise
+    # show up in state_dict and break strict checkpoint loading.
+    for m in model.modules():
+        for name in ("total_ops", "total_params"):
+            if name in m._buffers:
+                del m._buffers[name]

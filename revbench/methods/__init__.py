@@ -1,0 +1,1 @@
+"""Measurement methods: cuda (real, isolated), estimate (meta device), cpu (real)."""

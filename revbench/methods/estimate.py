@@ -1,0 +1,148 @@
+"""The `estimate` method: peak training memory without a GPU.
+
+The model and its inputs are built under FakeTensorMode (CPU fake tensors carry shapes
+and dtypes but allocate nothing), then the same step sequence as the cuda method runs
+under torch's MemTracker: a warm-up step first, so optimizer state exists and the tracked
+step is the steady state, then one tracked step. Every tensor alive at the peak is
+attributed to a category. The result is deterministic: the same cell gives the same bytes
+on every run and machine, so it can be gated exactly.
+
+Why fake CPU tensors rather than the meta device: autocast does not apply to meta
+tensors, so amp precisions could not be estimated there. Sizes are rounded as CUDA's
+caching allocator rounds them (512-byte blocks), so figures read as CUDA bytes. Autocast
+runs with CPU rules, whose op lists match CUDA's for the ops that dominate memory
+(convolution, linear, matmul, attention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools import mem_tracker as _mt
+
+from ..scenario import build_step
+
+CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
+
+# MemTracker's reference types, in the names revbench records use.
+CATEGORIES = {
+    "PARAM": "parameters",
+    "BUFFER": "buffers",
+    "GRAD": "gradients",
+    "ACT": "activations",
+    "TEMP": "temporaries",
+    "OPT": "optimizer_state",
+    "OTH": "other",
+}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    peak_bytes: int
+    by_category: dict[str, int]  # bytes per category at the moment of the peak; sums to peak
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.by_category["activations"] + self.by_category["temporaries"]
+
+
+@contextlib.contextmanager
+def _cuda_rounding() -> Iterator[None]:
+    # MemTracker rounds storages to 512 bytes only for tensors on a CUDA device; our fake
+    # tensors live on the CPU, so apply the allocator's rounding to every storage here.
+    cls = _mt._WeakRefInfo
+    original = cls._calculate_mem_consumed
+
+    def rounded(self) -> int:
+        nbytes = self.size * self.element_size
+        return math.ceil(nbytes / CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
+
+    cls._calculate_mem_consumed = rounded
+    try:
+        yield
+    finally:
+        cls._calculate_mem_consumed = original
+
+
+def estimate_memory(
+    model: str | Callable[[], nn.Module],
+    *,
+    batch_size: int,
+    resolution: int,
+    scenario: str = "train",
+    precision: str = "fp32",
+    optimizer: str = "sgd",
+    **overrides,
+) -> MemoryEstimate:
+    """Peak memory of one steady-state step of `model`, by category.
+
+    `model` is a registered name (built with `img_size=resolution` and `overrides`) or a
+    zero-argument factory returning a module that maps (B, 3, R, R) images to logits.
+    """
+    if isinstance(model, str):
+        from revbench.models import create
+
+        name = model
+
+        def factory() -> nn.Module:
+            return create(name, img_size=resolution, **overrides)
+    else:
+        if overrides:
+            raise ValueError("overrides apply only when the model is given by name")
+        factory = model
+
+    # Built on the meta device first: model constructors may read values (`.item()` on
+    # a linspace of drop-path rates), which fake tensors refuse; to_empty then gives the
+    # weights fake CPU storage.
+    with torch.device("meta"):
+        net = factory()
+    with FakeTensorMode(allow_non_fake_inputs=True), _cuda_rounding():
+        net = net.to_empty(device="cpu")
+        step = build_step(
+            net,
+            scenario=scenario,
+            precision=precision,
+            batch_size=batch_size,
+            resolution=resolution,
+            device="cpu",
+            optimizer=optimizer,
+        )
+        step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
+        tracker = _mt.MemTracker()
+        # Registered after the warm-up: state created before track_external is not
+        # attributed to its category otherwise.
+        tracker.track_external(net, *([step.optimizer] if step.optimizer else []))
+        with tracker:
+            step.run()
+        snapshot = tracker.get_tracker_snapshot("peak")
+    (device_snapshot,) = snapshot.values()
+    by_category = {name: 0 for name in CATEGORIES.values()}
+    total = 0
+    for key, nbytes in device_snapshot.items():
+        if key == "Total":
+            total = int(nbytes)
+        else:
+            by_category[CATEGORIES[key.name]] = int(nbytes)
+    return MemoryEstimate(peak_bytes=total, by_category=by_category)
+
+
+def measure(cell, **_) -> dict:
+    """The estimate method for one cell (see `estimate_memory`)."""
+    est = estimate_memory(
+        cell.build_model,
+        batch_size=cell.batch_size,
+        resolution=cell.resolution,
+        scenario=cell.scenario,
+        precision=cell.precision,
+        optimizer=cell.optimizer,
+    )
+    return {
+        "peak_bytes": est.peak_bytes,
+        **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
+    }

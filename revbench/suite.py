@@ -1,0 +1,224 @@
+"""Suites: declarative TOML files in suites/ that expand to cells.
+
+A suite has `[defaults]` and one or more `[[group]]` tables. Every axis (models,
+resolutions, batch_sizes, precisions, modes, overrides) is a list; a group expands to the
+product of its axes. `overrides` maps a model config field to a list of values and adds
+one axis per field (e.g. `{ depth = [4, 8, 12] }`). "native" as a resolution means each
+model's native resolution. CLI flags replace an axis in every group.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from revbench.models import MODES, ResolutionError, UnknownModelError, get_info, list_models
+
+from .cell import METHODS, Cell
+from .errors import UsageError
+from .scenario import OPTIMIZERS, PRECISIONS, SCENARIOS
+
+AXES = ("models", "resolutions", "batch_sizes", "precisions", "modes", "overrides")
+SCALARS = ("scenario", "optimizer", "warmup_steps", "measure_steps", "timeout_s")
+GROUP_KEYS = {"name", *AXES, *SCALARS}
+TOP_KEYS = {"description", "defaults", "group"}
+
+BUILTIN_DEFAULTS = {
+    "resolutions": ["native"],
+    "batch_sizes": [32],
+    "precisions": ["fp32"],
+    "modes": ["reversible"],
+    "overrides": {},
+    "scenario": "train",
+    "optimizer": "sgd",
+    "warmup_steps": 2,
+    "measure_steps": 10,
+    "timeout_s": 600.0,
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: Path
+    description: str
+    groups: list[dict]  # each group fully resolved against the defaults
+
+
+def builtin_suites() -> dict[str, Path]:
+    root = resources.files("revbench.suites")
+    return {
+        Path(str(p)).stem: Path(str(p))
+        for p in sorted(root.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".toml")
+    }
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a TOML file by path."""
+    suites = builtin_suites()
+    if name_or_path in suites:
+        path = suites[name_or_path]
+    elif name_or_path.endswith(".toml") and Path(name_or_path).is_file():
+        path = Path(name_or_path)
+    else:
+        raise UsageError(f"unknown suite {name_or_path!r}; valid: {', '.join(suites)}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"malformed suite file {path}: {e}") from None
+    _check_keys(path, text, data.keys(), TOP_KEYS, "suite")
+    defaults = dict(BUILTIN_DEFAULTS)
+    defaults.update(_checked_table(path, text, data.get("defaults", {}), "defaults"))
+    groups = []
+    raw_groups = data.get("group", [])
+    if not raw_groups:
+        raise UsageError(f"malformed suite file {path}: it has no [[group]] table")
+    for i, raw in enumerate(raw_groups):
+        group = dict(defaults)
+        group.update(_checked_table(path, text, raw, f"group {i + 1}"))
+        group.setdefault("name", f"group{i + 1}")
+        if "models" not in group:
+            line = _line_of(text, "[[group]]", occurrence=i)
+            raise UsageError(f"malformed suite file {path}:{line}: group {i + 1} names no models")
+        groups.append(group)
+    return Suite(path.stem, path, data.get("description", ""), groups)
+
+
+def _checked_table(path: Path, text: str, table: dict, where: str) -> dict:
+    if not isinstance(table, dict):
+        raise UsageError(f"malformed suite file {path}: {where} must be a table")
+    _check_keys(path, text, table.keys(), GROUP_KEYS - ({"name"} if where == "defaults" else set()), where)
+    out = {}
+    for key, value in table.items():
+        if key in AXES and key != "overrides" and not isinstance(value, list):
+            value = [value]
+        if key == "overrides":
+            if not isinstance(value, dict):
+                line = _line_of(text, "overrides")
+                raise UsageError(f"malformed suite file {path}:{line}: overrides must be a table")
+            value = {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+        out[key] = value
+    return out
+
+
+def _check_keys(path: Path, text: str, keys, valid: set, where: str) -> None:
+    for key in keys:
+        if key not in valid:
+            line = _line_of(text, key)
+            raise UsageError(
+                f"malformed suite file {path}:{line}: unknown key {key!r} in {where}; "
+                f"valid: {', '.join(sorted(valid))}"
+            )
+
+
+def _line_of(text: str, needle: str, occurrence: int = 0) -> int:
+    pattern = re.compile(rf"^\s*{re.escape(needle)}\b" if needle.isidentifier() else re.escape(needle))
+    hits = [n for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+    return hits[occurrence] if len(hits) > occurrence else 1
+
+
+def expand(
+    suite: Suite,
+    *,
+    method: str,
+    models: list[str] | None = None,
+    resolutions: list[str] | None = None,
+    batch_sizes: list[int] | None = None,
+    precisions: list[str] | None = None,
+    modes: list[str] | None = None,
+    scenario: str | None = None,
+    optimizer: str | None = None,
+) -> list[Cell]:
+    """Cells of `suite`, with any axis replaced by the CLI's value. Validates everything
+    up front, so bad input is reported before a single cell runs."""
+    _check_choice("method", method, METHODS)
+    cli = {
+        "models": models,
+        "resolutions": resolutions,
+        "batch_sizes": batch_sizes,
+        "precisions": precisions,
+        "modes": modes,
+        "scenario": scenario,
+        "optimizer": optimizer,
+    }
+    cells: dict[tuple, Cell] = {}
+    for group in suite.groups:
+        g = dict(group)
+        g.update({k: v for k, v in cli.items() if v is not None})
+        for cell in _expand_group(suite, g, method):
+            cells.setdefault(cell.key, cell)  # groups may overlap once the CLI replaces an axis
+    return list(cells.values())
+
+
+def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
+    _check_choice("scenario", g["scenario"], SCENARIOS)
+    _check_choice("optimizer", g["optimizer"], OPTIMIZERS)
+    for p in g["precisions"]:
+        _check_choice("precision", p, PRECISIONS)
+    for m in g["modes"]:
+        _check_choice("mode", m, MODES)
+    for b in g["batch_sizes"]:
+        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+            raise UsageError(f"batch size {b!r} is invalid; it must be a positive integer")
+    override_names = sorted(g["overrides"])
+    override_values = [g["overrides"][k] for k in override_names]
+    out = []
+    for model in g["models"]:
+        try:
+            info = get_info(model)
+        except UnknownModelError:
+            valid = ", ".join(i.name for i in list_models())
+            raise UsageError(f"unknown model {model!r}; valid: {valid}") from None
+        # Baselines have one mode; a reversible model runs in each requested mode it supports.
+        model_modes = [m for m in g["modes"] if m in info.modes] or [info.modes[0]]
+        for res in g["resolutions"]:
+            resolution = _resolution(res, info)
+            for combo in itertools.product(*override_values):
+                overrides = dict(zip(override_names, combo))
+                for b, p, m in itertools.product(g["batch_sizes"], g["precisions"], model_modes):
+                    out.append(
+                        Cell(
+                            model=model,
+                            resolution=resolution,
+                            batch_size=b,
+                            precision=p,
+                            scenario=g["scenario"],
+                            mode=m,
+                            method=method,
+                            optimizer=g["optimizer"],
+                            suite=suite.name,
+                            group=g["name"],
+                            overrides=overrides,
+                            warmup_steps=int(g["warmup_steps"]),
+                            measure_steps=int(g["measure_steps"]),
+                            timeout_s=float(g["timeout_s"]),
+                        )
+                    )
+    return out
+
+
+def _resolution(value, info) -> int:
+    if value == "native":
+        return info.native_resolution
+    try:
+        resolution = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"resolution {value!r} is invalid; valid: a positive integer or 'native'"
+        ) from None
+    try:
+        info.check_resolution(resolution)
+    except ResolutionError as e:
+        raise UsageError(str(e)) from None
+    return resolution
+
+
+def _check_choice(what: str, value, valid) -> None:
+    if value not in valid:
+        raise UsageError(f"{what} {value!r} is invalid; valid: {', '.join(valid)}")

@@ -1,0 +1,1 @@
+"""Suite definitions (TOML), shipped inside the package as revbench.suites."""
