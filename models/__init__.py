@@ -1,0 +1,34 @@
+"""revbench.models: reversible families and their baselines, behind one registry.
+
+    from revbench.models import create, list_models
+    model = create("revvit_small", mode="reversible")
+
+Each family lives in its own file and registers its entry points on import.
+"""
+
+from . import baselines  # noqa: F401  (registers the timm baselines)
+from ._registry import (
+    ModelInfo,
+    ResolutionError,
+    UnknownModelError,
+    create,
+    get_info,
+    list_models,
+    register_model,
+)
+from .reversible import MODES, ReversibleBlock, ReversibleModel, ReversibleStack, set_mode
+
+__all__ = [
+    "MODES",
+    "ModelInfo",
+    "ResolutionError",
+    "ReversibleBlock",
+    "ReversibleModel",
+    "ReversibleStack",
+    "UnknownModelError",
+    "create",
+    "get_info",
+    "list_models",
+    "register_model",
+    "set_mode",
+]
