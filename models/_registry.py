@@ -115,9 +115,7 @@ def get_info(name: str) -> ModelInfo:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; valid: {', '.join(_REGISTRY)}"
-        ) from None
+        raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(_REGISTRY)}") from None
 
 
 def create(name: str, **overrides) -> nn.Module:

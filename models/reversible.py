@@ -142,6 +142,15 @@ class ReversibleBlock(nn.Module):
         with snapshot.restored():
             return fn(*args)
 
+    def backward_from_inputs(
+        self, xs: Tensors, ys: Tensors, dys: Tensors, snapshot: RNGSnapshot
+    ) -> Tensors:
+        """The `keep_inputs` step: input gradients from the stored inputs `xs` (and outputs
+        `ys`). The default recomputes the whole block; a block made of parts can walk them
+        one at a time from the stored values instead (RevCol: level by level).
+        """
+        return _recompute_block(self, xs, dys, snapshot)
+
 
 class TwoStreamBlock(ReversibleBlock):
     """Additive coupling over two streams (RevNet / RevViT):
@@ -241,7 +250,7 @@ class _ReversibleFunction(torch.autograd.Function):
                     if ctx.keep_inputs:
                         n = ctx.arity[i]
                         xs, kept = tuple(kept[-n:]), kept[:-n]
-                        dys = _recompute_block(block, xs, dys, ctx.snapshots[i])
+                        dys = block.backward_from_inputs(xs, ys, dys, ctx.snapshots[i])
                         ys = xs
                     else:
                         ys, dys = block.backward_pass(ys, dys)

@@ -1,4 +1,4 @@
-"""A cell: one measurement (model, variant, mode, resolution, batch, precision, scenario, method)."""
+"""A cell: one measurement of a model at one resolution, batch, precision, mode and method."""
 
 from __future__ import annotations
 

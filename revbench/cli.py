@@ -23,6 +23,10 @@ def _console() -> Console:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # an abbreviation can turn ambiguous later
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, like every other bad input
         raise UsageError(f"{self.prog}: {message}")
 
@@ -35,22 +39,26 @@ def _ints(value: str) -> list[int]:
     try:
         out = [int(v) for v in _csv(value)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a comma-separated list of integers") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a comma-separated list of integers"
+        ) from None
     return out
 
 
-def resolve_method(device: str, console: Console) -> str:
+def resolve_method(device: str) -> tuple[str, str | None]:
+    """The measurement method for `--device`, and a note to print when auto falls back."""
     if device not in DEVICES:
         raise UsageError(f"device {device!r} is invalid; valid: {', '.join(DEVICES)}")
     has_gpu = torch.cuda.is_available()
     if device == "cuda" and not has_gpu:
-        raise UsageError("device 'cuda' is invalid here: no CUDA GPU is visible; valid: estimate, cpu")
+        raise UsageError(
+            "device 'cuda' is invalid here: no CUDA GPU is visible; valid: estimate, cpu"
+        )
     if device == "auto":
         if has_gpu:
-            return "cuda"
-        console.print("no CUDA GPU found: using the GPU-free estimator (--device estimate)")
-        return "estimate"
-    return device
+            return "cuda", None
+        return "estimate", "no CUDA GPU found: using the GPU-free estimator (--device estimate)"
+    return device, None
 
 
 # ------------------------------------------------------------------------------- run
@@ -63,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     suite = load_suite(args.suite)
-    method = resolve_method(args.device, console)
+    method, fallback_note = resolve_method(args.device)
     cells = expand(
         suite,
         method=method,
@@ -83,17 +91,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     store = None
     if args.resume:
-        store = RunStore(Path(args.resume)) if args.resume != "latest" else RunStore.latest(out, suite.name)
+        store = (
+            RunStore(Path(args.resume))
+            if args.resume != "latest"
+            else RunStore.latest(out, suite.name)
+        )
         if store is None or not store.manifest_path.is_file():
             where = args.resume if args.resume != "latest" else out / suite.name
             raise UsageError(f"nothing to resume at {where}: no run directory with a manifest.json")
     else:
         store = RunStore.create(out, suite.name)
+    if fallback_note:
+        console.print(fallback_note)
     store.write_manifest(
         {
             "suite": suite.name,
             "method": method,
-            "command": shlex.join(sys.argv),
+            "command": shlex.join(["revbench", *args.argv]),
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "cells": len(cells),
         }
@@ -156,7 +170,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(name)
         return 0
     table = Table(title="registered models")
-    for col in ("name", "family", "kind", "size", "native", "modes", "params (pub.)", "GMACs (pub.)", "top-1", "source"):
+    for col in (
+        "name",
+        "family",
+        "kind",
+        "size",
+        "native",
+        "modes",
+        "params (pub.)",
+        "GMACs (pub.)",
+        "top-1",
+        "source",
+    ):
         table.add_column(col)
     for info in list_models(kind=args.kind, family=args.family):
         table.add_row(
@@ -180,13 +205,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="revbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="measure a suite's cells")
     run.add_argument("--suite", required=True, help="built-in suite name or path to a .toml file")
-    run.add_argument("--device", default="auto", help="auto (cuda if a GPU is present, else estimate) | cuda | estimate | cpu")
-    run.add_argument("--models", type=_csv, help="comma-separated model names (replaces the suite's)")
-    run.add_argument("--resolutions", type=_csv, help="comma-separated sides in pixels, or 'native'")
+    run.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda if a GPU is present, else estimate) | cuda | estimate | cpu",
+    )
+    run.add_argument(
+        "--models", type=_csv, help="comma-separated model names (replaces the suite's)"
+    )
+    run.add_argument(
+        "--resolutions", type=_csv, help="comma-separated sides in pixels, or 'native'"
+    )
     run.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
     run.add_argument("--precision", type=_csv, help="fp32, amp-bf16, amp-fp16 (comma-separated)")
     run.add_argument("--modes", type=_csv, help="reversible, vanilla, checkpoint (comma-separated)")
@@ -200,10 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run, skipping measured cells: the latest run of the suite, or RUN_DIR",
     )
     iso = run.add_mutually_exclusive_group()
-    iso.add_argument("--isolate", dest="isolate", action="store_true", default=None, help="one subprocess per cell (default for cuda)")
-    iso.add_argument("--no-isolate", dest="isolate", action="store_false", help="run cells in this process")
-    run.add_argument("--memory-snapshot", action="store_true", help="save each cuda cell's allocator history (PyTorch memory_viz)")
-    run.add_argument("--no-thop", action="store_true", help="skip the thop MAC count (a real CPU forward per model)")
+    iso.add_argument(
+        "--isolate",
+        dest="isolate",
+        action="store_true",
+        default=None,
+        help="one subprocess per cell (default for cuda)",
+    )
+    iso.add_argument(
+        "--no-isolate", dest="isolate", action="store_false", help="run cells in this process"
+    )
+    run.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="save each cuda cell's allocator history (PyTorch memory_viz)",
+    )
+    run.add_argument(
+        "--no-thop",
+        action="store_true",
+        help="skip the thop MAC count (a real CPU forward per model)",
+    )
     run.add_argument("--csv", help="also export the results as CSV to this path")
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     run.set_defaults(func=cmd_run)
@@ -235,7 +284,9 @@ def _extra_commands():
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except UsageError as e:
         print(f"revbench: error: {e}", file=sys.stderr)

@@ -27,20 +27,12 @@ METHOD_MODULES = {
     "cpu": "revbench.methods.cpu",
 }
 
-# Modules that register extra models (a user's own, or tests'), imported by every worker.
-PLUGINS_ENV = "REVBENCH_PLUGINS"
-
 
 @dataclass
 class Outcome:
     status: str  # ok | oom | timeout | error
     message: str = ""
     values: dict = field(default_factory=dict)
-
-
-def import_plugins() -> None:
-    for name in filter(None, os.environ.get(PLUGINS_ENV, "").split(",")):
-        importlib.import_module(name.strip())
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -71,7 +63,10 @@ def run_inline(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
 
 def run_isolated(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
     """Run the cell in a fresh interpreter (`python -m revbench.launcher`), with its timeout."""
-    request = {"cell": json.loads(cell.to_json()), "snapshot_path": snapshot_path and str(snapshot_path)}
+    request = {
+        "cell": json.loads(cell.to_json()),
+        "snapshot_path": snapshot_path and str(snapshot_path),
+    }
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "revbench.launcher"],
@@ -98,12 +93,15 @@ def run_isolated(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
 
 def _worker() -> None:
     request = json.loads(sys.stdin.read())
-    import_plugins()
     cell = Cell(**request["cell"])
     snapshot = request.get("snapshot_path")
     outcome = run_inline(cell, Path(snapshot) if snapshot else None)
     sys.stdout.write(
-        "\n" + json.dumps({"status": outcome.status, "message": outcome.message, "values": outcome.values}) + "\n"
+        "\n"
+        + json.dumps(
+            {"status": outcome.status, "message": outcome.message, "values": outcome.values}
+        )
+        + "\n"
     )
 
 

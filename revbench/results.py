@@ -157,7 +157,11 @@ class RunStore:
     @classmethod
     def latest(cls, out_dir: Path, suite: str) -> RunStore | None:
         root = Path(out_dir) / suite
-        runs = sorted(p for p in root.glob("*") if (p / MANIFEST_FILE).is_file()) if root.is_dir() else []
+        runs = (
+            sorted(p for p in root.glob("*") if (p / MANIFEST_FILE).is_file())
+            if root.is_dir()
+            else []
+        )
         return cls(runs[-1]) if runs else None
 
     def write_manifest(self, invocation: dict) -> None:

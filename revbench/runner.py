@@ -82,7 +82,9 @@ def run_cells(
     todo = [c for c in cells if c.key not in done]
     skipped = len(cells) - len(todo)
     if skipped:
-        console.print(f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go")
+        console.print(
+            f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go"
+        )
     counter = Counter(thop=thop)
     records: list[Record] = []
     launch = run_isolated if isolate else run_inline
@@ -108,7 +110,11 @@ def run_cells(
                 )
                 outcome = launch(cell, snapshot)
                 record = Record.for_cell(
-                    cell, status=outcome.status, message=outcome.message, **counter(cell), **outcome.values
+                    cell,
+                    status=outcome.status,
+                    message=outcome.message,
+                    **counter(cell),
+                    **outcome.values,
                 )
                 store.append(record)
                 records.append(record)
@@ -128,8 +134,22 @@ def run_cells(
 
 def summary_table(records: list[Record]) -> Table:
     table = Table(title="revbench results", show_lines=False)
-    for col in ("model", "mode", "res", "batch", "prec", "status", "peak MB", "ms/step", "samples/s", "params M", "GMACs"):
-        table.add_column(col, justify="left" if col in ("model", "mode", "status", "prec") else "right")
+    for col in (
+        "model",
+        "mode",
+        "res",
+        "batch",
+        "prec",
+        "status",
+        "peak MB",
+        "ms/step",
+        "samples/s",
+        "params M",
+        "GMACs",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("model", "mode", "status", "prec") else "right"
+        )
     for r in records:
         label = r.model + (f"[{r.variant}]" if r.variant else "")
         table.add_row(

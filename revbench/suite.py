@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+import tomllib
 
 from revbench.models import MODES, ResolutionError, UnknownModelError, get_info, list_models
 
@@ -71,7 +72,12 @@ def load_suite(name_or_path: str) -> Suite:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"malformed suite file {path}: {e}") from None
+        # Normalise tomllib's "(at line L, column C)" / "(at end of document)" to path:L.
+        message = str(e)
+        m = re.search(r"\(at line (\d+), column \d+\)", message)
+        line = int(m.group(1)) if m else max(1, len(text.splitlines()))
+        message = re.sub(r"\s*\(at [^)]*\)", "", message)
+        raise UsageError(f"malformed suite file {path}:{line}: {message}") from None
     _check_keys(path, text, data.keys(), TOP_KEYS, "suite")
     defaults = dict(BUILTIN_DEFAULTS)
     defaults.update(_checked_table(path, text, data.get("defaults", {}), "defaults"))
@@ -93,7 +99,9 @@ def load_suite(name_or_path: str) -> Suite:
 def _checked_table(path: Path, text: str, table: dict, where: str) -> dict:
     if not isinstance(table, dict):
         raise UsageError(f"malformed suite file {path}: {where} must be a table")
-    _check_keys(path, text, table.keys(), GROUP_KEYS - ({"name"} if where == "defaults" else set()), where)
+    _check_keys(
+        path, text, table.keys(), GROUP_KEYS - ({"name"} if where == "defaults" else set()), where
+    )
     out = {}
     for key, value in table.items():
         if key in AXES and key != "overrides" and not isinstance(value, list):
@@ -118,7 +126,9 @@ def _check_keys(path: Path, text: str, keys, valid: set, where: str) -> None:
 
 
 def _line_of(text: str, needle: str, occurrence: int = 0) -> int:
-    pattern = re.compile(rf"^\s*{re.escape(needle)}\b" if needle.isidentifier() else re.escape(needle))
+    pattern = re.compile(
+        rf"^\s*{re.escape(needle)}\b" if needle.isidentifier() else re.escape(needle)
+    )
     hits = [n for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
     return hits[occurrence] if len(hits) > occurrence else 1
 

@@ -12,6 +12,10 @@ tensors, so amp precisions could not be estimated there. Sizes are rounded as CU
 caching allocator rounds them (512-byte blocks), so figures read as CUDA bytes. Autocast
 runs with CPU rules, whose op lists match CUDA's for the ops that dominate memory
 (convolution, linear, matmul, attention).
+
+Attribution at the peak follows MemTracker: a gradient counts as `gradients` once it is
+accumulated into `.grad`; one still being produced when the peak occurs counts as a
+temporary. The total is exact either way.
 """
 
 from __future__ import annotations

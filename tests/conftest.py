@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+PLUGIN = "revbench_test_models"
+
+# Test-only models: imported here for in-process tests, and through REVBENCH_PLUGINS (with
+# this folder on PYTHONPATH) by the subprocess workers the launcher starts.
+sys.path.insert(0, str(TESTS))
+os.environ["REVBENCH_PLUGINS"] = PLUGIN
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+__import__(PLUGIN)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def run_cli(tmp_path, capsys):
+    """Run `revbench ...` in-process; returns (exit code, stdout, stderr)."""
+    from revbench.cli import main
+
+    def run(*argv: str):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
