@@ -32,3 +32,16 @@ __all__ = [
     "register_model",
     "set_mode",
 ]
+
+
+def _load_plugins() -> None:
+    # REVBENCH_PLUGINS: comma-separated modules that register extra models (your own,
+    # or tests'); every process, subprocess workers included, imports them here.
+    import importlib
+    import os
+
+    for name in filter(None, (n.strip() for n in os.environ.get("REVBENCH_PLUGINS", "").split(","))):
+        importlib.import_module(name)
+
+
+_load_plugins()
