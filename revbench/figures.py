@@ -1,0 +1,574 @@
+"""The figures of `revbench plot`: each reads stored results only and returns a Figure.
+
+Every figure function takes the `ok` rows of one suite and one facet (scenario, precision,
+method) and raises `NoData` with a one-line reason when there is nothing to draw; the
+caller notes the reason in the report instead of failing. Figures use the Agg canvas
+explicitly (no pyplot state), so rendering works headless and leaves the process's
+matplotlib backend alone.
+
+Colours: the Okabe-Ito palette, keyed by family name; families without an entry get a
+colour from Paul Tol's muted palette chosen by a stable hash of the name, so a family has
+the same colour in every figure. Both palettes are colour-blind safe.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from .results import FIT_GROUP, MEMORY_CATEGORIES
+
+GB = 1e9  # decimal units, as the papers print them
+MB = 1e6
+
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": 150,
+}
+
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+}
+# Paul Tol's muted palette without its two pale colours (too faint for text labels).
+TOL_MUTED = ["#332288", "#44AA99", "#117733", "#999933", "#CC6677", "#AA4499"]
+
+FAMILY_COLOURS = {
+    "RevBiFPN": OKABE_ITO["vermillion"],
+    "EfficientNet": OKABE_ITO["blue"],
+    "HRNet": OKABE_ITO["green"],
+    "ViT": OKABE_ITO["sky"],
+    "RevViT": OKABE_ITO["orange"],
+    "RevCol": OKABE_ITO["purple"],
+    "ResNet": OKABE_ITO["black"],
+    "Rev-MViT": "#882255",  # Tol's wine: Okabe-Ito's yellow is unreadable on white
+}
+FAMILY_MARKERS = {
+    "RevBiFPN": "o",
+    "EfficientNet": "s",
+    "HRNet": "^",
+    "ViT": "D",
+    "RevViT": "v",
+    "RevCol": "P",
+    "ResNet": "X",
+    "Rev-MViT": "<",
+}
+MODE_LINESTYLES = {"reversible": "-", "vanilla": "--", "checkpoint": ":"}
+# Neighbouring stacked segments must differ strongly: no orange next to vermillion.
+CATEGORY_COLOURS = dict(
+    zip(
+        MEMORY_CATEGORIES,
+        [OKABE_ITO[c] for c in ("blue", "sky", "green", "vermillion", "yellow", "purple", "black")],
+    )
+)
+# Distinct series inside one panel (not keyed by family).
+SERIES_COLOURS = [
+    OKABE_ITO[c] for c in ("blue", "vermillion", "green", "orange", "purple", "sky", "black")
+] + TOL_MUTED
+SERIES_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+
+
+class NoData(Exception):
+    """A figure with nothing to draw; the message is the reason, for the report."""
+
+
+def natural_key(value) -> tuple:
+    """Sort key that orders 'depth=4' before 'depth=16' (numbers compare as numbers)."""
+    if isinstance(value, tuple):
+        return tuple(natural_key(v) for v in value)
+    parts = re.split(r"(\d+)", str(value))
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+
+
+def model_order(models) -> dict[str, int]:
+    """Registry order (S0 before S1, T before S before B): legends and tables read in it."""
+    from revbench.models import list_models
+
+    rank = {info.name: i for i, info in enumerate(list_models())}
+    return {m: rank.get(m, len(rank)) for m in models}
+
+
+def family_colour(family: str) -> str:
+    if family in FAMILY_COLOURS:
+        return FAMILY_COLOURS[family]
+    return TOL_MUTED[zlib.crc32(str(family).encode()) % len(TOL_MUTED)]
+
+
+def family_marker(family: str) -> str:
+    return FAMILY_MARKERS.get(family, "o")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _plain_log_axis(axis) -> None:
+    """Log axis labelled 0.1, 0.2, 0.5, 1, 2, 5 ... rather than powers of ten.
+
+    Call after the data are drawn: beyond three decades only the powers of ten are
+    labelled, or the labels run into each other.
+    """
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _legend_outside(ax, handles=None, **kwargs) -> None:
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+        if not handles:
+            return
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+        frameon=False,
+        **kwargs,
+    )
+
+
+def _label(row: pd.Series) -> str:
+    variant = f" [{row['variant']}]" if row.get("variant") else ""
+    return f"{row['model']}{variant} {row['mode']}"
+
+
+def _linestyle(mode: str, several_modes: bool) -> str:
+    # Line styles tell modes apart only where one family or model shows several.
+    return MODE_LINESTYLES.get(mode, "-") if several_modes else "-"
+
+
+def _x_macs(fit: pd.DataFrame) -> pd.Series:
+    # The flop-counter count; the thop count only where the flop counter failed.
+    return fit["macs"].astype(float).fillna(fit["macs_thop"].astype(float))
+
+
+def _native_only(fit: pd.DataFrame, native: dict[str, int]) -> pd.DataFrame:
+    """Per model: its native-resolution rows when there are any, else all its rows."""
+    keep = []
+    for model, g in fit.groupby("model", sort=False):
+        at_native = g[g["resolution"] == native.get(model, -1)]
+        keep.append(at_native if not at_native.empty else g)
+    return pd.concat(keep) if keep else fit
+
+
+# ----------------------------------------------------------------- memory vs MACs
+
+
+def memory_vs_macs(fit: pd.DataFrame, published: pd.DataFrame, native: dict[str, int]) -> Figure:
+    """Memory per sample vs GMACs, log-log: one line per (family, mode), published hollow."""
+    if fit.empty:
+        raise NoData("no configuration was measured at two batch sizes (memory per sample)")
+    fit = fit[fit["variant"].fillna("") == ""].copy()
+    if fit.empty:
+        raise NoData(
+            "every cell overrides its model's config; this figure compares unmodified models"
+        )
+    fit["x"] = _x_macs(fit)
+    fit = fit[fit["x"].notna() & (fit["bytes_per_sample"] > 0)]
+    if fit.empty:
+        raise NoData("no model has both a memory per sample and a MAC count")
+    fit = _native_only(fit, native)
+    fig = new_figure(8.5, 5.5)
+    ax = fig.add_subplot()
+    modes_per_family = fit.groupby("family")["mode"].nunique()
+    handles = []
+    for (family, mode), g in fit.groupby(["family", "mode"], sort=True):
+        g = g.sort_values("x")
+        colour = family_colour(family)
+        label = family if modes_per_family[family] == 1 else f"{family} ({mode})"
+        (line,) = ax.plot(
+            g["x"] / 1e9,
+            g["bytes_per_sample"] / GB,
+            color=colour,
+            marker=family_marker(family),
+            linestyle=_linestyle(mode, modes_per_family[family] > 1),
+            markersize=6,
+            linewidth=1.6,
+            label=label,
+        )
+        handles.append(line)
+        for _, r in g.iterrows():  # measured labels right, published left: they share x
+            ax.annotate(
+                r["size"],
+                (r["x"] / 1e9, r["bytes_per_sample"] / GB),
+                fontsize=8,
+                xytext=(6, 0),
+                textcoords="offset points",
+                color=colour,
+                va="center",
+            )
+    pub = published[published["family"].isin(set(fit["family"])) & published["macs"].notna()]
+    for _, r in pub.iterrows():
+        colour = family_colour(r["family"])
+        xy = (r["macs"] / 1e9, r["bytes_per_sample"] / GB)
+        ax.plot(
+            *xy,
+            linestyle="none",
+            marker=family_marker(r["family"]),
+            markersize=8,
+            markerfacecolor="white",
+            markeredgecolor=colour,
+            markeredgewidth=1.6,
+        )
+        text = ("~" if r["approximate"] else "") + str(r["size"])
+        ax.annotate(
+            text,
+            xy,
+            fontsize=8,
+            xytext=(-7, 0),
+            textcoords="offset points",
+            color=colour,
+            fontstyle="italic",
+            ha="right",
+            va="center",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.margins(0.08)  # room for the size labels at the edges
+    _plain_log_axis(ax.xaxis)
+    _plain_log_axis(ax.yaxis)
+    ax.set_xlabel("forward GMACs per image")
+    ax.set_ylabel("memory per sample (GB)")
+    handles += [
+        Line2D([], [], color="grey", marker="o", linestyle="none", label="measured"),
+        Line2D(
+            [],
+            [],
+            color="grey",
+            marker="o",
+            linestyle="none",
+            markerfacecolor="white",
+            markeredgewidth=1.6,
+            label="published (~ read off a plot)",
+        ),
+    ]
+    _legend_outside(ax, handles)
+    return fig
+
+
+# ------------------------------------------------------------- memory vs batch size
+
+
+def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
+    """Peak memory vs batch size with the fitted line, one panel per family."""
+    rows = rows[rows["peak_bytes"].notna()]
+    if rows["batch_size"].nunique() < 2:
+        raise NoData("every cell has the same batch size")
+    families = sorted(rows["family"].unique())
+    ncols = min(2, len(families))
+    nrows = math.ceil(len(families) / ncols)
+    fig = new_figure(6.2 * ncols, 3.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fits = {tuple(r[k] for k in FIT_GROUP): r for _, r in fit.iterrows()}
+    for ax, family in zip(axes, families):
+        fam = rows[rows["family"] == family]
+        show_mode = fam["mode"].nunique() > 1
+        show_res = fam.groupby("model")["resolution"].nunique().max() > 1
+        order = model_order(fam["model"].unique())
+        groups = sorted(
+            fam.groupby(FIT_GROUP, dropna=False),
+            key=lambda kg: (order[kg[0][0]], natural_key(kg[0])),
+        )
+        for i, (key, g) in enumerate(groups):
+            colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+            first = g.iloc[0]
+            label = str(first["size"]) + (f" [{first['variant']}]" if first["variant"] else "")
+            label += (f" {first['mode']}" if show_mode else "") + (
+                f" {first['resolution']}px" if show_res else ""
+            )
+            ax.plot(
+                g["batch_size"],
+                g["peak_bytes"] / GB,
+                linestyle="none",
+                color=colour,
+                marker=SERIES_MARKERS[i % len(SERIES_MARKERS)],
+                label=label,
+            )
+            f = fits.get(tuple(key))
+            if f is not None:
+                b = np.array([0.0, float(g["batch_size"].max())])
+                ax.plot(
+                    b,
+                    (f["fixed_bytes"] + f["bytes_per_sample"] * b) / GB,
+                    color=colour,
+                    linewidth=1.2,
+                    linestyle=_linestyle(first["mode"], show_mode),
+                )
+        ax.set_title(family)
+        ax.set_xlabel("batch size (samples)")
+        ax.set_ylabel("peak memory (GB)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        _legend_outside(ax, fontsize=8)
+    for ax in axes[len(families) :]:
+        ax.set_visible(False)
+    return fig
+
+
+# ------------------------------------------------------------- memory vs resolution
+
+
+def memory_vs_resolution(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
+    """Memory per sample (or peak at the largest batch) vs input side, one line per model."""
+    keys = ["model", "variant", "mode"]
+    fit_series = [g for _, g in fit.groupby(keys, sort=True) if g["resolution"].nunique() > 1]
+    if fit_series:
+        series = [(g, "bytes_per_sample") for g in fit_series]
+        ylabel, scale = "memory per sample (MB)", MB
+    else:
+        series = []
+        for _, g in rows[rows["peak_bytes"].notna()].groupby(keys, sort=True):
+            g = g[g["batch_size"] == g["batch_size"].max()]
+            if g["resolution"].nunique() > 1:
+                series.append((g, "peak_bytes"))
+        if not series:
+            raise NoData("no model was measured at two or more resolutions")
+        ylabel, scale = "peak memory at the largest batch (GB)", GB
+    fig = new_figure(8.0, 4.8)
+    ax = fig.add_subplot()
+    several_modes = len({g["mode"].iloc[0] for g, _ in series}) > 1
+    for g, column in series:
+        g = g.sort_values("resolution")
+        first = g.iloc[0]
+        label = _label(first) + (f" b{first['batch_size']}" if column == "peak_bytes" else "")
+        ax.plot(
+            g["resolution"],
+            g[column] / scale,
+            color=family_colour(first["family"]),
+            marker=family_marker(first["family"]),
+            linestyle=_linestyle(first["mode"], several_modes),
+            label=label,
+        )
+    ax.set_xlabel("input side (px)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    _legend_outside(ax)
+    return fig
+
+
+# -------------------------------------------------- memory vs a numeric override
+
+
+def numeric_override_keys(rows: pd.DataFrame) -> list[str]:
+    """Model overrides (depth, num_columns, ...) that take two or more numeric values."""
+    values: dict[str, set] = {}
+    for ov in rows["overrides"]:
+        for k, v in (ov or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                values.setdefault(k, set()).add(v)
+    return sorted(k for k, vs in values.items() if len(vs) > 1)
+
+
+def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str) -> Figure:
+    """Memory vs one numeric override (the depth-scaling suite: depth), one line per mode."""
+    rows = rows[rows["overrides"].map(lambda ov: key in (ov or {}))].copy()
+    rows["x"] = rows["overrides"].map(lambda ov: ov[key])
+    # The other overrides stay fixed along a line.
+    rows["rest"] = rows["overrides"].map(
+        lambda ov: ",".join(f"{k}={ov[k]}" for k in sorted(ov) if k != key)
+    )
+    x_of_variant = dict(zip(rows["variant"], rows["x"]))
+    rest_of_variant = dict(zip(rows["variant"], rows["rest"]))
+    fit = fit[fit["variant"].isin(x_of_variant)].copy()
+    if not fit.empty:
+        fit["x"] = fit["variant"].map(x_of_variant)
+        fit["rest"] = fit["variant"].map(rest_of_variant)
+        data, column, scale = fit, "bytes_per_sample", MB
+        ylabel = "memory per sample (MB)"
+    else:
+        data = rows[rows["peak_bytes"].notna()]
+        data = data[data["batch_size"] == data["batch_size"].max()]
+        column, scale = "peak_bytes", GB
+        ylabel = f"peak memory at batch {int(data['batch_size'].max())} (GB)"
+    fig = new_figure(8.0, 4.8)
+    ax = fig.add_subplot()
+    groups = sorted(
+        data.groupby(["model", "rest", "mode", "resolution"]), key=lambda kg: natural_key(kg[0])
+    )
+    several_modes = data["mode"].nunique() > 1
+    for i, ((model, rest, mode, res), g) in enumerate(groups):
+        g = g.sort_values("x")
+        label = f"{model}" + (f" [{rest}]" if rest else "") + f" {mode}"
+        label += f" {res}px" if data["resolution"].nunique() > 1 else ""
+        ax.plot(
+            g["x"],
+            g[column] / scale,
+            color=SERIES_COLOURS[i % len(SERIES_COLOURS)],
+            marker=SERIES_MARKERS[i % len(SERIES_MARKERS)],
+            linestyle=_linestyle(mode, several_modes),
+            label=label,
+        )
+    xs = sorted(data["x"].unique())
+    if min(xs) > 0 and max(xs) / min(xs) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(key.replace("_", " "))
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    _legend_outside(ax)
+    return fig
+
+
+# ------------------------------------------------------------ memory by category
+
+
+def memory_by_category(rows: pd.DataFrame) -> Figure:
+    """The estimator's breakdown at the peak, stacked, one bar per cell (largest batch)."""
+    cols = [f"mem_{c}_bytes" for c in MEMORY_CATEGORIES]
+    rows = rows[rows[cols].notna().any(axis=1)]
+    if rows.empty:
+        raise NoData("no per-category breakdown (the estimate method records one)")
+    keep = rows.groupby(["model", "variant", "mode", "resolution"], dropna=False)[
+        "batch_size"
+    ].transform("max")
+    rows = rows[rows["batch_size"] == keep].copy()
+    rows["total"] = rows[cols].fillna(0).sum(axis=1)
+    rows = rows.sort_values("total")
+    fig = new_figure(9.0, 1.4 + 0.32 * len(rows))
+    ax = fig.add_subplot()
+    labels = [f"{_label(r)} {r['resolution']}px b{r['batch_size']}" for _, r in rows.iterrows()]
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for category, col in zip(MEMORY_CATEGORIES, cols):
+        width = rows[col].fillna(0).to_numpy(dtype=float) / GB
+        if not width.any():
+            continue
+        ax.barh(
+            y,
+            width,
+            left=left,
+            color=CATEGORY_COLOURS[category],
+            height=0.7,
+            label=category.replace("_", " "),
+        )
+        left += width
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel("memory at the peak (GB)")
+    _legend_outside(ax)
+    return fig
+
+
+# ------------------------------------------------------- throughput vs memory
+
+
+def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
+    """Throughput at the largest batch vs memory per sample, one point per configuration."""
+    timed = rows[rows["throughput_samples_per_s"].notna()]
+    if timed.empty:
+        raise NoData("no throughput recorded (the estimate method does not time steps)")
+    largest = timed.loc[timed.groupby(FIT_GROUP, dropna=False)["batch_size"].idxmax()]
+    data = fit.merge(largest[[*FIT_GROUP, "throughput_samples_per_s"]], on=FIT_GROUP)
+    data = data[data["bytes_per_sample"] > 0]
+    if data.empty:
+        raise NoData("no configuration has both a throughput and a memory per sample")
+    fig = new_figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    for (family, mode), g in data.groupby(["family", "mode"], sort=True):
+        colour = family_colour(family)
+        ax.plot(
+            g["bytes_per_sample"] / MB,
+            g["throughput_samples_per_s"],
+            linestyle="none",
+            marker=family_marker(family),
+            color=colour,
+            label=f"{family} ({mode})",
+        )
+        for _, r in g.iterrows():
+            ax.annotate(
+                r["size"],
+                (r["bytes_per_sample"] / MB, r["throughput_samples_per_s"]),
+                fontsize=8,
+                xytext=(5, 3),
+                textcoords="offset points",
+                color=colour,
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.margins(0.1)
+    _plain_log_axis(ax.xaxis)
+    _plain_log_axis(ax.yaxis)
+    ax.set_xlabel("memory per sample (MB)")
+    ax.set_ylabel("throughput (samples/s)")
+    _legend_outside(ax)
+    return fig
+
+
+# ---------------------------------------------------- estimated vs measured peak
+
+
+def estimate_pairs(rows: pd.DataFrame) -> pd.DataFrame:
+    """Cells measured by both `estimate` and `cuda`: one row per cell with both peaks."""
+    keys = [k for k in FIT_GROUP if k != "method"] + ["batch_size"]
+    ok = rows[rows["peak_bytes"].notna()]
+    est = ok[ok["method"] == "estimate"]
+    cuda = ok[ok["method"] == "cuda"]
+    cols = [*keys, "family", "size", "peak_bytes"]
+    pairs = est[cols].merge(cuda[[*keys, "peak_bytes"]], on=keys, suffixes=("_est", "_cuda"))
+    pairs["ratio"] = pairs["peak_bytes_est"] / pairs["peak_bytes_cuda"]
+    return pairs
+
+
+def estimated_vs_measured(rows: pd.DataFrame) -> Figure:
+    """Estimated vs measured peak, log-log, with the y = x line and a +-10% band."""
+    pairs = estimate_pairs(rows)
+    if pairs.empty:
+        raise NoData("no cell was measured with both --device estimate and --device cuda")
+    fig = new_figure(7.5, 5.5)
+    ax = fig.add_subplot()
+    lo = min(pairs["peak_bytes_est"].min(), pairs["peak_bytes_cuda"].min()) / GB / 1.3
+    hi = max(pairs["peak_bytes_est"].max(), pairs["peak_bytes_cuda"].max()) / GB * 1.3
+    line = np.geomspace(lo, hi, 50)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="0.85", label="within 10%")
+    ax.plot(line, line, color="0.4", linewidth=1.0, label="estimate = measured")
+    for family, g in pairs.groupby("family", sort=True):
+        ax.plot(
+            g["peak_bytes_cuda"] / GB,
+            g["peak_bytes_est"] / GB,
+            linestyle="none",
+            marker=family_marker(family),
+            color=family_colour(family),
+            label=family,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    _plain_log_axis(ax.xaxis)
+    _plain_log_axis(ax.yaxis)
+    ax.set_xlabel("measured peak, cuda (GB)")
+    ax.set_ylabel("estimated peak (GB)")
+    _legend_outside(ax)
+    return fig

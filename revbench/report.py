@@ -1,0 +1,193 @@
+"""The tables of the `revbench plot` report, as Markdown.
+
+Per suite: memory per sample against the published figures (`revbench/data/published.csv`),
+params and MACs against the registry's published counts, estimated against measured peaks;
+and the runs' manifests. Published figures compare only like with like: the unmodified
+model, at the published resolution, in the published mode, training.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from revbench.models import UnknownModelError, get_info
+
+from .figures import estimate_pairs, model_order, natural_key
+from .results import FIT_GROUP, per_sample_fit
+
+
+def _md_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    # A "|" inside a cell would end it early.
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _num(value, scale: float = 1.0, fmt: str = ".1f") -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    return format(float(value) / scale, fmt)
+
+
+def _millions(value) -> str:
+    text = _num(value, 1e6, ".2f")
+    return text if text == "-" else text + "M"
+
+
+def _ratio(a, b) -> str:
+    if a is None or b is None or pd.isna(a) or pd.isna(b) or not b:
+        return "-"
+    return f"{float(a) / float(b):.2f}"
+
+
+def memory_table(rows: pd.DataFrame, published: pd.DataFrame) -> str:
+    """Per configuration: peak at the largest batch, memory per sample, published, ratio."""
+    fit = per_sample_fit(rows)
+    fits = {tuple(r[k] for k in FIT_GROUP): r for _, r in fit.iterrows()}
+    pub = {
+        (r["model"], r["mode"], int(r["resolution"])): r
+        for _, r in published.iterrows()
+        if not pd.isna(r["resolution"])
+    }
+    headers = (
+        "model|variant|mode|res|precision|scenario|"
+        "method|batches|peak GB (largest batch)|MB/sample|published MB/sample|measured / published"
+    ).split("|")
+    table = []
+    groups = rows[rows["peak_bytes"].notna()].groupby(FIT_GROUP, dropna=False)
+    order = model_order(rows["model"].unique())
+    for key, g in sorted(groups, key=lambda kg: (order[kg[0][0]], natural_key(kg[0]))):
+        r = dict(zip(FIT_GROUP, key))
+        largest = g.loc[g["batch_size"].idxmax()]
+        f = fits.get(tuple(key))
+        measured = f["bytes_per_sample"] if f is not None else None
+        p = pub.get((r["model"], r["mode"], r["resolution"]))
+        # Published figures are training memory of the unmodified model.
+        if p is None or r["variant"] or r["scenario"] != "train":
+            published_bytes, mark = None, ""
+        else:
+            published_bytes, mark = p["bytes_per_sample"], "~" if p["approximate"] else ""
+        table.append(
+            [
+                r["model"],
+                r["variant"] or "-",
+                r["mode"],
+                r["resolution"],
+                r["precision"],
+                r["scenario"],
+                r["method"],
+                ",".join(str(b) for b in sorted(g["batch_size"].unique())),
+                _num(largest["peak_bytes"], 1e9, ".2f"),
+                _num(measured, 1e6),
+                (mark + _num(published_bytes, 1e6)) if published_bytes else "-",
+                _ratio(measured, published_bytes),
+            ]
+        )
+    return _md_table(headers, table)
+
+
+def counts_table(rows: pd.DataFrame) -> str:
+    """Params and MACs against the registry's published figures (native resolution only)."""
+    headers = (
+        "model|size|variant|res|params|"
+        "published params|params ratio|GMACs|GMACs (thop)|published GMACs|MACs ratio"
+    ).split("|")
+    table = []
+    groups = rows.groupby(["model", "variant", "resolution"])
+    order = model_order(rows["model"].unique())
+    for (model, variant, res), g in sorted(
+        groups, key=lambda kg: (order[kg[0][0]], natural_key(kg[0]))
+    ):
+        first = g.iloc[0]
+        try:
+            info = get_info(model)
+        except UnknownModelError:
+            info = None
+        # Published counts are for the unmodified model at its native resolution.
+        comparable = info is not None and not variant and res == info.native_resolution
+        pub_params = info.published_params if comparable else None
+        pub_macs = info.published_macs if comparable else None
+        table.append(
+            [
+                model,
+                first["size"],
+                variant or "-",
+                res,
+                _millions(first["params"]),
+                _millions(pub_params),
+                _ratio(first["params"], pub_params),
+                _num(first["macs"], 1e9, ".2f"),
+                _num(first["macs_thop"], 1e9, ".2f"),
+                _num(pub_macs, 1e9, ".2f"),
+                _ratio(first["macs"], pub_macs),
+            ]
+        )
+    return _md_table(headers, table)
+
+
+def pairs_table(rows: pd.DataFrame) -> str | None:
+    pairs = estimate_pairs(rows)
+    if pairs.empty:
+        return None
+    headers = (
+        "model|variant|mode|res|batch|"
+        "precision|scenario|estimated GB|measured GB|estimated / measured"
+    ).split("|")
+    table = [
+        [
+            p["model"],
+            p["variant"] or "-",
+            p["mode"],
+            p["resolution"],
+            p["batch_size"],
+            p["precision"],
+            p["scenario"],
+            _num(p["peak_bytes_est"], 1e9, ".3f"),
+            _num(p["peak_bytes_cuda"], 1e9, ".3f"),
+            f"{p['ratio']:.3f}",
+        ]
+        for _, p in pairs.iterrows()
+    ]
+    return _md_table(headers, table)
+
+
+def runs_section(manifests: list[dict]) -> str:
+    if not manifests:
+        return "No manifest.json next to the results files.\n"
+    table = []
+    for m in manifests:
+        env = m.get("environment", {})
+        for inv in m.get("invocations", []):
+            table.append(
+                [
+                    m.get("suite", "-"),
+                    inv.get("method", "-"),
+                    env.get("gpu") or "none",
+                    env.get("driver") or "-",
+                    env.get("cuda") or "-",
+                    env.get("torch", "-"),
+                    env.get("timm", "-"),
+                    (env.get("git_commit") or "-")[:12],
+                    env.get("host", "-"),
+                    inv.get("started_at", "-"),
+                    f"`{inv.get('command', '-')}`",
+                ]
+            )
+    headers = "suite|method|GPU|driver|CUDA|torch|timm|commit|host|started|command".split("|")
+    return _md_table(headers, table) + "\n"
+
+
+def failed_cells(rows: pd.DataFrame) -> list[str]:
+    """Markdown lines listing the cells that did not measure (oom, timeout, error)."""
+    failed = rows[rows["status"] != "ok"]
+    if failed.empty:
+        return []
+    lines = ["Not measured:", ""]
+    for _, r in failed.iterrows():
+        variant = f" [{r['variant']}]" if r["variant"] else ""
+        message = f": {r['message']}" if r["message"] else ""
+        lines.append(
+            f"- {r['model']}{variant} {r['mode']} {r['resolution']}px b{r['batch_size']} "
+            f"{r['precision']} ({r['method']}): {r['status']}{message}"
+        )
+    return [*lines, ""]
