@@ -47,6 +47,7 @@ class Suite:
     name: str
     path: Path
     description: str
+    defaults: dict  # [defaults] resolved against the built-in defaults
     groups: list[dict]  # each group fully resolved against the defaults
 
 
@@ -93,7 +94,7 @@ def load_suite(name_or_path: str) -> Suite:
             line = _line_of(text, "[[group]]", occurrence=i)
             raise UsageError(f"malformed suite file {path}:{line}: group {i + 1} names no models")
         groups.append(group)
-    return Suite(path.stem, path, data.get("description", ""), groups)
+    return Suite(path.stem, path, data.get("description", ""), defaults, groups)
 
 
 def _checked_table(path: Path, text: str, table: dict, where: str) -> dict:
@@ -146,10 +147,13 @@ def expand(
     optimizer: str | None = None,
 ) -> list[Cell]:
     """Cells of `suite`, with any axis replaced by the CLI's value. Validates everything
-    up front, so bad input is reported before a single cell runs."""
+    up front, so bad input is reported before a single cell runs.
+
+    `models` selects: each named model keeps the axes of the groups that list it, and a
+    model the suite does not list runs with the suite's defaults.
+    """
     _check_choice("method", method, METHODS)
     cli = {
-        "models": models,
         "resolutions": resolutions,
         "batch_sizes": batch_sizes,
         "precisions": precisions,
@@ -157,8 +161,16 @@ def expand(
         "scenario": scenario,
         "optimizer": optimizer,
     }
+    groups = [dict(g) for g in suite.groups]
+    if models is not None:
+        listed = {m for g in groups for m in g["models"]}
+        for g in groups:
+            g["models"] = [m for m in g["models"] if m in models]
+        extra = [m for m in models if m not in listed]
+        if extra:
+            groups.append({**suite.defaults, "name": "cli", "models": extra})
     cells: dict[tuple, Cell] = {}
-    for group in suite.groups:
+    for group in groups:
         g = dict(group)
         g.update({k: v for k, v in cli.items() if v is not None})
         for cell in _expand_group(suite, g, method):

@@ -140,6 +140,21 @@ def test_cli_axes_replace_the_suite_axes(tmp_path):
     assert sorted(c.variant for c in cells) == ["", "width=4", "width=8"]
 
 
+def test_cli_models_select_from_groups_and_fall_back_to_defaults(tmp_path):
+    cells = expand(
+        _suite(tmp_path, SUITE), method="estimate", models=["resnet50", "vit_small_patch16_224"]
+    )
+    # resnet50 keeps group a's axes; the unlisted ViT takes the suite's defaults
+    assert {(c.model, c.resolution, c.batch_size, c.group) for c in cells} == {
+        ("resnet50", 224, 1, "a"),
+        ("resnet50", 224, 2, "a"),
+        ("resnet50", 64, 1, "a"),
+        ("resnet50", 64, 2, "a"),
+        ("vit_small_patch16_224", 224, 1, "cli"),
+        ("vit_small_patch16_224", 224, 2, "cli"),
+    }
+
+
 def test_builtin_suites_ship_with_the_package():
     smoke = load_suite("smoke")
     assert smoke.path.name == "smoke.toml"
