@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from revbench.models import register_model
 from torch import nn
+
+from revbench.models import register_model
 
 
 class TinyCNN(nn.Module):

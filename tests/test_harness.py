@@ -7,13 +7,13 @@ import json
 import pandas as pd
 import pytest
 import torch
-from revbench.models import ResolutionError, UnknownModelError, create, get_info, list_models
 from torch import nn
 
 from revbench.cell import Cell
 from revbench.errors import UsageError
 from revbench.launcher import run_inline, run_isolated
 from revbench.methods.estimate import CUDA_BLOCK_BYTES, estimate_memory
+from revbench.models import ResolutionError, UnknownModelError, create, get_info, list_models
 from revbench.results import Record, RunStore, load, per_sample_fit
 from revbench.suite import expand, load_suite
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from revbench.models import get_info, list_models
 
 from revbench.cell import Cell
 from revbench.cli import main
+from revbench.models import get_info, list_models
 from revbench.published import load_published, memory_points
 from revbench.results import Record, RunStore
 

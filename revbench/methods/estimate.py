@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,21 @@ def _cuda_rounding() -> Iterator[None]:
         cls._calculate_mem_consumed = original
 
 
+class _PeakTracker(_mt.MemTracker):
+    """MemTracker keeping only the global peak, the one figure the estimator reads.
+
+    The stock tracker also updates a peak per module after every operation, a loop over
+    every module of the model: O(operations x modules), most of an estimate's time on
+    models with many small modules (RevBiFPN-S0 at 64 px: 278 s -> 15 s, same bytes).
+    """
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap[_mt._TOTAL_KEY]:
+                self._peak_mem[dev] = snap[_mt._TOTAL_KEY]
+                self._peak_mem_snap[dev] = deepcopy(snap)
+
+
 def estimate_memory(
     model: str | Callable[[], nn.Module],
     *,
@@ -118,7 +134,7 @@ def estimate_memory(
             optimizer=optimizer,
         )
         step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
-        tracker = _mt.MemTracker()
+        tracker = _PeakTracker()
         # Registered after the warm-up: state created before track_external is not
         # attributed to its category otherwise.
         tracker.track_external(net, *([step.optimizer] if step.optimizer else []))
