@@ -1,0 +1,343 @@
+"""Rev-MViT: the reversible Multiscale Vision Transformer (Mangalam et al., CVPR 2022, §3.3).
+
+MViT (Fan et al., ICCV 2021) widens channels and shrinks the token grid in stages, with
+pooling attention: keys and values are pooled (depthwise conv 3x3 + LayerNorm per head),
+so attention over a 56x56 grid looks at 14x14 keys. Rev-MViT keeps that design and makes
+every stage-preserving block reversible, with two streams of width C:
+
+    Y1 = X1 + F(X2)        F = LayerNorm -> pooling attention (K, V pooled, Q not)
+    Y2 = X2 + G(Y1)        G = LayerNorm -> Linear(C, 4C) -> GELU -> Linear(4C, C)
+
+A stage transition changes width and grid, so it cannot be inverted. It is an ordinary
+block that stores its activations, and it fuses the streams:
+
+    X = [X1, X2]                      concat: (B, N, 2C); 2C is the next stage's width D
+    X = X + MLP(X)                    fusion MLP, hidden 2D
+    X = PoolQ(X) + Attn_Q(LN(X))      Q pooled with stride 2 (N -> N/4); the residual is
+                                      pooled by the same conv and norm as Q
+    X = X + MLP(LN(X))
+
+The next run of reversible blocks starts from two copies of X; each run is its own
+ReversibleStack. The head concatenates the final streams: LayerNorm(2C) -> mean -> Linear.
+
+Rev-MViT-B (ImageNet, 224px): patch conv 7x7 stride 4 -> 56x56 tokens of width 96 plus a
+learned position embedding; 16 blocks, transitions at blocks 1, 3 and 14 (widths
+96/192/384/768, heads 1/2/4/8, grids 56/28/14/7); K/V stride 4 in stage 1, halved at each
+transition (4, 2, 1, 1). Published: about 39.7M params, 8.7 GMACs; this file builds
+39,689,320 params. In `vanilla` mode the same weights run under ordinary autograd: the
+non-reversible twin the paper measures memory against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from ._registry import register_model
+from .reversible import MODES, ReversibleModel, ReversibleStack, TwoStreamBlock, check_mode
+from .revvit import (
+    MLPSubBlock,
+    check_input,
+    check_positive_ints,
+    check_rate,
+    configure,
+    drop_path_rates,
+    init_weights,
+)
+
+# ------------------------------------------------------------------------ building blocks
+
+
+def pooled_size(n: int, kernel: int, stride: int) -> int:
+    """Side of a grid after a conv with this kernel and stride, padded by kernel // 2."""
+    return (n + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+class HeadPool(nn.Module):
+    """Pools tokens per head: depthwise conv over the grid, then LayerNorm over head dim.
+
+    One conv of `head_dim` channels is shared by all heads (MViT's "conv" pooling).
+    """
+
+    def __init__(self, head_dim: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(
+            head_dim,
+            head_dim,
+            kernel,
+            stride=stride,
+            padding=kernel // 2,
+            groups=head_dim,
+            bias=False,
+        )
+        self.norm = nn.LayerNorm(head_dim, eps=1e-6)
+
+    def forward(self, t: Tensor, hw: tuple[int, int]) -> Tensor:
+        B, h, N, d = t.shape
+        t = t.reshape(B * h, *hw, d).permute(0, 3, 1, 2)  # (B*h, d, H, W)
+        t = self.conv(t)  # (B*h, d, H', W')
+        t = t.reshape(B, h, d, -1).transpose(2, 3)  # (B, h, N', d)
+        return self.norm(t)
+
+
+class PoolingAttention(nn.Module):
+    """Multi-head attention over a (H, W) token grid with pooled Q (optional) and K, V."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        hw: tuple[int, int],
+        q_stride: int,
+        kv_stride: int,
+        kernel: int,
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.hw = hw
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        # A pooling with kernel 1 and stride 1 would be the identity: skipped, as in MViT.
+        self.pool_q = HeadPool(head_dim, kernel, q_stride) if q_stride > 1 else None
+        pool_kv = kernel > 1 or kv_stride > 1
+        self.pool_k = HeadPool(head_dim, kernel, kv_stride) if pool_kv else None
+        self.pool_v = HeadPool(head_dim, kernel, kv_stride) if pool_kv else None
+        self.proj = nn.Linear(dim, dim)
+
+    def fold_heads(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        return x.reshape(B, N, self.num_heads, C // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
+        if self.pool_q is not None:
+            q = self.pool_q(q, self.hw)  # (B, h, N/s^2, d)
+        if self.pool_k is not None:
+            k, v = self.pool_k(k, self.hw), self.pool_v(v, self.hw)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, h, Nq, d)
+        return self.proj(x.transpose(1, 2).reshape(B, q.shape[2], C))  # (B, Nq, C)
+
+
+class PoolingAttentionSubBlock(nn.Module):
+    """F: LayerNorm -> pooling attention (Q not pooled) -> drop path."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        hw: tuple[int, int],
+        kv_stride: int,
+        kernel: int,
+        drop_path: float,
+    ):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PoolingAttention(dim, num_heads, hw, 1, kv_stride, kernel)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop_path(self.attn(self.norm(x)))
+
+
+class RevMViTBlock(TwoStreamBlock):
+    """Stage-preserving block: Y1 = X1 + F(X2); Y2 = X2 + G(Y1)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        hw: tuple[int, int],
+        kv_stride: int,
+        kernel: int,
+        mlp_ratio: float,
+        drop_path: float,
+    ):
+        super().__init__()
+        self.F = PoolingAttentionSubBlock(dim, num_heads, hw, kv_stride, kernel, drop_path)
+        self.G = MLPSubBlock(dim, mlp_ratio, drop_path)
+
+
+class StageTransition(nn.Module):
+    """Fuses the two streams (width C each) into one of width D = 2C at a quarter the tokens.
+
+    Ordinary autograd: its activations are stored like any non-reversible layer's.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        hw: tuple[int, int],
+        kv_stride: int,
+        kernel: int,
+        mlp_ratio: float,
+        fuse_ratio: float,
+        drop_path: float,
+    ):
+        super().__init__()
+        hidden = int(dim * fuse_ratio)
+        self.fuse = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PoolingAttention(dim, num_heads, hw, 2, kv_stride, kernel)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.mlp = MLPSubBlock(dim, mlp_ratio, drop_path)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        x = torch.cat([x1, x2], dim=-1)  # (B, N, D)
+        x = x + self.fuse(x)
+        # The residual is pooled like Q (same conv and norm), so both sides have N/4 tokens.
+        res = self.attn.pool_q(self.attn.fold_heads(x), self.attn.hw)  # (B, h, N/4, d)
+        res = res.transpose(1, 2).flatten(2)  # (B, N/4, D)
+        x = res + self.drop_path(self.attn(self.norm(x)))
+        return x + self.mlp(x)  # (B, N/4, D)
+
+
+# ------------------------------------------------------------------------------ model
+
+
+@dataclass(frozen=True)
+class RevMViTConfig:
+    embed_dim: int = 96  # stage-1 width; it doubles at every transition
+    num_heads: int = 1  # stage-1 heads; they double at every transition
+    depth: int = 16
+    transitions: tuple[int, ...] = (1, 3, 14)  # block indices of the stage transitions
+    mlp_ratio: float = 4.0
+    fuse_ratio: float = 2.0  # hidden width of the transition's fusion MLP, times D
+    patch_kernel: int = 7
+    patch_stride: int = 4
+    pool_kernel: int = 3
+    kv_stride: int = 4  # stage-1 K/V pooling stride, halved at each transition (min 1)
+    img_size: int = 224
+    in_chans: int = 3
+    num_classes: int = 1000
+    drop_path_rate: float = 0.1
+    mode: str = "reversible"
+
+    def validate(self) -> None:
+        check_positive_ints(self, "embed_dim", "num_heads", "depth", "patch_kernel")
+        check_positive_ints(self, "patch_stride", "pool_kernel", "kv_stride", "img_size")
+        check_positive_ints(self, "in_chans", "num_classes")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is invalid: it must divide by num_heads "
+                f"{self.num_heads}"
+            )
+        t = self.transitions
+        ok = (
+            isinstance(t, (tuple, list))
+            and all(isinstance(i, int) and 1 <= i <= self.depth - 2 for i in t)
+            and list(t) == sorted(set(t))
+            and all(b - a > 1 for a, b in zip(t, t[1:]))
+        )
+        if not ok:
+            raise ValueError(
+                f"transitions {t!r} is invalid: it needs increasing block indices in "
+                f"[1, depth - 2] = [1, {self.depth - 2}], no two adjacent (every run of "
+                f"reversible blocks, first and last included, must be non-empty)"
+            )
+        if self.img_size % self.patch_stride:
+            raise ValueError(
+                f"img_size {self.img_size} is invalid: it must be a multiple of patch_stride "
+                f"{self.patch_stride}"
+            )
+        check_rate(self.drop_path_rate, "drop_path_rate")
+        check_mode(self.mode)
+
+
+class RevMViT(ReversibleModel):
+    """Images (B, 3, H, W) -> logits (B, num_classes).
+
+    `layers` alternates reversible runs (ReversibleStack) and StageTransition blocks.
+    """
+
+    def __init__(self, cfg: RevMViTConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        side = cfg.img_size // cfg.patch_stride
+        C, heads, kv_stride = cfg.embed_dim, cfg.num_heads, cfg.kv_stride
+        self.patch_embed = nn.Conv2d(
+            cfg.in_chans,
+            C,
+            cfg.patch_kernel,
+            stride=cfg.patch_stride,
+            padding=cfg.patch_kernel // 2,
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, side * side, C))
+        rates = drop_path_rates(cfg.drop_path_rate, cfg.depth)
+        layers: list[nn.Module] = []
+        run: list[RevMViTBlock] = []
+        k = cfg.pool_kernel
+        for i, rate in enumerate(rates):
+            if i in cfg.transitions:
+                layers.append(ReversibleStack(run, mode=cfg.mode))
+                run = []
+                C, heads = 2 * C, 2 * heads
+                layers.append(
+                    StageTransition(
+                        C,
+                        heads,
+                        (side, side),
+                        max(kv_stride // 2, 1),
+                        k,
+                        cfg.mlp_ratio,
+                        cfg.fuse_ratio,
+                        rate,
+                    )
+                )
+                # As in MViT, the K/V stride halves at the Q-pooling block itself, so the
+                # transition already pools K/V with the next stage's stride.
+                side, kv_stride = pooled_size(side, k, 2), max(kv_stride // 2, 1)
+            else:
+                run.append(RevMViTBlock(C, heads, (side, side), kv_stride, k, cfg.mlp_ratio, rate))
+        layers.append(ReversibleStack(run, mode=cfg.mode))
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(2 * C, eps=1e-6)
+        self.head = nn.Linear(2 * C, cfg.num_classes)
+        self.mode = cfg.mode
+        init_weights(self)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.cfg.img_size, self.cfg.in_chans)
+        x = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, C)
+        x1 = x2 = x
+        for layer in self.layers:
+            if isinstance(layer, ReversibleStack):
+                x1, x2 = layer(x1, x2)
+            else:
+                x1 = x2 = layer(x1, x2)  # the next run starts from two copies
+        x = self.norm(torch.cat([x1, x2], dim=-1))  # (B, N, 2C)
+        return self.head(x.mean(dim=1))  # (B, K)
+
+
+# ---------------------------------------------------------------------------- configs
+
+CONFIGS: dict[str, RevMViTConfig] = {
+    "rev_mvit_base": RevMViTConfig(),
+}
+
+
+def _create(name: str, **overrides) -> RevMViT:
+    if isinstance(overrides.get("transitions"), list):
+        overrides["transitions"] = tuple(overrides["transitions"])
+    return RevMViT(configure(CONFIGS[name], overrides))
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+@register_model(
+    family="Rev-MViT", kind="reversible", size="B", native_resolution=224, modes=MODES,
+    resolution_multiple=32, published_params=39_700_000, published_macs=8_700_000_000,
+    source="Mangalam et al., CVPR 2022 (params and MACs as rounded there)",
+)  # fmt: skip
+def rev_mvit_base(**overrides) -> RevMViT:
+    return _create("rev_mvit_base", **overrides)
