@@ -46,7 +46,9 @@ def test_smoke_end_to_end(run_cli, tmp_path, device):
     df = load(run_dir)
     assert set(df["status"]) == {"ok"}
     assert set(df["method"]) == {device}
-    assert set(df["model"]) == {"resnet50", "vit_small_patch16_224"}
+    assert {"resnet50", "vit_small_patch16_224", "revvit_small"} <= set(df["model"])
+    # a reversible model runs in each of the suite's modes, on the same cell otherwise
+    assert {"reversible", "vanilla"} <= set(df[df["kind"] == "reversible"]["mode"])
     assert df["params"].notna().all() and df["macs"].notna().all()
     if device == "estimate":
         assert (df["peak_bytes"] > 0).all()
