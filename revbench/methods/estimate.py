@@ -57,6 +57,21 @@ class MemoryEstimate:
         return self.by_category["activations"] + self.by_category["temporaries"]
 
 
+class _PeakTracker(_mt.MemTracker):
+    """MemTracker keeping only the global peak, which is all revbench reads.
+
+    The stock tracker also updates a per-module peak on every operator by visiting every
+    module tracked so far: cost modules x operators, quadratic in depth (a depth-48
+    RevViT took minutes). The global peak and its snapshot are computed the same way.
+    """
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap[_mt._TOTAL_KEY]:
+                self._peak_mem[dev] = snap[_mt._TOTAL_KEY]
+                self._peak_mem_snap[dev] = dict(snap)  # a flat {category: bytes} copy
+
+
 @contextlib.contextmanager
 def _cuda_rounding() -> Iterator[None]:
     # MemTracker rounds storages to 512 bytes only for tensors on a CUDA device; our fake
