@@ -9,6 +9,7 @@ Each family lives in its own file and registers its entry points on import.
 from . import baselines  # noqa: F401  (registers the timm baselines)
 from . import revvit  # noqa: F401
 from . import rev_mvit  # noqa: F401
+from . import revbifpn  # noqa: F401
 from ._registry import (
     ModelInfo,
     ResolutionError,

@@ -1,0 +1,448 @@
+"""RevBiFPN (models/revbifpn.py): published counts and layout, and the engine's guarantees
+on the real model (S0 at 64 px, batch 2, CPU)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from revbench.counting import count_macs_thop, count_params
+from revbench.models import ResolutionError, create, get_info, list_models
+from revbench.models import revbifpn as rb
+
+NAMES = [f"revbifpn_s{k}" for k in range(7)]
+RES = 64  # smallest side where every scale is at least 2x2 (BatchNorm needs >1 value)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _s0(**overrides) -> rb.RevBiFPN:
+    torch.manual_seed(0)
+    return create("revbifpn_s0", img_size=RES, **overrides)
+
+
+def _step(
+    model: nn.Module, mode: str, x: torch.Tensor, autocast: bool = False, seed: int = 1
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """One training forward/backward of a copy of `model` in `mode`; same RNG draws."""
+    model = copy.deepcopy(model).set_mode(mode).train()
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(x)
+    loss = out.float().square().mean()
+    loss.backward()
+    return model, x.grad, loss.detach()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _param_errors(model: nn.Module, ref: nn.Module) -> dict[str, float]:
+    refs = dict(ref.named_parameters())
+    return {n: _rel(p.grad, refs[n].grad) for n, p in model.named_parameters()}
+
+
+# ------------------------------------------------------------------------ registry
+
+
+def test_registered_family():
+    infos = list_models(family="RevBiFPN")
+    assert [i.name for i in infos] == NAMES
+    assert [i.size for i in infos] == [f"S{k}" for k in range(7)]
+    assert [i.native_resolution for i in infos] == [224, 256, 256, 288, 320, 352, 352]
+    for info in infos:
+        assert info.kind == "reversible"
+        assert info.resolution_multiple == 32
+        assert info.modes == ("reversible", "vanilla", "checkpoint")
+        assert info.published_params and info.published_macs and info.published_top1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_match_published(name):
+    with torch.device("meta"):
+        model = create(name)
+    assert count_params(model) == get_info(name).published_params
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_macs_match_published(name):
+    info = get_info(name)
+    model = create(name)
+    assert count_macs_thop(model, info.native_resolution) == info.published_macs
+    # thop's temporary buffers must not leak into the checkpoint layout
+    assert not any("total_ops" in k for k in model.state_dict())
+
+
+def test_unknown_override_names_valid_keys():
+    with pytest.raises(ValueError, match="unknown override.*depth.*valid:.*num_ext_layers"):
+        create("revbifpn_s0", depth=3)
+    with pytest.raises(ValueError, match="features_only"):
+        create("revbifpn_s0", features_only="neck")
+    with pytest.raises(ValueError, match="one entry per scale"):
+        create("revbifpn_s0", se_ratios=(0.25, 0.25))
+    with pytest.raises(ValueError, match="mode"):
+        create("revbifpn_s0", mode="fast")
+
+
+def test_resolution_errors_name_nearest_sizes():
+    with pytest.raises(ResolutionError, match="96 or 128"):
+        create("revbifpn_s0", img_size=100)
+    with pytest.raises(ResolutionError, match="96 or 128"):
+        rb.revbifpn_s0(img_size=100)  # the entry point alone validates too
+    model = _s0().eval()
+    with pytest.raises(ResolutionError, match="input width 80 .* 64 or 96"):
+        model(torch.zeros(1, 3, 64, 80))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.zeros(1, 1, 64, 64))
+
+
+# ------------------------------------------------------------------ engine guarantees
+
+
+@pytest.mark.parametrize("num_ext_layers", [1, 2])  # odd and even stack depth
+@pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
+def test_gradients_equal_vanilla_float64(mode, num_ext_layers):
+    # In float64 rounding is out of the way: any algorithmic slip (a wrong branch, a mask
+    # not replayed, a missed gradient term) shows up far above 1e-10.
+    model = _s0(drop_path_rate=0.3, num_ext_layers=num_ext_layers).double()
+    x = torch.randn(2, 3, RES, RES, dtype=torch.float64)
+    ref, dx_ref, loss_ref = _step(model, "vanilla", x)
+    got, dx, loss = _step(model, mode, x)
+    assert torch.equal(loss, loss_ref)
+    assert _rel(dx, dx_ref) < 1e-10
+    errors = _param_errors(got, ref)
+    assert len(errors) == len(list(model.parameters()))
+    assert max(errors.values()) < 1e-10, max(errors.items(), key=lambda kv: kv[1])
+
+
+def test_gradients_equal_vanilla_float32():
+    # fp32: the rebuilt inputs carry the rounding of 15 inversions (1.2e-5 relative at the
+    # stack input for S0 at init, measured), so the first blocks' gradients, the last ones
+    # the backward walk reaches, differ from autograd's by up to ~1e-4 relative (measured
+    # 4e-5 to 1.04e-4 over four seeds); the median parameter stays below 1e-5. The float64
+    # test shows the difference is rounding; an algorithmic slip is off by 1e-2 or more.
+    model = _s0(drop_path_rate=0.2)
+    x = torch.randn(2, 3, RES, RES)
+    ref, dx_ref, loss_ref = _step(model, "vanilla", x)
+    got, dx, loss = _step(model, "reversible", x)
+    assert torch.equal(loss, loss_ref)
+    assert _rel(dx, dx_ref) < 1e-4
+    errors = _param_errors(got, ref)
+    assert max(errors.values()) < 5e-4, max(errors.items(), key=lambda kv: kv[1])
+    assert sorted(errors.values())[len(errors) // 2] < 1e-5  # the median parameter
+
+
+def test_drop_path_is_active_and_replayed():
+    # Without drop path the gradient tests above could not see a broken replay.
+    model = _s0(drop_path_rate=0.3).double().train()
+    x = torch.randn(2, 3, RES, RES, dtype=torch.float64)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(x)
+        torch.manual_seed(2)
+        b = model(x)
+    assert not torch.allclose(a, b)
+    # Replay must not consume the generator: a reversible step leaves the same RNG state
+    # as a vanilla one.
+    _step(model, "vanilla", x, seed=5)
+    after_vanilla = torch.rand(4)
+    _step(model, "reversible", x, seed=5)
+    assert torch.equal(torch.rand(4), after_vanilla)
+
+
+@pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
+def test_batchnorm_statistics_move_once_per_step(mode):
+    model = _s0()
+    x = torch.randn(2, 3, RES, RES)
+    ref, _, _ = _step(model, "vanilla", x)
+    got, _, _ = _step(model, mode, x)
+    ref_buffers = dict(ref.named_buffers())
+    got_buffers = dict(got.named_buffers())
+    bns = [n for n, m in got.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 246  # backbone, neck and head
+    for name in bns:
+        # counted once (a recompute that updated them would make this 2) ...
+        assert got_buffers[f"{name}.num_batches_tracked"].item() == 1, name
+        # ... and the statistics are those of the forward, bit for bit
+        for buf in ("running_mean", "running_var"):
+            assert torch.equal(got_buffers[f"{name}.{buf}"], ref_buffers[f"{name}.{buf}"]), name
+
+
+def test_autocast_replayed_in_recompute():
+    model = _s0(drop_path_rate=0.2)
+    x = torch.randn(2, 3, RES, RES)
+    dtypes: list[tuple[bool, torch.dtype]] = []
+    conv = model.rev_stack[1].rev_transform_0.f.xform_0_1.dw_conv.conv
+    hook = conv.register_forward_hook(
+        lambda m, i, o: dtypes.append((torch.is_grad_enabled(), o.dtype))
+    )
+    try:
+        ref, dx_ref, _ = _step(model, "vanilla", x, autocast=True)
+        dtypes.clear()
+        got, dx, _ = _step(model, "reversible", x, autocast=True)
+    finally:
+        hook.remove()
+    # forward (no grad, inside the engine) and recompute (grad) both ran in bf16
+    assert [d for _, d in dtypes] == [torch.bfloat16] * 2
+    assert [g for g, _ in dtypes] == [False, True]
+    # bf16 noise is 1e-2 scale; without the replay the input gradient is off by ~0.25 and
+    # the median parameter by ~2e-2 (measured): these bounds would catch that.
+    assert _rel(dx, dx_ref) < 0.05
+    errors = sorted(_param_errors(got, ref).values())
+    assert errors[len(errors) // 2] < 1e-3
+
+
+def test_streams_keep_input_dtype_under_autocast():
+    # New scales are cast to the stream dtype, so no stream turns bf16 (lossy inversion).
+    model = _s0(features_only="stack").train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = model(torch.randn(2, 3, RES, RES, requires_grad=True))
+    assert [f.dtype for f in feats] == [torch.float32] * 4
+
+
+def test_inverse_rebuilds_inputs():
+    model = _s0().double().eval()
+    x = model._repeat_channels(torch.randn(2, 3, RES, RES, dtype=torch.float64))
+    with torch.no_grad():
+        ys = model.rev_stack(x)
+        assert len(ys) == 4
+        (x_rebuilt,) = model.rev_stack.inverse(*ys)
+        torch.testing.assert_close(x_rebuilt, x, rtol=1e-10, atol=1e-10)
+        # a silo that adds a scale drops it again on inverse
+        silo = model.rev_stack[3]
+        assert isinstance(silo, rb.RevSilo) and (silo.n_in, silo.n_out) == (1, 2)
+        xs = model.rev_stack[2](*model.rev_stack[1](*model.rev_stack[0](x)))
+        (back,) = silo.inverse(*silo(*xs))
+        torch.testing.assert_close(back, xs[0], rtol=1e-10, atol=1e-10)
+
+
+def test_space_to_depth_matches_published_order():
+    # Output channel (r * 4 + s) * C + c holds pixel (4h + r, 4w + s) of channel c.
+    stem = rb.SpaceToDepth(4)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    (y,) = stem(x)
+    assert y.shape == (2, 48, 2, 2)
+    for r, s, c in [(0, 0, 0), (1, 2, 2), (3, 3, 1)]:
+        torch.testing.assert_close(y[:, (r * 4 + s) * 3 + c], x[:, c, r::4, s::4])
+    torch.testing.assert_close(stem.inverse(y)[0], x)
+
+
+def test_channel_repetition():
+    model = create("revbifpn_s1", img_size=RES)  # C_0 = 64: 4 channels = RGB + R
+    assert model.cfg.in_chans == 4
+    x = torch.randn(1, 3, 8, 8)
+    rep = model._repeat_channels(x)
+    torch.testing.assert_close(rep, torch.cat([x, x[:, :1]], dim=1))
+
+
+def test_modes_agree_in_eval():
+    model = _s0().eval()
+    x = torch.randn(2, 3, RES, RES)
+    with torch.no_grad():
+        outs = [copy.deepcopy(model).set_mode(m)(x) for m in ("reversible", "vanilla")]
+    assert outs[0].shape == (2, 1000)
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------- backbone
+
+
+def test_features_only_neck_maps():
+    model = _s0(features_only=True)
+    assert model.head is None
+    assert not any(k.startswith("head.") for k in model.state_dict())
+    assert [f["num_chs"] for f in model.feature_info] == [48, 64, 128, 320]
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    x = torch.randn(2, 3, 96, 128, requires_grad=True)
+    feats = model(x)
+    assert isinstance(feats, list)
+    for f, info in zip(feats, model.feature_info):
+        assert f.shape == (2, info["num_chs"], 96 // info["reduction"], 128 // info["reduction"])
+    sum(f.sum() for f in feats).backward()  # trains as a backbone, reversible mode
+    assert x.grad is not None and all(p.grad is not None for p in model.parameters())
+
+
+def test_features_only_stack_outputs():
+    model = _s0(features_only="stack")
+    assert not any("recomp_op" in k or k.startswith("head.") for k in model.state_dict())
+    assert [f["num_chs"] for f in model.feature_info] == [48, 64, 80, 160]
+    feats = model(torch.randn(1, 3, RES, RES))
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (48, 16, 16),
+        (64, 8, 8),
+        (80, 4, 4),
+        (160, 2, 2),
+    ]
+
+
+# ----------------------------------------------------------------- checkpoint layout
+
+
+def _mbconv_keys(prefix: str, expand: float, se: float) -> list[str]:
+    """An MBConv's tensors, from the published layout description."""
+    convs = (["exp_conv"] if expand != 1 else []) + ["dw_conv", "project_conv"]
+    keys = []
+    for c in convs:
+        keys.append(f"{prefix}.{c}.conv.weight")
+        keys += [
+            f"{prefix}.{c}.norm.{b}"
+            for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        ]
+    if se > 0:
+        keys += [f"{prefix}.se.se.{i}.{w}" for i in (1, 3) for w in ("weight", "bias")]
+    return keys
+
+
+def _published_keys(num_ext_layers: int) -> list[str]:
+    """Every state_dict key of a released RevBiFPN, written from the layout rules."""
+    expand, se = (1, 1, 2, 2), (0.25, 0.25, 0.125, 0.0)
+    neck_expand, neck_se = (1, 2, 2, 2), (0.25, 0.25, 0.125, 0.125)
+    keys: list[str] = []
+    n = 1  # rev_stack.0 is the parameterless stem
+    for stage in range(3 + num_ext_layers):
+        scales = min(stage + 1, 4)
+        for _ in range(2):
+            for s in range(scales):
+                for fg in "fg":
+                    p = f"rev_stack.{n}.rev_transform_{s}.{fg}.xform_0_1"
+                    keys += _mbconv_keys(p, expand[s], se[s])
+            n += 1
+        outs = min(scales + 1, 4)
+        for i in range(scales):  # down: source i, target j > i
+            for j in range(i + 1, outs):
+                keys += _mbconv_keys(f"rev_stack.{n}.f.xform_{i}_{j}", expand[i], se[i])
+        for src in range(outs):  # up: source > target, indexed from the coarsest scale
+            for tgt in range(src):
+                p = f"rev_stack.{n}.g.xform_{outs - 1 - src}_{outs - 1 - tgt}.0"
+                keys += _mbconv_keys(p, expand[tgt], se[tgt])
+        n += 1
+    for s in range(4):
+        p = f"rev_stack.recomp_op.recomp_transform_{s}"
+        keys += _mbconv_keys(p, neck_expand[s], neck_se[s])
+    for h in range(3):
+        keys += _mbconv_keys(f"head.pyramid_heads.{h}", neck_expand[h], neck_se[h])
+    keys += ["head.final_conv.conv.weight"]
+    keys += [
+        f"head.final_conv.norm.{b}"
+        for b in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
+    return keys + ["head.fc.weight", "head.fc.bias"]
+
+
+@pytest.mark.parametrize("name, num_ext_layers", [("revbifpn_s0", 2), ("revbifpn_s6", 5)])
+def test_state_dict_matches_published_layout(name, num_ext_layers):
+    expected = _published_keys(num_ext_layers)
+    assert len(expected) == len(set(expected))
+    with torch.device("meta"):
+        keys = list(create(name).state_dict())
+    assert len(keys) == len(expected)
+    assert set(keys) == set(expected)
+
+
+# ---------------------------------------------------------------------- pretrained
+
+
+def _checkpoint(tmp_path: Path, file_name: str) -> tuple[Path, dict]:
+    torch.manual_seed(3)
+    state = create("revbifpn_s0").state_dict()
+    path = tmp_path / "src" / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path, state
+
+
+def _assert_loaded(model: nn.Module, state: dict) -> None:
+    got = model.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in state.items() if k in got)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_pretrained_local_file(tmp_path):
+    path, state = _checkpoint(tmp_path, "my_run.pth")  # not a published name: no hash
+    _assert_loaded(create("revbifpn_s0", pretrained=path), state)
+    # a backbone loads the same file without its head
+    _assert_loaded(create("revbifpn_s0", pretrained=str(path), features_only=True), state)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        create("revbifpn_s0", pretrained=path, num_classes=10)  # strict
+
+
+def test_pretrained_local_published_name_is_verified(tmp_path):
+    path, _ = _checkpoint(tmp_path, "revbifpn_s0.pth.tar")
+    with pytest.raises(rb.ChecksumError, match="revbifpn_s0.pth.tar: SHA-256"):
+        create("revbifpn_s0", pretrained=path)
+    assert path.is_file()  # the user's own file is never deleted
+
+
+def test_pretrained_download_verified_and_cached(tmp_path, monkeypatch):
+    path, state = _checkpoint(tmp_path, "revbifpn_s0.pth.tar")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REVBENCH_CACHE", str(cache))
+    monkeypatch.setitem(rb.PUBLISHED_SHA256, "revbifpn_s0.pth.tar", _digest(path))
+    _assert_loaded(create("revbifpn_s0", pretrained=path.as_uri()), state)
+    assert [p.name for p in cache.iterdir()] == ["revbifpn_s0.pth.tar"]
+    # a second load uses the verified cache entry
+    monkeypatch.setattr(rb, "_download", lambda url, dst: pytest.fail("downloaded again"))
+    _assert_loaded(create("revbifpn_s0", pretrained=path.as_uri()), state)
+
+
+def test_pretrained_corrupted_download_is_deleted(tmp_path, monkeypatch):
+    path, _ = _checkpoint(tmp_path, "revbifpn_s0.pth.tar")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("REVBENCH_CACHE", str(cache))
+    monkeypatch.setitem(rb.PUBLISHED_SHA256, "revbifpn_s0.pth.tar", "0" * 64)
+    with pytest.raises(rb.ChecksumError, match="differs from the published 0000.*deleted"):
+        create("revbifpn_s0", pretrained=path.as_uri())
+    assert list(cache.iterdir()) == []
+
+
+def test_pretrained_true_downloads_published_url(tmp_path, monkeypatch):
+    path, state = _checkpoint(tmp_path, "revbifpn_s0.pth.tar")
+    monkeypatch.setenv("REVBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(rb.PUBLISHED_SHA256, "revbifpn_s0.pth.tar", _digest(path))
+    urls = []
+
+    def fake_download(url: str, dst: Path) -> None:
+        urls.append(url)
+        dst.write_bytes(path.read_bytes())
+
+    monkeypatch.setattr(rb, "_download", fake_download)
+    _assert_loaded(create("revbifpn_s0", pretrained=True), state)
+    assert urls == [
+        "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_s0.pth.tar"
+    ]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@pytest.mark.slow  # four estimates, ~20 s on an idle CPU
+def test_activation_memory_flat_with_depth():
+    from revbench.methods.estimate import estimate_memory
+
+    def activations(mode: str, num_ext_layers: int) -> int:
+        est = estimate_memory(
+            "revbifpn_s0", batch_size=2, resolution=RES, mode=mode, num_ext_layers=num_ext_layers
+        )
+        return est.activation_bytes
+
+    # 10 vs 16 blocks: the reversible stack keeps only its outputs, so its activation peak
+    # does not move; autograd keeps every block's activations.
+    assert activations("reversible", 2) == activations("reversible", 0)
+    assert activations("vanilla", 2) > 1.3 * activations("vanilla", 0)
