@@ -6,10 +6,8 @@
 Each family lives in its own file and registers its entry points on import.
 """
 
-from . import baselines  # noqa: F401  (registers the timm baselines)
-from . import revvit  # noqa: F401
-from . import rev_mvit  # noqa: F401
-from . import revbifpn  # noqa: F401
+# Importing a family module registers its entry points.
+from . import baselines, rev_mvit, revbifpn, revcol, revvit  # noqa: F401
 from ._registry import (
     ModelInfo,
     ResolutionError,
@@ -43,7 +41,9 @@ def _load_plugins() -> None:
     import importlib
     import os
 
-    for name in filter(None, (n.strip() for n in os.environ.get("REVBENCH_PLUGINS", "").split(","))):
+    for name in filter(
+        None, (n.strip() for n in os.environ.get("REVBENCH_PLUGINS", "").split(","))
+    ):
         importlib.import_module(name)
 
 
