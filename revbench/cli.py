@@ -136,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _fit_table(fit):
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="memory per sample (least-squares slope over batch size)")
@@ -144,7 +145,7 @@ def _fit_table(fit):
     for _, r in fit.iterrows():
         label = r["model"] + (f"[{r['variant']}]" if r["variant"] else "")
         table.add_row(
-            label,
+            escape(label),
             r["mode"],
             str(r["resolution"]),
             r["precision"],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -102,7 +103,7 @@ def run_cells(
         task = progress.add_task(store.dir.parent.name, total=len(todo), cell="")
         try:
             for cell in todo:
-                progress.update(task, cell=cell.label())
+                progress.update(task, cell=escape(cell.label()))
                 snapshot = (
                     store.dir / f"snapshot-{len(records):04d}.pickle"
                     if memory_snapshot and cell.method == "cuda"
@@ -119,8 +120,11 @@ def run_cells(
                 store.append(record)
                 records.append(record)
                 style = STATUS_STYLE.get(record.status, "red")
+                # Labels and messages carry brackets ("[depth=4]"): not rich markup.
                 note = f" ({record.message})" if record.message else ""
-                progress.console.print(f"[{style}]{record.status:>7}[/] {cell.label()}{note}")
+                progress.console.print(
+                    f"[{style}]{record.status:>7}[/] " + escape(cell.label() + note)
+                )
                 progress.advance(task)
         except KeyboardInterrupt:
             interrupted = True
@@ -153,7 +157,7 @@ def summary_table(records: list[Record]) -> Table:
     for r in records:
         label = r.model + (f"[{r.variant}]" if r.variant else "")
         table.add_row(
-            label,
+            escape(label),
             r.mode,
             str(r.resolution),
             str(r.batch_size),
