@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from torch import nn
 
@@ -60,6 +61,29 @@ class ModelInfo:
         row.pop("builder")
         row["modes"] = ",".join(self.modes)
         return row
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def configure(base: ConfigT, overrides: dict, *, also_valid: tuple[str, ...] = ()) -> ConfigT:
+    """A family's config dataclass `base` with `overrides` applied.
+
+    Unknown keys raise ValueError naming the valid ones (`also_valid`: keys the entry point
+    takes itself, such as `pretrained`). Field checks live in the config (`validate()` or
+    `__post_init__`), so every family's configs validate themselves the same way.
+    """
+    valid = [f.name for f in dataclasses.fields(base)]  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown override(s) {', '.join(unknown)} for {type(base).__name__}; "
+            f"valid: {', '.join([*valid, *also_valid])}"
+        )
+    cfg = dataclasses.replace(base, **overrides)  # type: ignore[type-var]
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
 
 
 _REGISTRY: dict[str, ModelInfo] = {}

@@ -37,14 +37,13 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ._registry import register_model
+from ._registry import configure, register_model
 from .reversible import MODES, ReversibleModel, ReversibleStack, TwoStreamBlock, check_mode
 from .revvit import (
     MLPSubBlock,
     check_input,
     check_positive_ints,
     check_rate,
-    configure,
     drop_path_rates,
     init_weights,
 )

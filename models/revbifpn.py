@@ -75,7 +75,6 @@ layout of the released checkpoints.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import urllib.parse
@@ -88,7 +87,7 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ._registry import ResolutionError, register_model
+from ._registry import ResolutionError, configure, register_model
 from .reversible import (
     MODES,
     ReversibleBlock,
@@ -875,22 +874,9 @@ PUBLISHED = {
     "revbifpn_s6": (142_307_972, 38_084_434_748, 84.2),
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(RevBiFPNConfig))
-
-
-def make_config(name: str, **overrides) -> RevBiFPNConfig:
-    """The registered config of `name` with `overrides` applied (validated)."""
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown override(s) {', '.join(unknown)} for {name}; valid: "
-            + ", ".join(_FIELDS + ("pretrained",))
-        )
-    return dataclasses.replace(CONFIGS[name], **overrides)
-
 
 def _create(name: str, pretrained: bool | str | os.PathLike | None = None, **overrides) -> RevBiFPN:
-    model = RevBiFPN(make_config(name, **overrides))
+    model = RevBiFPN(configure(CONFIGS[name], overrides, also_valid=("pretrained",)))
     if pretrained:
         source = PUBLISHED_URL.format(name=name) if pretrained is True else pretrained
         load_pretrained(model, source)

@@ -30,7 +30,6 @@ parameter counts match the published classifiers: see `RevCol.forward`.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
 from torch import Tensor, nn
 
-from ._registry import register_model
+from ._registry import configure, register_model
 from .reversible import (
     MODES,
     ReversibleBlock,
@@ -467,16 +466,9 @@ CONFIGS: dict[str, RevColConfig] = {
     "revcol_large": RevColConfig((128, 256, 512, 1024), (1, 2, 6, 2), num_columns=8, drop_path=0.5),
 }
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(RevColConfig))
-
 
 def _create(name: str, **overrides) -> RevCol:
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown override(s) {', '.join(unknown)} for {name}; valid: {', '.join(_FIELDS)}"
-        )
-    return RevCol(dataclasses.replace(CONFIGS[name], **overrides))
+    return RevCol(configure(CONFIGS[name], overrides))
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -23,16 +23,14 @@ parameters (the paper rounds them to 87M and 305M).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ._registry import register_model
+from ._registry import configure, register_model
 from .reversible import MODES, ReversibleModel, ReversibleStack, TwoStreamBlock, check_mode
 
 # ------------------------------------------------------------------------ building blocks
@@ -159,22 +157,6 @@ class RevViT(ReversibleModel):
 
 
 # ---------------------------------------------------------------------------- helpers
-
-ConfigT = TypeVar("ConfigT")
-
-
-def configure(base: ConfigT, overrides: dict) -> ConfigT:
-    """`base` with `overrides` applied and validated; unknown keys raise ValueError."""
-    valid = [f.name for f in dataclasses.fields(base)]  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown override(s) {', '.join(unknown)} for {type(base).__name__}; "
-            f"valid: {', '.join(valid)}"
-        )
-    cfg = dataclasses.replace(base, **overrides)  # type: ignore[type-var]
-    cfg.validate()
-    return cfg
 
 
 def drop_path_rates(max_rate: float, depth: int) -> list[float]:
