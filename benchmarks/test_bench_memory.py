@@ -43,15 +43,6 @@ def resolution_for(info: ModelInfo) -> int:
 CASES = [(info, mode) for info in smallest_per_family() for mode in info.modes]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Shared CPUs make multi-threaded timings noisy; one thread compares modes fairly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("info, mode", CASES, ids=[f"{info.name}-{mode}" for info, mode in CASES])
 def test_train_step(benchmark, info: ModelInfo, mode: str) -> None:
     resolution = resolution_for(info)

@@ -22,15 +22,6 @@ SMALL = dict(embed_dim=128, depth=6, num_heads=4, img_size=64, patch_size=8, num
 BATCH = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Shared CPUs make multi-threaded timings noisy; one thread compares modes fairly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("mode", ["vanilla", "reversible", "checkpoint"])
 def test_train_step_time(benchmark, mode: str) -> None:
     torch.manual_seed(0)

@@ -19,6 +19,15 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test: large-model tests then do not fight over shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def run_cli(tmp_path, capsys):
     """Run `revbench ...` in-process; returns (exit code, stdout, stderr)."""
     from revbench.cli import main

@@ -19,12 +19,7 @@ NAMES = [f"revbifpn_s{k}" for k in range(7)]
 RES = 64  # smallest side where every scale is at least 2x2 (BatchNorm needs >1 value)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _s0(**overrides) -> rb.RevBiFPN:

@@ -28,12 +28,7 @@ PUBLISHED = {  # exact parameter counts; MACs as published (T 4.5G, S 9.0G, B 16
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(seed: int = 0, **overrides) -> RevCol:
