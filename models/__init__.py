@@ -3,14 +3,17 @@
     from revbench.models import create, list_models
     model = create("revvit_small", mode="reversible")
 
-Each family lives in its own file and registers its entry points on import.
+Each family lives in its own file and registers its models on import, through
+`register_model` (models/_registry.py), as plugins named in REVBENCH_PLUGINS do.
 """
 
-# Importing a family module registers its entry points.
+# Importing a family module registers its models.
 from . import baselines, rev_mvit, revbifpn, revcol, revvit  # noqa: F401
 from ._registry import (
+    ModelConfig,
     ModelInfo,
     ResolutionError,
+    ReversibleConfig,
     UnknownModelError,
     create,
     get_info,
@@ -21,9 +24,11 @@ from .reversible import MODES, ReversibleBlock, ReversibleModel, ReversibleStack
 
 __all__ = [
     "MODES",
+    "ModelConfig",
     "ModelInfo",
     "ResolutionError",
     "ReversibleBlock",
+    "ReversibleConfig",
     "ReversibleModel",
     "ReversibleStack",
     "UnknownModelError",

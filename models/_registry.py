@@ -1,20 +1,34 @@
-"""The model registry: one door in (`create`), one listing (`list_models`).
+"""The model registry: one way to declare a model (`register_model`), one door in (`create`).
 
-Every model, reversible or baseline, registers an entry point with its metadata and
-published figures as data. The harness, the suites, the plots and the tests all read the
-registry, so a family that registers here appears everywhere without further changes.
+A model is a configuration and a builder. The configuration is a frozen dataclass derived
+from `ModelConfig`: it knows the model's native resolution (`img_size`), the side multiple
+and minimum it takes, its number of classes, its execution modes and the task its output
+serves, and it validates itself (family fields, then mode, then resolution, each checked
+in `ModelConfig.__post_init__` and nowhere else). The registry restates none of it:
+`ModelInfo` reads it off the config, with the overrides of the moment applied. Published
+figures come from revbench/data/published.csv (`models/published.py`).
+
+    register_model("revvit_small", RevViTConfig(...), family="RevViT", size="S", builder=RevViT)
+    model = create("revvit_small", depth=4, img_size=64, mode="vanilla")
+
+Your own models register the same way, from a module named in `REVBENCH_PLUGINS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-KINDS = ("reversible", "baseline")
+from .published import PublishedFigure, imagenet_figures
+from .reversible import MODES, check_mode
+
+Overrides = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
+ConfigT = TypeVar("ConfigT", bound="ModelConfig")
 
 
 class UnknownModelError(ValueError):
@@ -25,102 +39,218 @@ class ResolutionError(ValueError):
     """A resolution the model cannot take."""
 
 
+# ------------------------------------------------------------------------ config checks
+
+
+def check_side(side: int, multiple: int, minimum: int, what: str) -> None:
+    """Raise ResolutionError naming the nearest valid sides unless `side` is a multiple of
+    `multiple` and at least `minimum`."""
+    if side >= minimum and side % multiple == 0:
+        return
+    floor = -(-minimum // multiple) * multiple  # the smallest valid side
+    below, above = side // multiple * multiple, -(-side // multiple) * multiple
+    near = sorted({max(floor, below), max(floor, above)})
+    at_least = f" of at least {minimum}" if minimum > multiple else ""
+    raise ResolutionError(
+        f"{what} {side} is invalid: it needs a multiple of {multiple}{at_least}; "
+        f"nearest valid: {' or '.join(map(str, near))}"
+    )
+
+
+def check_positive_ints(cfg: object, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} {value!r} is invalid: it must be a positive int")
+
+
+def check_rate(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} {value!r} is invalid: it must be in [0, 1)")
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """What every registered model's configuration provides; families add their fields.
+
+    A config validates itself on construction, and so on every override: `validate()` (the
+    family's fields), then the mode, then the resolution against the config's own
+    `resolution_multiple` and `min_resolution`.
+    """
+
+    img_size: int = 224  # the native resolution, and the side the model is built for
+    num_classes: int = 1000
+    mode: str = "vanilla"
+
+    modes: ClassVar[tuple[str, ...]] = ("vanilla",)
+
+    @property
+    def resolution_multiple(self) -> int:
+        """The input side must be a multiple of this."""
+        return 1
+
+    @property
+    def min_resolution(self) -> int:
+        return self.resolution_multiple
+
+    @property
+    def task(self) -> str:
+        """What the built model's output serves: "classify" is logits (B, num_classes)."""
+        return "classify"
+
+    def validate(self) -> None:
+        """The family's own field checks; may normalise sequences (TOML lists) to tuples."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+        check_positive_ints(self, "img_size", "num_classes")
+        check_mode(self.mode, self.modes)
+        check_side(self.img_size, self.resolution_multiple, self.min_resolution, "img_size")
+
+    def with_overrides(self: ConfigT, overrides: Mapping[str, Any]) -> ConfigT:
+        """This config with `overrides` applied; unknown keys raise ValueError naming the
+        valid ones (the family's fields first)."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            common = [f.name for f in dataclasses.fields(ModelConfig)]
+            valid = [n for n in names if n not in common] + common
+            raise ValueError(
+                f"unknown override(s) {', '.join(unknown)} for {type(self).__name__}; "
+                f"valid: {', '.join(valid)}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReversibleConfig(ModelConfig):
+    """A config whose model runs in every mode of the reversible engine."""
+
+    mode: str = "reversible"
+
+    modes: ClassVar[tuple[str, ...]] = MODES
+
+
+# ----------------------------------------------------------------------------- registry
+
+
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the registry knows about one model, published figures included."""
+    """One registered model: its config and builder; everything else is read off them."""
 
     name: str
     family: str  # plot/report grouping: "RevBiFPN", "EfficientNet", ...
-    kind: str  # "reversible" or "baseline"
     size: str  # short label within the family: "S0", "B7", "W18", ...
-    native_resolution: int
-    builder: Callable[..., nn.Module] = field(repr=False, compare=False)
-    modes: tuple[str, ...] = ("vanilla",)  # execution modes the model supports
-    resolution_multiple: int = 1  # the input side must be a multiple of this
-    min_resolution: int = 32
-    published_params: int | None = None
-    published_macs: int | None = None  # multiply-accumulates at native resolution
-    published_top1: float | None = None  # ImageNet-1k top-1, percent
-    source: str = ""  # where the published figures come from
+    config: ModelConfig = field(repr=False)
+    builder: Callable[[Any], nn.Module] = field(repr=False, compare=False)
+    pretrained_url: str | None = None  # the published checkpoint, for `pretrained=True`
 
-    def check_resolution(self, resolution: int) -> None:
-        """Raise ResolutionError (one line, naming valid sizes) if the model cannot take it."""
-        m = self.resolution_multiple
-        if resolution < self.min_resolution or resolution % m:
-            lower = max(self.min_resolution, resolution // m * m)
-            upper = max(self.min_resolution, -(-resolution // m) * m)
-            near = sorted({lower, upper})
-            raise ResolutionError(
-                f"resolution {resolution} is invalid for {self.name}: it needs a multiple of "
-                f"{m} of at least {self.min_resolution}; nearest valid: "
-                + " or ".join(str(n) for n in near)
-            )
+    @property
+    def kind(self) -> str:
+        """Either "reversible" (runs in every engine mode) or "baseline"."""
+        return "reversible" if "reversible" in self.config.modes else "baseline"
 
-    def as_row(self) -> dict:
-        row = dataclasses.asdict(self)
-        row.pop("builder")
-        row["modes"] = ",".join(self.modes)
-        return row
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return self.config.modes
 
+    @property
+    def native_resolution(self) -> int:
+        return self.config.img_size
 
-ConfigT = TypeVar("ConfigT")
+    @property
+    def resolution_multiple(self) -> int:
+        return self.config.resolution_multiple
 
+    @property
+    def min_resolution(self) -> int:
+        return self.config.min_resolution
 
-def configure(base: ConfigT, overrides: dict, *, also_valid: tuple[str, ...] = ()) -> ConfigT:
-    """A family's config dataclass `base` with `overrides` applied.
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
 
-    Unknown keys raise ValueError naming the valid ones (`also_valid`: keys the entry point
-    takes itself, such as `pretrained`). Field checks live in the config (`validate()` or
-    `__post_init__`), so every family's configs validate themselves the same way.
-    """
-    valid = [f.name for f in dataclasses.fields(base)]  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown override(s) {', '.join(unknown)} for {type(base).__name__}; "
-            f"valid: {', '.join([*valid, *also_valid])}"
-        )
-    cfg = dataclasses.replace(base, **overrides)  # type: ignore[type-var]
-    if hasattr(cfg, "validate"):
-        cfg.validate()
-    return cfg
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    def configure(self, overrides: Overrides = None) -> ModelConfig:
+        """The config with `overrides` applied and validated; errors name the model."""
+        try:
+            return self.config.with_overrides(dict(overrides or {}))
+        except ValueError as e:
+            raise type(e)(f"{self.name}: {e}") from None
+
+    def check_resolution(self, resolution: int, overrides: Overrides = None) -> None:
+        """Raise ResolutionError (one line, naming the nearest valid sides) unless the model,
+        with `overrides`, takes `resolution`."""
+        self.configure({**dict(overrides or {}), "img_size": resolution})
+
+    def task_for(self, overrides: Overrides = None) -> str:
+        """The task the model built with `overrides` serves ("classify", "features", ...)."""
+        return self.configure(overrides).task
+
+    # ---- published figures (revbench/data/published.csv, ImageNet rows)
+
+    def published(self, metric: str) -> PublishedFigure | None:
+        """The published figure for `metric` ("params", "macs", "top1"), if any."""
+        return imagenet_figures().get((self.name, metric))
+
+    @property
+    def published_params(self) -> int | None:
+        figure = self.published("params")
+        return None if figure is None else round(figure.value_base)
+
+    @property
+    def published_macs(self) -> int | None:
+        """Multiply-accumulates at the native resolution."""
+        figure = self.published("macs")
+        return None if figure is None else round(figure.value_base)
+
+    @property
+    def published_top1(self) -> float | None:
+        """ImageNet-1k top-1, percent."""
+        figure = self.published("top1")
+        return None if figure is None else figure.value_base
+
+    @property
+    def source(self) -> str:
+        """Where the published params, MACs and top-1 come from."""
+        figures = [self.published(m) for m in ("params", "macs", "top1")]
+        return "; ".join(dict.fromkeys(f.source for f in figures if f is not None))
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    *, family: str, kind: str, size: str, native_resolution: int, **info
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register `fn(**overrides) -> nn.Module` under its function name."""
-    if kind not in KINDS:
-        raise ValueError(f"kind {kind!r} is invalid; valid: {', '.join(KINDS)}")
+    name: str,
+    config: ModelConfig,
+    *,
+    family: str,
+    size: str,
+    builder: Callable[[Any], nn.Module],
+    pretrained_url: str | None = None,
+) -> ModelInfo:
+    """Register `builder(config) -> nn.Module` under `name`.
 
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        add_model(
-            ModelInfo(
-                name=fn.__name__,
-                family=family,
-                kind=kind,
-                size=size,
-                native_resolution=native_resolution,
-                builder=fn,
-                **info,
-            )
-        )
-        return fn
-
-    return wrap
-
-
-def add_model(info: ModelInfo) -> None:
-    if info.name in _REGISTRY:
-        raise ValueError(f"model {info.name!r} is registered twice")
-    _REGISTRY[info.name] = info
+    `builder` may be the model class; if it has a `load_pretrained(source)` method,
+    `create(name, pretrained=...)` loads weights with it (`pretrained_url` for True).
+    """
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"{name}: config must be a ModelConfig, not {type(config).__name__}")
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    info = ModelInfo(name, family, size, config, builder, pretrained_url)
+    _REGISTRY[name] = info
+    return info
 
 
 def _ensure_loaded() -> None:
-    # Importing the family modules runs their registrations.
+    # Importing the package imports the family modules, which register their models.
     from revbench import models  # noqa: F401
 
 
@@ -142,19 +272,26 @@ def get_info(name: str) -> ModelInfo:
         raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(_REGISTRY)}") from None
 
 
-def create(name: str, **overrides) -> nn.Module:
-    """Build a registered model: `create("revvit_small", depth=4, embed_dim=64)`.
+def create(
+    name: str, *, pretrained: bool | str | os.PathLike = False, **overrides: Any
+) -> nn.Module:
+    """Build a registered model: `create("revvit_small", depth=4, img_size=64)`.
 
-    `img_size` is understood by every model (baselines that take any size ignore it after
-    validation); `mode` by every reversible model.
+    Every config field is an override (`img_size`, `num_classes` and `mode` for every
+    model). `pretrained=True` loads the published checkpoint, a path or URL that file.
     """
     info = get_info(name)
-    if "img_size" in overrides:
-        info.check_resolution(int(overrides["img_size"]))
-    if "mode" in overrides and overrides["mode"] not in info.modes:
-        raise ValueError(
-            f"mode {overrides['mode']!r} is invalid for {name}; valid: {', '.join(info.modes)}"
-        )
-    model = info.builder(**overrides)
-    model.revbench_info = info  # type: ignore[attr-defined]
+    config = info.configure(overrides)
+    if pretrained:
+        loads = hasattr(info.builder, "load_pretrained")
+        if not loads or (pretrained is True and info.pretrained_url is None):
+            with_weights = [i.name for i in _REGISTRY.values() if i.pretrained_url]
+            raise ValueError(
+                f"pretrained={pretrained!r} is invalid for {name}: it has "
+                + ("no published weights" if loads else "no checkpoint loader")
+                + f"; models with published weights: {', '.join(with_weights) or 'none'}"
+            )
+    model = info.builder(config)
+    if pretrained:
+        model.load_pretrained(info.pretrained_url if pretrained is True else pretrained)
     return model

@@ -23,9 +23,10 @@ ReversibleStack. The head concatenates the final streams: LayerNorm(2C) -> mean 
 Rev-MViT-B (ImageNet, 224px): patch conv 7x7 stride 4 -> 56x56 tokens of width 96 plus a
 learned position embedding; 16 blocks, transitions at blocks 1, 3 and 14 (widths
 96/192/384/768, heads 1/2/4/8, grids 56/28/14/7); K/V stride 4 in stage 1, halved at each
-transition (4, 2, 1, 1). Published: about 39.7M params, 8.7 GMACs; this file builds
-39,689,320 params. In `vanilla` mode the same weights run under ordinary autograd: the
-non-reversible twin the paper measures memory against.
+transition (4, 2, 1, 1). The side multiple is the patch stride times 2 per transition
+(32 for B): every Q pooling halves the grid exactly. In `vanilla` mode the same weights
+run under ordinary autograd: the non-reversible twin the paper measures memory against.
+Published figures: revbench/data/published.csv.
 """
 
 from __future__ import annotations
@@ -34,19 +35,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ._registry import configure, register_model
-from .reversible import MODES, ReversibleModel, ReversibleStack, TwoStreamBlock, check_mode
-from .revvit import (
-    MLPSubBlock,
-    check_input,
-    check_positive_ints,
-    check_rate,
-    drop_path_rates,
-    init_weights,
-)
+from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
+from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
+from .revvit import MLPSubBlock
 
 # ------------------------------------------------------------------------ building blocks
 
@@ -138,7 +132,7 @@ class PoolingAttentionSubBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PoolingAttention(dim, num_heads, hw, 1, kv_stride, kernel)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop_path(self.attn(self.norm(x)))
@@ -184,7 +178,7 @@ class StageTransition(nn.Module):
         self.fuse = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PoolingAttention(dim, num_heads, hw, 2, kv_stride, kernel)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
         self.mlp = MLPSubBlock(dim, mlp_ratio, drop_path)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
@@ -200,8 +194,8 @@ class StageTransition(nn.Module):
 # ------------------------------------------------------------------------------ model
 
 
-@dataclass(frozen=True)
-class RevMViTConfig:
+@dataclass(frozen=True, kw_only=True)
+class RevMViTConfig(ReversibleConfig):
     embed_dim: int = 96  # stage-1 width; it doubles at every transition
     num_heads: int = 1  # stage-1 heads; they double at every transition
     depth: int = 16
@@ -212,24 +206,26 @@ class RevMViTConfig:
     patch_stride: int = 4
     pool_kernel: int = 3
     kv_stride: int = 4  # stage-1 K/V pooling stride, halved at each transition (min 1)
-    img_size: int = 224
     in_chans: int = 3
-    num_classes: int = 1000
     drop_path_rate: float = 0.1
-    mode: str = "reversible"
+
+    @property
+    def resolution_multiple(self) -> int:
+        return self.patch_stride * 2 ** len(self.transitions)
 
     def validate(self) -> None:
         check_positive_ints(self, "embed_dim", "num_heads", "depth", "patch_kernel")
-        check_positive_ints(self, "patch_stride", "pool_kernel", "kv_stride", "img_size")
-        check_positive_ints(self, "in_chans", "num_classes")
+        check_positive_ints(self, "patch_stride", "pool_kernel", "kv_stride", "in_chans")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim {self.embed_dim} is invalid: it must divide by num_heads "
                 f"{self.num_heads}"
             )
         t = self.transitions
+        if isinstance(t, list):  # TOML gives lists
+            object.__setattr__(self, "transitions", t := tuple(t))
         ok = (
-            isinstance(t, (tuple, list))
+            isinstance(t, tuple)
             and all(isinstance(i, int) and 1 <= i <= self.depth - 2 for i in t)
             and list(t) == sorted(set(t))
             and all(b - a > 1 for a, b in zip(t, t[1:]))
@@ -240,13 +236,7 @@ class RevMViTConfig:
                 f"[1, depth - 2] = [1, {self.depth - 2}], no two adjacent (every run of "
                 f"reversible blocks, first and last included, must be non-empty)"
             )
-        if self.img_size % self.patch_stride:
-            raise ValueError(
-                f"img_size {self.img_size} is invalid: it must be a multiple of patch_stride "
-                f"{self.patch_stride}"
-            )
         check_rate(self.drop_path_rate, "drop_path_rate")
-        check_mode(self.mode)
 
 
 class RevMViT(ReversibleModel):
@@ -257,7 +247,6 @@ class RevMViT(ReversibleModel):
 
     def __init__(self, cfg: RevMViTConfig):
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         side = cfg.img_size // cfg.patch_stride
@@ -301,7 +290,7 @@ class RevMViT(ReversibleModel):
         self.norm = nn.LayerNorm(2 * C, eps=1e-6)
         self.head = nn.Linear(2 * C, cfg.num_classes)
         self.mode = cfg.mode
-        init_weights(self)
+        init_vit_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -317,26 +306,12 @@ class RevMViT(ReversibleModel):
         return self.head(x.mean(dim=1))  # (B, K)
 
 
-# ---------------------------------------------------------------------------- configs
+# ---------------------------------------------------------------------------- registration
 
-CONFIGS: dict[str, RevMViTConfig] = {
-    "rev_mvit_base": RevMViTConfig(),
+# name: (size, config)
+VARIANTS: dict[str, tuple[str, RevMViTConfig]] = {
+    "rev_mvit_base": ("B", RevMViTConfig()),
 }
 
-
-def _create(name: str, **overrides) -> RevMViT:
-    if isinstance(overrides.get("transitions"), list):
-        overrides["transitions"] = tuple(overrides["transitions"])
-    return RevMViT(configure(CONFIGS[name], overrides))
-
-
-# ---------------------------------------------------------------------- entry points
-
-
-@register_model(
-    family="Rev-MViT", kind="reversible", size="B", native_resolution=224, modes=MODES,
-    resolution_multiple=32, published_params=39_700_000, published_macs=8_700_000_000,
-    source="Mangalam et al., CVPR 2022 (params and MACs as rounded there)",
-)  # fmt: skip
-def rev_mvit_base(**overrides) -> RevMViT:
-    return _create("rev_mvit_base", **overrides)
+for _name, (_size, _config) in VARIANTS.items():
+    register_model(_name, _config, family="Rev-MViT", size=_size, builder=RevMViT)

@@ -62,40 +62,34 @@ MMDetection-style neck:
 
 Pretrained weights: `pretrained=True` downloads the published checkpoint into
 `$REVBENCH_CACHE` (default ~/.cache/revbench), `pretrained="path or URL"` loads that
-file. A file named like a published checkpoint (revbifpn_s{0..6}.pth.tar) must carry
-the published SHA-256, checked before loading; a downloaded file that fails the check is
-deleted. Files under other names are the user's own and load unchecked. Loading is
-strict; a backbone-only model skips the published head (and neck) keys.
+file (models/hub.py). A file named like a published checkpoint (revbifpn_s{0..6}.pth.tar)
+must carry the published SHA-256, checked before loading; a downloaded file that fails the
+check is deleted. Files under other names are the user's own and load unchecked. Loading
+is strict; a backbone-only model skips the published head (and neck) keys.
 
 Counts: parameters and MACs (published thop convention, see revbench/counting.py) of
 all seven sizes match the official implementation exactly, as does the state_dict
-layout of the released checkpoints.
+layout of the released checkpoints. Published figures: revbench/data/published.csv.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from timm.layers import DropPath
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from ._registry import ResolutionError, configure, register_model
+from . import hub
+from ._layers import drop_path_layer
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, check_side, register_model
 from .reversible import (
-    MODES,
     ReversibleBlock,
     ReversibleModel,
     ReversibleStack,
     TwoStreamBlock,
-    check_mode,
-    frozen_running_stats,
+    checkpointed,
 )
 
 Tensors = tuple[Tensor, ...]
@@ -189,7 +183,7 @@ class MBConv(nn.Module):
         self.dw_conv = ConvNormAct(mid, mid, kernel_size, stride, groups=mid)
         self.se = SqueezeExcite(mid, max(1, int(in_chs * se_ratio))) if 0 < se_ratio <= 1 else None
         self.project_conv = ConvNormAct(mid, out_chs, act=False)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.exp_conv is not None:
@@ -431,19 +425,11 @@ class Neck(nn.Module):
         for k, t in enumerate(transforms):
             self.add_module(f"recomp_transform_{k}", t)
 
-    def forward(self, xs: Sequence[Tensor], checkpointed: bool = False) -> list[Tensor]:
+    def forward(self, xs: Sequence[Tensor], checkpoint: bool = False) -> list[Tensor]:
         outs = []
         for t, x in zip(self.children(), xs, strict=True):
-            if checkpointed and torch.is_grad_enabled():
-                contexts = _frozen_stats_in_recompute(t)
-                outs.append(checkpoint(t, x, use_reentrant=False, context_fn=contexts))
-            else:
-                outs.append(t(x))
+            outs.append(checkpointed(t, x) if checkpoint and torch.is_grad_enabled() else t(x))
         return outs
-
-
-def _frozen_stats_in_recompute(module: nn.Module) -> Callable[[], tuple]:
-    return lambda: (contextlib.nullcontext(), frozen_running_stats(module))
 
 
 class BackboneStack(ReversibleStack):
@@ -513,8 +499,8 @@ def _scaled(widths: Sequence[int], width: float) -> tuple[int, ...]:
     return tuple(int(width * c) // 16 * 16 for c in widths)
 
 
-@dataclass(frozen=True)
-class RevBiFPNConfig:
+@dataclass(frozen=True, kw_only=True)
+class RevBiFPNConfig(ReversibleConfig):
     """One RevBiFPN. Per-scale tuples have one entry per scale (4 in the paper)."""
 
     channels: tuple[int, ...] = (48, 64, 80, 160)
@@ -531,12 +517,21 @@ class RevBiFPNConfig:
     neck_se_ratios: tuple[float, ...] = (0.25, 0.25, 0.125, 0.125)
     drop_rate: float = 0.25  # head dropout
     drop_path_rate: float = 0.0  # reached in the last stage
-    num_classes: int = 1000
-    img_size: int = 224  # validated only: the network takes any multiple of 32
-    mode: str = "reversible"
     features_only: bool | str = False  # True: neck maps; "stack": raw stack outputs
 
-    def __post_init__(self) -> None:
+    @property
+    def resolution_multiple(self) -> int:
+        return STEM_BLOCK * 2 ** (len(self.channels) - 1)  # the coarsest scale's stride
+
+    @property
+    def in_chans(self) -> int:  # channels the image is repeated to before the stem
+        return self.channels[0] // STEM_BLOCK**2
+
+    @property
+    def task(self) -> str:
+        return "features" if self.features_only else "classify"
+
+    def validate(self) -> None:
         for name in ("channels", "head_channels", "dw_kernels", "dw_kernel_pads"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         for name in ("expand_ratios", "se_ratios", "neck_expand_ratios", "neck_se_ratios"):
@@ -563,45 +558,18 @@ class RevBiFPNConfig:
                 f"channels={self.channels} is invalid: channels[0] must be a multiple of "
                 f"{STEM_BLOCK**2} (space-to-depth stem) and every width at least 2"
             )
+        check_positive_ints(self, "fc_features", "neck_kernel")
         if self.num_ext_layers < 0 or self.blocks_per_stage < 0:
             raise ValueError(
                 f"num_ext_layers={self.num_ext_layers}, blocks_per_stage={self.blocks_per_stage}"
                 " are invalid: both must be >= 0"
             )
-        if not 0 <= self.drop_path_rate < 1 or not 0 <= self.drop_rate < 1:
-            raise ValueError(
-                f"drop_rate={self.drop_rate}, drop_path_rate={self.drop_path_rate} are invalid:"
-                " both must lie in [0, 1)"
-            )
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes={self.num_classes} is invalid: it must be >= 1")
-        check_mode(self.mode)
+        check_rate(self.drop_rate, "drop_rate")
+        check_rate(self.drop_path_rate, "drop_path_rate")
         if not (isinstance(self.features_only, bool) or self.features_only == "stack"):
             raise ValueError(
                 f"features_only={self.features_only!r} is invalid; valid: False, True, 'stack'"
             )
-        check_side(self.img_size, self.resolution_multiple, "img_size")
-
-    @property
-    def resolution_multiple(self) -> int:
-        return STEM_BLOCK * 2 ** (len(self.channels) - 1)
-
-    @property
-    def in_chans(self) -> int:  # channels the image is repeated to before the stem
-        return self.channels[0] // STEM_BLOCK**2
-
-
-def check_side(side: int, multiple: int, what: str = "input side") -> None:
-    """Raise ResolutionError naming the nearest valid sizes if `side` is not a multiple."""
-    if side >= multiple and side % multiple == 0:
-        return
-    lower = max(multiple, side // multiple * multiple)
-    upper = max(multiple, -(-side // multiple) * multiple)
-    near = " or ".join(str(s) for s in sorted({lower, upper}))
-    raise ResolutionError(
-        f"{what} {side} is invalid for RevBiFPN: it needs a multiple of {multiple}; "
-        f"nearest valid: {near}"
-    )
 
 
 class RevBiFPN(ReversibleModel):
@@ -612,6 +580,8 @@ class RevBiFPN(ReversibleModel):
         self.cfg = cfg
         self.mode = cfg.mode
         self.features_only = cfg.features_only
+        # timm's convention: a backbone without a classifier has num_classes 0.
+        self.num_classes = 0 if cfg.features_only else cfg.num_classes
         neck = None if cfg.features_only == "stack" else _make_neck(cfg)
         self.rev_stack = BackboneStack(_make_blocks(cfg), neck, cfg.mode)
         self.head = None
@@ -646,8 +616,9 @@ class RevBiFPN(ReversibleModel):
             raise ValueError(
                 f"input of shape {tuple(x.shape)} is invalid: RevBiFPN takes (B, 3, H, W)"
             )
+        m = self.cfg.resolution_multiple
         for side, what in zip(x.shape[2:], ("input height", "input width")):
-            check_side(int(side), self.cfg.resolution_multiple, what)
+            check_side(int(side), m, m, what)
 
     def forward_stack(self, x: Tensor) -> list[Tensor]:
         """The reversible backbone's outputs, fine to coarse: (B, C_k, H/4/2^k, W/4/2^k)."""
@@ -659,13 +630,20 @@ class RevBiFPN(ReversibleModel):
         feats = self.forward_stack(x)
         if self.features_only == "stack":
             return feats
-        return self.rev_stack.recomp_op(feats, checkpointed=self.mode != "vanilla")
+        return self.rev_stack.recomp_op(feats, checkpoint=self.mode != "vanilla")
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         feats = self.forward_features(x)  # 4 x (B, C_k, H_k, W_k)
         if self.head is None:
             return feats
         return self.head(feats)  # (B, num_classes)
+
+    def load_pretrained(self, source: str | os.PathLike) -> None:
+        """Load a released (flat) state_dict strictly; a backbone skips head (and neck)."""
+        skip = [] if self.head is not None else ["head."]
+        if self.features_only == "stack":
+            skip.append("rev_stack.recomp_op.")
+        hub.load_strict(self, hub.load_state_dict(source, PUBLISHED_SHA256), skip)
 
 
 def _make_blocks(cfg: RevBiFPNConfig) -> list[ReversibleBlock]:
@@ -749,7 +727,7 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-# -------------------------------------------------------------------------- pretrained
+# -------------------------------------------------------------------------- registration
 
 PUBLISHED_URL = "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/{name}.pth.tar"
 
@@ -765,80 +743,9 @@ PUBLISHED_SHA256 = {
 }
 
 
-class ChecksumError(RuntimeError):
-    """A checkpoint whose SHA-256 differs from the published one."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("REVBENCH_CACHE", Path.home() / ".cache" / "revbench"))
-
-
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _download(url: str, dst: Path) -> None:
-    # torch.hub writes to a temporary file and moves it into place: no partial file is
-    # left under the final name if the transfer fails. urllib handles file:// too.
-    torch.hub.download_url_to_file(url, str(dst), progress=False)
-
-
-def _verify(path: Path, delete_on_mismatch: bool) -> None:
-    expected = PUBLISHED_SHA256.get(path.name)
-    if expected is None:
-        return
-    actual = sha256(path)
-    if actual != expected:
-        if delete_on_mismatch:
-            path.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"{path.name}: SHA-256 {actual} differs from the published {expected}"
-            + ("; the download was deleted" if delete_on_mismatch else "")
-        )
-
-
-def fetch_checkpoint(source: str | os.PathLike) -> Path:
-    """A local checkpoint path for a file path or URL (downloaded into `cache_dir()`)."""
-    text = os.fspath(source)
-    if urllib.parse.urlparse(text).scheme not in ("http", "https", "file"):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {text} does not exist")
-        _verify(path, delete_on_mismatch=False)
-        return path
-    name = Path(urllib.parse.urlparse(text).path).name
-    dst = cache_dir() / name
-    if dst.is_file():
-        try:
-            _verify(dst, delete_on_mismatch=True)
-            return dst
-        except ChecksumError:
-            pass  # a stale or damaged cache entry: fetch it again
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _download(text, dst)
-    _verify(dst, delete_on_mismatch=True)
-    return dst
-
-
-def load_pretrained(model: RevBiFPN, source: str | os.PathLike) -> None:
-    """Load a released (flat) state_dict strictly; backbone-only models skip head/neck keys."""
-    path = fetch_checkpoint(source)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    skip = [] if model.head is not None else ["head."]
-    if model.features_only == "stack":
-        skip.append("rev_stack.recomp_op.")
-    state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in skip)}
-    model.load_state_dict(state, strict=True)
-
-
-# ------------------------------------------------------------------------------ configs
-
-
-def _cfg(width: float, num_ext_layers: int, drop_rate: float, drop_path_rate: float, img_size: int):
+def _scaled_config(
+    width: float, num_ext_layers: int, drop_rate: float, drop_path_rate: float, img_size: int
+) -> RevBiFPNConfig:
     base = RevBiFPNConfig()
     return RevBiFPNConfig(
         channels=_scaled(base.channels, width),
@@ -851,92 +758,24 @@ def _cfg(width: float, num_ext_layers: int, drop_rate: float, drop_path_rate: fl
     )
 
 
-# width multiplier, E (extension stages), head dropout, max drop path, native resolution
-CONFIGS: dict[str, RevBiFPNConfig] = {
-    "revbifpn_s0": _cfg(1, 2, 0.25, 0.0, 224),
-    "revbifpn_s1": _cfg(4 / 3, 2, 0.25, 0.0, 256),
-    "revbifpn_s2": _cfg(2, 2, 0.3, 0.0, 256),
-    "revbifpn_s3": _cfg(8 / 3, 3, 0.3, 0.05, 288),
-    "revbifpn_s4": _cfg(4, 4, 0.4, 0.1, 320),
-    "revbifpn_s5": _cfg(16 / 3, 4, 0.4, 0.1, 352),
-    "revbifpn_s6": _cfg(20 / 3, 5, 0.6, 0.3, 352),
+# name: (size, config from width multiplier, E (extension stages), head dropout, max drop
+# path, native resolution)
+VARIANTS: dict[str, tuple[str, RevBiFPNConfig]] = {
+    "revbifpn_s0": ("S0", _scaled_config(1, 2, 0.25, 0.0, 224)),
+    "revbifpn_s1": ("S1", _scaled_config(4 / 3, 2, 0.25, 0.0, 256)),
+    "revbifpn_s2": ("S2", _scaled_config(2, 2, 0.3, 0.0, 256)),
+    "revbifpn_s3": ("S3", _scaled_config(8 / 3, 3, 0.3, 0.05, 288)),
+    "revbifpn_s4": ("S4", _scaled_config(4, 4, 0.4, 0.1, 320)),
+    "revbifpn_s5": ("S5", _scaled_config(16 / 3, 4, 0.4, 0.1, 352)),
+    "revbifpn_s6": ("S6", _scaled_config(20 / 3, 5, 0.6, 0.3, 352)),
 }
 
-# Exact parameters and MACs at the native resolution (thop, the published convention)
-# printed by the official revbifpn.py; ImageNet-1k top-1 from its README / the paper.
-PUBLISHED = {
-    "revbifpn_s0": (3_419_196, 308_039_716, 72.8),
-    "revbifpn_s1": (5_112_300, 616_781_508, 75.9),
-    "revbifpn_s2": (10_576_528, 1_370_329_000, 79.0),
-    "revbifpn_s3": (19_574_184, 3_330_873_312, 81.1),
-    "revbifpn_s4": (48_687_336, 10_632_222_080, 83.0),
-    "revbifpn_s5": (81_998_976, 21_848_995_912, 83.7),
-    "revbifpn_s6": (142_307_972, 38_084_434_748, 84.2),
-}
-
-
-def _create(name: str, pretrained: bool | str | os.PathLike | None = None, **overrides) -> RevBiFPN:
-    model = RevBiFPN(configure(CONFIGS[name], overrides, also_valid=("pretrained",)))
-    if pretrained:
-        source = PUBLISHED_URL.format(name=name) if pretrained is True else pretrained
-        load_pretrained(model, source)
-    return model
-
-
-# ------------------------------------------------------------------------ entry points
-
-_SOURCE = (
-    "Chiley et al., MLSys 2023, Table 1; exact params/MACs as printed by the official "
-    "revbifpn.py (github.com/CerebrasResearch/RevBiFPN)"
-)
-
-
-def _info(name: str) -> dict:
-    params, macs, top1 = PUBLISHED[name]
-    return dict(
+for _name, (_size, _config) in VARIANTS.items():
+    register_model(
+        _name,
+        _config,
         family="RevBiFPN",
-        kind="reversible",
-        size=name.rsplit("_", 1)[1].upper(),
-        native_resolution=CONFIGS[name].img_size,
-        modes=MODES,
-        resolution_multiple=32,
-        published_params=params,
-        published_macs=macs,
-        published_top1=top1,
-        source=_SOURCE,
+        size=_size,
+        builder=RevBiFPN,
+        pretrained_url=PUBLISHED_URL.format(name=_name),
     )
-
-
-@register_model(**_info("revbifpn_s0"))
-def revbifpn_s0(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s0", **overrides)
-
-
-@register_model(**_info("revbifpn_s1"))
-def revbifpn_s1(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s1", **overrides)
-
-
-@register_model(**_info("revbifpn_s2"))
-def revbifpn_s2(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s2", **overrides)
-
-
-@register_model(**_info("revbifpn_s3"))
-def revbifpn_s3(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s3", **overrides)
-
-
-@register_model(**_info("revbifpn_s4"))
-def revbifpn_s4(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s4", **overrides)
-
-
-@register_model(**_info("revbifpn_s5"))
-def revbifpn_s5(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s5", **overrides)
-
-
-@register_model(**_info("revbifpn_s6"))
-def revbifpn_s6(**overrides) -> RevBiFPN:
-    return _create("revbifpn_s6", **overrides)

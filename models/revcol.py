@@ -25,7 +25,9 @@ Each column is one `ReversibleBlock` over (x, c0, c1, c2, c3) -> (x, c0', c1', c
 the columns. All columns form one `ReversibleStack`, run in any of the engine's modes.
 
 Intermediate supervision (pre-training in the paper) is optional and off by default, so
-parameter counts match the published classifiers: see `RevCol.forward`.
+parameter counts match the published classifiers: see `RevCol.forward`. It changes the
+output (its config's `task` says so), so a classification cell refuses it. Published
+figures: revbench/data/published.csv.
 """
 
 from __future__ import annotations
@@ -35,21 +37,16 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
-from ._registry import configure, register_model
-from .reversible import (
-    MODES,
-    ReversibleBlock,
-    ReversibleModel,
-    ReversibleStack,
-    RNGSnapshot,
-    check_mode,
-)
+from ._layers import drop_path_layer, drop_path_rates
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
+from .reversible import ReversibleBlock, ReversibleModel, ReversibleStack
 
 ALPHA_INIT = 0.5
 ALPHA_MIN_ABS = 1e-3
+STEM_STRIDE = 4  # the stem's patch conv; each of the three down fusions halves again
 
 # ---------------------------------------------------------------------------- building blocks
 
@@ -81,7 +78,7 @@ class ConvNeXtBlock(nn.Module):
         self.act = nn.GELU()
         self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)  # (B, H, W, C)
@@ -198,15 +195,11 @@ class Column(ReversibleBlock):
         return self._walk(ys, dys, None)
 
     def backward_from_inputs(
-        self,
-        xs: tuple[Tensor, ...],
-        ys: tuple[Tensor, ...],
-        dys: tuple[Tensor, ...],
-        snapshot: RNGSnapshot,
+        self, xs: tuple[Tensor, ...], ys: tuple[Tensor, ...], dys: tuple[Tensor, ...]
     ) -> tuple[Tensor, ...]:
         """The engine's keep_inputs step: the same level-by-level walk, reading the stored
         inputs instead of rebuilding them. Exact, and it holds one level's recompute graph
-        at a time, not a whole column's. Masks replay per level, so `snapshot` is unused.
+        at a time, not a whole column's. Masks replay per level.
         """
         return self._walk(ys, dys, xs)[1]
 
@@ -297,40 +290,42 @@ class Decoder(nn.Module):
 # ------------------------------------------------------------------------------------ model
 
 
-@dataclass(frozen=True)
-class RevColConfig:
+@dataclass(frozen=True, kw_only=True)
+class RevColConfig(ReversibleConfig):
     channels: tuple[int, int, int, int] = (64, 128, 256, 512)
     layers: tuple[int, int, int, int] = (2, 2, 4, 2)  # ConvNeXt blocks per level
     num_columns: int = 4
     drop_path: float = 0.1  # rates linspace(0, drop_path, sum(layers)) within a column
     kernel_size: int = 3
-    num_classes: int = 1000
-    img_size: int = 224  # validated by the registry; any multiple of 32 runs
-    mode: str = "reversible"
     # Store each column's inputs (exact); False rebuilds them by inversion (see RevCol).
     store_columns: bool = True
     intermediate_supervision: bool = False  # 3 extra classifiers + 3 decoders
 
-    def __post_init__(self) -> None:
+    @property
+    def resolution_multiple(self) -> int:
+        return STEM_STRIDE * 2**3  # level 3's stride
+
+    @property
+    def task(self) -> str:
+        # In training the model returns a RevColOutput, whose loss is
+        # `intermediate_supervision_loss`, not logits.
+        return "intermediate_supervision" if self.intermediate_supervision else "classify"
+
+    def validate(self) -> None:
         for name in ("channels", "layers"):
             value = tuple(getattr(self, name))
             if len(value) != 4 or any(not isinstance(v, int) or v < 1 for v in value):
                 raise ValueError(f"{name} {value!r} is invalid; valid: 4 positive ints")
             object.__setattr__(self, name, value)
-        if self.num_columns < 1:
-            raise ValueError(f"num_columns {self.num_columns} is invalid; valid: >= 1")
+        check_positive_ints(self, "num_columns")
         if self.intermediate_supervision and self.num_columns % 4:
             raise ValueError(
                 f"num_columns {self.num_columns} is invalid with intermediate_supervision; "
                 "valid: a multiple of 4"
             )
-        if not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"drop_path {self.drop_path} is invalid; valid: 0 <= p < 1")
+        check_rate(self.drop_path, "drop_path")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size {self.kernel_size} is invalid; valid: an odd int")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes {self.num_classes} is invalid; valid: >= 1")
-        check_mode(self.mode)
 
 
 class RevColOutput(NamedTuple):
@@ -368,9 +363,10 @@ class RevCol(ReversibleModel):
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         ch = cfg.channels
-        self.stem = nn.Sequential(nn.Conv2d(3, ch[0], 4, stride=4), LayerNorm2d(ch[0], 1e-6))
-        n = sum(cfg.layers)
-        drop_paths = [cfg.drop_path * j / (n - 1) if n > 1 else 0.0 for j in range(n)]
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, ch[0], STEM_STRIDE, stride=STEM_STRIDE), LayerNorm2d(ch[0], 1e-6)
+        )
+        drop_paths = drop_path_rates(cfg.drop_path, sum(cfg.layers))
         columns = [
             Column(ch, cfg.layers, cfg.kernel_size, drop_paths, first=i == 0)
             for i in range(cfg.num_columns)
@@ -457,79 +453,25 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-# ---------------------------------------------------------------------------------- configs
+# ----------------------------------------------------------------------------- registration
 
-CONFIGS: dict[str, RevColConfig] = {
-    "revcol_tiny": RevColConfig((64, 128, 256, 512), (2, 2, 4, 2), num_columns=4, drop_path=0.1),
-    "revcol_small": RevColConfig((64, 128, 256, 512), (2, 2, 4, 2), num_columns=8, drop_path=0.3),
-    "revcol_base": RevColConfig((72, 144, 288, 576), (1, 1, 3, 2), num_columns=16, drop_path=0.4),
-    "revcol_large": RevColConfig((128, 256, 512, 1024), (1, 2, 6, 2), num_columns=8, drop_path=0.5),
+# name: (size, config)
+VARIANTS: dict[str, tuple[str, RevColConfig]] = {
+    "revcol_tiny": ("T", RevColConfig(layers=(2, 2, 4, 2), num_columns=4, drop_path=0.1)),
+    "revcol_small": ("S", RevColConfig(layers=(2, 2, 4, 2), num_columns=8, drop_path=0.3)),
+    "revcol_base": (
+        "B",
+        RevColConfig(
+            channels=(72, 144, 288, 576), layers=(1, 1, 3, 2), num_columns=16, drop_path=0.4
+        ),
+    ),
+    "revcol_large": (
+        "L",
+        RevColConfig(
+            channels=(128, 256, 512, 1024), layers=(1, 2, 6, 2), num_columns=8, drop_path=0.5
+        ),
+    ),
 }
 
-
-def _create(name: str, **overrides) -> RevCol:
-    return RevCol(configure(CONFIGS[name], overrides))
-
-
-# ----------------------------------------------------------------------------- entry points
-
-# Parameter counts are exact for the classifier without intermediate supervision: RevCol-T
-# is the published 30,456,168; S, B and L are derived from the official architecture
-# (models/revcol.py of megvii-research/RevCol) and round to the published 60M/138M/273M.
-_SOURCE = "Cai et al., ICLR 2023 (arXiv:2212.11696), Table 1 / official README"
-_COMMON = dict(
-    family="RevCol",
-    kind="reversible",
-    native_resolution=224,
-    modes=MODES,
-    resolution_multiple=32,
-)
-
-
-@register_model(
-    size="T",
-    published_params=30_456_168,
-    published_macs=4_500_000_000,
-    published_top1=82.2,
-    source=_SOURCE,
-    **_COMMON,
-)
-def revcol_tiny(**overrides) -> RevCol:
-    return _create("revcol_tiny", **overrides)
-
-
-@register_model(
-    size="S",
-    published_params=60_568_424,
-    published_macs=9_000_000_000,
-    published_top1=83.5,
-    source=_SOURCE,
-    **_COMMON,
-)
-def revcol_small(**overrides) -> RevCol:
-    return _create("revcol_small", **overrides)
-
-
-@register_model(
-    size="B",
-    published_params=138_616_408,
-    published_macs=16_600_000_000,
-    published_top1=84.1,
-    source=_SOURCE,
-    **_COMMON,
-)
-def revcol_base(**overrides) -> RevCol:
-    return _create("revcol_base", **overrides)
-
-
-# Top-1 of RevCol-L is the ImageNet-22k pre-trained model fine-tuned at 224 (no 1k-only L).
-@register_model(
-    size="L",
-    published_params=273_095_400,
-    published_macs=39_000_000_000,
-    published_top1=86.6,
-    source=_SOURCE + " (L: IN-22k pre-trained)",
-    **_COMMON,
-)
-def revcol_large(**overrides) -> RevCol:
-    return _create("revcol_large", **overrides)
+for _name, (_size, _config) in VARIANTS.items():
+    register_model(_name, _config, family="RevCol", size=_size, builder=RevCol)

@@ -16,9 +16,10 @@ The contract:
   `reversible` (this engine), `vanilla` (ordinary autograd) or `checkpoint`
   (torch.utils.checkpoint per block).
 * The engine, not the blocks, owns the walk and what must be replayed during it: the
-  autocast state of the forward, the random masks (blocks record generator state with
-  `record`/`replay`), and BatchNorm running statistics, which a recompute must not
-  update a second time.
+  autocast state of the forward, the random masks (blocks draw through `record` in the
+  forward and `replay` in the recompute; only the reversible path, which recomputes,
+  snapshots generator state), and BatchNorm running statistics, which a recompute must
+  not update a second time.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ MODES = ("reversible", "vanilla", "checkpoint")
 Tensors = tuple[Tensor, ...]
 
 
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is invalid; valid: {', '.join(MODES)}")
+def check_mode(mode: str, valid: Sequence[str] = MODES) -> str:
+    """The one check of an execution mode (configs, stacks and `set_mode` call it)."""
+    if mode not in valid:
+        raise ValueError(f"mode {mode!r} is invalid; valid: {', '.join(valid)}")
     return mode
 
 
@@ -66,6 +68,32 @@ class RNGSnapshot:
             for device, state in zip(self.cuda_devices, self.cuda):
                 torch.cuda.set_rng_state(state, device)
             yield
+
+
+class RNGTape:
+    """The generator states one block's random draws started from, on the reversible path.
+
+    The engine hands a tape to a block (and the reversible blocks inside it) for its
+    forward, where `record` snapshots the state before each draw, and again for the
+    recompute in backward, where `replaying` is set and the same calls restore it. Off
+    that path (vanilla, checkpoint, inference) a block has no tape and snapshots nothing.
+    """
+
+    def __init__(self) -> None:
+        self.snapshots: dict[tuple[nn.Module, str], RNGSnapshot] = {}
+        self.replaying = False
+
+
+@contextlib.contextmanager
+def _taped(block: nn.Module, tape: RNGTape) -> Iterator[None]:
+    blocks = [m for m in block.modules() if isinstance(m, ReversibleBlock)]
+    for m in blocks:
+        m._tape = tape
+    try:
+        yield
+    finally:
+        for m in blocks:
+            m._tape = None
 
 
 def _autocast_state() -> list[tuple[str, bool, torch.dtype]]:
@@ -119,7 +147,7 @@ class ReversibleBlock(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self._rng: dict[str, RNGSnapshot] = {}
+        self._tape: RNGTape | None = None  # the engine's, while it runs this block
 
     def forward(self, *xs: Tensor) -> Tensors:
         raise NotImplementedError
@@ -131,25 +159,31 @@ class ReversibleBlock(nn.Module):
         raise NotImplementedError
 
     def record(self, key: str, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
-        if self.training:
-            self._rng[key] = RNGSnapshot(args)
+        """fn(*args); on the reversible path the generator state is saved first (and a
+        recompute of the whole forward restores it instead)."""
+        tape = self._tape
+        if tape is None:
+            return fn(*args)
+        if tape.replaying:
+            return self.replay(key, fn, *args)
+        tape.snapshots[self, key] = RNGSnapshot(args)
         return fn(*args)
 
     def replay(self, key: str, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
-        snapshot = self._rng.pop(key, None) if self.training else None
+        """fn(*args) from the generator state `record` saved under `key`, if it saved one."""
+        snapshot = None if self._tape is None else self._tape.snapshots.get((self, key))
         if snapshot is None:
             return fn(*args)
         with snapshot.restored():
             return fn(*args)
 
-    def backward_from_inputs(
-        self, xs: Tensors, ys: Tensors, dys: Tensors, snapshot: RNGSnapshot
-    ) -> Tensors:
+    def backward_from_inputs(self, xs: Tensors, ys: Tensors, dys: Tensors) -> Tensors:
         """The `keep_inputs` step: input gradients from the stored inputs `xs` (and outputs
-        `ys`). The default recomputes the whole block; a block made of parts can walk them
-        one at a time from the stored values instead (RevCol: level by level).
+        `ys`). The default recomputes the whole block, its draws replayed; a block made of
+        parts can walk them one at a time from the stored values instead (RevCol: level by
+        level).
         """
-        return _recompute_block(self, xs, dys, snapshot)
+        return _recompute_block(self, xs, dys)
 
 
 class TwoStreamBlock(ReversibleBlock):
@@ -226,13 +260,16 @@ class _ReversibleFunction(torch.autograd.Function):
         # requires_grad without a grad_fn, which breaks module hooks (MemTracker's among them).
         xs = tuple(x.detach() for x in xs)
         kept: list[Tensor] = []
-        ctx.arity, ctx.snapshots = [], []
+        ctx.arity, ctx.tapes = [], []
         for block in blocks:
             if keep_inputs:
                 kept.extend(xs)
                 ctx.arity.append(len(xs))  # a block may change the stream count (RevSilo)
-                ctx.snapshots.append(RNGSnapshot(xs))
-            xs = tuple(block(*xs))
+            tape = RNGTape()
+            with _taped(block, tape):
+                xs = tuple(block(*xs))
+            tape.replaying = True  # from here on the tape serves the recompute
+            ctx.tapes.append(tape)
         ctx.save_for_backward(*xs, *kept)
         ctx.n_out = len(xs)
         return xs
@@ -246,23 +283,22 @@ class _ReversibleFunction(torch.autograd.Function):
         with _autocast_replayed(ctx.autocast):
             for i in range(len(blocks) - 1, -1, -1):
                 block = blocks[i]
-                with frozen_running_stats(block):
+                with frozen_running_stats(block), _taped(block, ctx.tapes[i]):
                     if ctx.keep_inputs:
                         n = ctx.arity[i]
                         xs, kept = tuple(kept[-n:]), kept[:-n]
-                        dys = block.backward_from_inputs(xs, ys, dys, ctx.snapshots[i])
+                        dys = block.backward_from_inputs(xs, ys, dys)
                         ys = xs
                     else:
                         ys, dys = block.backward_pass(ys, dys)
                 del block
-        ctx.blocks = ctx.snapshots = None
+        ctx.blocks = ctx.tapes = None
         return (None, None, None, *dys)
 
 
-def _recompute_block(
-    block: ReversibleBlock, xs: Tensors, dys: Tensors, snapshot: RNGSnapshot
-) -> Tensors:
-    with torch.enable_grad(), snapshot.restored():
+def _recompute_block(block: ReversibleBlock, xs: Tensors, dys: Tensors) -> Tensors:
+    # The block's tape is replaying: each `record` in its forward restores its draw.
+    with torch.enable_grad():
         xs = tuple(x.detach().requires_grad_() for x in xs)
         ys = block(*xs)
     torch.autograd.backward(ys, dys)
@@ -306,14 +342,7 @@ class ReversibleStack(nn.Module):
             return xs
         if self.mode == "checkpoint":
             for block in blocks:
-                xs = tuple(
-                    checkpoint(
-                        block,
-                        *xs,
-                        use_reentrant=False,
-                        context_fn=_checkpoint_contexts(block),
-                    )
-                )
+                xs = tuple(checkpointed(block, *xs))
             return xs
         # Autograd records the Function, and so calls its backward (which reaches the
         # parameters), only if some input requires grad. A stack fed with plain images
@@ -330,9 +359,18 @@ class ReversibleStack(nn.Module):
         return ys
 
 
-def _checkpoint_contexts(block: nn.Module) -> Callable[[], tuple]:
-    # torch.utils.checkpoint replays RNG and autocast itself; BatchNorm it does not.
-    return lambda: (contextlib.nullcontext(), frozen_running_stats(block))
+def checkpointed(module: nn.Module, *xs: Tensor):
+    """`module(*xs)` under torch.utils.checkpoint, BatchNorm statistics moved once.
+
+    torch.utils.checkpoint replays generator and autocast state in its recompute itself;
+    the BatchNorm running statistics it would update a second time are frozen there.
+    """
+    return checkpoint(
+        module,
+        *xs,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), frozen_running_stats(module)),
+    )
 
 
 # ------------------------------------------------------------------------------ modes

@@ -16,9 +16,8 @@ so training keeps only the final streams, whatever the depth (models/reversible.
 the walk). The head concatenates the streams to 2C, applies LayerNorm, averages over
 tokens and classifies.
 
-Published: RevViT-S 22,434,664 params, 4.58 GMACs (fvcore), 79.4% top-1; RevViT-B
-17.5 GMACs; RevViT-L 61 GMACs. The same architecture gives B 87,335,656 and L 305,350,632
-parameters (the paper rounds them to 87M and 305M).
+The side multiple is the patch size (`create("revvit_small", patch_size=8, img_size=40)`
+gives a 5 x 5 token grid). Published figures: revbench/data/published.csv.
 """
 
 from __future__ import annotations
@@ -27,11 +26,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ._registry import configure, register_model
-from .reversible import MODES, ReversibleModel, ReversibleStack, TwoStreamBlock, check_mode
+from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
+from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
 
 # ------------------------------------------------------------------------ building blocks
 
@@ -60,7 +59,7 @@ class AttentionSubBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop_path(self.attn(self.norm(x)))
@@ -76,7 +75,7 @@ class MLPSubBlock(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop_path(self.fc2(self.act(self.fc1(self.norm(x)))))
@@ -94,36 +93,30 @@ class RevViTBlock(TwoStreamBlock):
 # ------------------------------------------------------------------------------ model
 
 
-@dataclass(frozen=True)
-class RevViTConfig:
+@dataclass(frozen=True, kw_only=True)
+class RevViTConfig(ReversibleConfig):
     embed_dim: int  # C, the width of each stream
     depth: int
     num_heads: int
     drop_path_rate: float  # stochastic depth, linear in block index from 0
     mlp_ratio: float = 4.0
     patch_size: int = 16
-    img_size: int = 224
     in_chans: int = 3
-    num_classes: int = 1000
-    mode: str = "reversible"  # reversible | vanilla | checkpoint
+
+    @property
+    def resolution_multiple(self) -> int:
+        return self.patch_size  # the patch embedding tiles the image
 
     def validate(self) -> None:
-        check_positive_ints(self, "embed_dim", "depth", "num_heads", "patch_size", "img_size")
-        check_positive_ints(self, "in_chans", "num_classes")
+        check_positive_ints(self, "embed_dim", "depth", "num_heads", "patch_size", "in_chans")
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"embed_dim {self.embed_dim} is invalid: it must divide by num_heads "
                 f"{self.num_heads}"
             )
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is invalid: it must be a multiple of patch_size "
-                f"{self.patch_size}"
-            )
         check_rate(self.drop_path_rate, "drop_path_rate")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio {self.mlp_ratio} is invalid: it must be positive")
-        check_mode(self.mode)
 
 
 class RevViT(ReversibleModel):
@@ -131,7 +124,6 @@ class RevViT(ReversibleModel):
 
     def __init__(self, cfg: RevViTConfig):
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         C = cfg.embed_dim
@@ -145,7 +137,7 @@ class RevViT(ReversibleModel):
         self.norm = nn.LayerNorm(2 * C, eps=1e-6)
         self.head = nn.Linear(2 * C, cfg.num_classes)
         self.mode = cfg.mode
-        init_weights(self)
+        init_vit_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -156,88 +148,18 @@ class RevViT(ReversibleModel):
         return self.head(x.mean(dim=1))  # (B, K)
 
 
-# ---------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------- registration
 
-
-def drop_path_rates(max_rate: float, depth: int) -> list[float]:
-    # Plain Python, not torch.linspace: builders also run on the meta device, where a
-    # tensor's values cannot be read.
-    return [max_rate * i / max(depth - 1, 1) for i in range(depth)]
-
-
-def init_weights(model: nn.Module) -> None:
-    """ViT initialisation: truncated-normal (std 0.02) linear weights, zero biases."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def check_input(x: Tensor, img_size: int, in_chans: int) -> None:
-    if x.ndim != 4 or x.shape[1] != in_chans or tuple(x.shape[-2:]) != (img_size, img_size):
-        raise ValueError(
-            f"input of shape {tuple(x.shape)} is invalid: the model was built for "
-            f"(B, {in_chans}, {img_size}, {img_size}); rebuild it with img_size= to change"
-        )
-
-
-def check_positive_ints(cfg: object, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} {value!r} is invalid: it must be a positive int")
-
-
-def check_rate(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} {value!r} is invalid: it must be in [0, 1)")
-
-
-# ---------------------------------------------------------------------------- configs
-
-CONFIGS: dict[str, RevViTConfig] = {
-    "revvit_small": RevViTConfig(embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
-    "revvit_base": RevViTConfig(embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.2),
+# name: (size, config)
+VARIANTS: dict[str, tuple[str, RevViTConfig]] = {
+    "revvit_small": ("S", RevViTConfig(embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1)),
+    "revvit_base": ("B", RevViTConfig(embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.2)),
     # The paper gives no drop path for L; B's rate is used (it changes no count or memory).
-    "revvit_large": RevViTConfig(embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.2),
+    "revvit_large": (
+        "L",
+        RevViTConfig(embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.2),
+    ),
 }
 
-_SOURCE = "Mangalam et al., Reversible Vision Transformers, CVPR 2022"
-
-
-def _create(name: str, **overrides) -> RevViT:
-    return RevViT(configure(CONFIGS[name], overrides))
-
-
-# ---------------------------------------------------------------------- entry points
-
-
-@register_model(
-    family="RevViT", kind="reversible", size="S", native_resolution=224, modes=MODES,
-    resolution_multiple=16, published_params=22_434_664, published_macs=4_580_000_000,
-    published_top1=79.4, source=_SOURCE,
-)  # fmt: skip
-def revvit_small(**overrides) -> RevViT:
-    return _create("revvit_small", **overrides)
-
-
-@register_model(
-    family="RevViT", kind="reversible", size="B", native_resolution=224, modes=MODES,
-    resolution_multiple=16, published_params=87_000_000, published_macs=17_500_000_000,
-    source=_SOURCE + " (params as rounded there)",
-)  # fmt: skip
-def revvit_base(**overrides) -> RevViT:
-    return _create("revvit_base", **overrides)
-
-
-@register_model(
-    family="RevViT", kind="reversible", size="L", native_resolution=224, modes=MODES,
-    resolution_multiple=16, published_params=305_000_000, published_macs=61_000_000_000,
-    source=_SOURCE + " (params as rounded there)",
-)  # fmt: skip
-def revvit_large(**overrides) -> RevViT:
-    return _create("revvit_large", **overrides)
+for _name, (_size, _config) in VARIANTS.items():
+    register_model(_name, _config, family="RevViT", size=_size, builder=RevViT)

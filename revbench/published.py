@@ -1,63 +1,38 @@
-"""Published figures revbench is compared with, as data (`revbench/data/published.csv`).
+"""Published figures revbench is compared with, as a DataFrame for plots and reports.
 
-One row per model, task, metric and source, with the value in the unit it was published
-in and where it comes from. `load_published` converts every value to base units (bytes,
-MACs, parameters, images, AP points) in `value_base`, so results and published figures
-compare without unit arithmetic elsewhere. GB and MB are decimal (10^9, 10^6 bytes): the
-papers do not say otherwise.
+The table is `revbench/data/published.csv`, read and checked by
+`revbench.models.published` (the registry reads the same rows). One row per model, task
+and metric, with the value in the unit it was published in and where it comes from;
+`value_base` converts every value to base units (bytes, MACs, parameters, images, AP
+points, percent), so results and published figures compare without unit arithmetic
+elsewhere. `self_count` marks figures that are only timm's own count of timm's model:
+their measured / published ratio is 1.00 by construction.
 """
 
 from __future__ import annotations
 
-from importlib import resources
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = (
-    "model",
-    "family",
-    "size",
-    "task",  # imagenet, faster_rcnn, mask_rcnn
-    "metric",  # memory_per_sample, macs, params, max_batch, det_memory_per_sample, ...
-    "value",
-    "unit",
-    "mode",  # the execution mode the figure was measured in (memory figures only)
-    "resolution",
-    "approximate",  # 1: read off a plot rather than printed
-    "source",
-    "note",
-)
+from revbench.models.published import COLUMNS, UNITS, read_published
 
-# unit -> (factor to the base unit, base unit)
-UNITS = {
-    "GB": (1e9, "bytes"),
-    "MB": (1e6, "bytes"),
-    "GMACs": (1e9, "MACs"),
-    "MACs": (1.0, "MACs"),
-    "M": (1e6, "params"),
-    "count": (1.0, "params"),
-    "images": (1.0, "images"),
-    "AP": (1.0, "AP"),
-}
+__all__ = ["COLUMNS", "UNITS", "load_published", "memory_points"]
 
 
 def load_published(path: str | Path | None = None) -> pd.DataFrame:
     """Published figures with `value_base` in bytes / MACs / params (`base_unit` says which)."""
-    source = Path(path) if path else resources.files("revbench.data") / "published.csv"
-    with source.open() as f:
-        df = pd.read_csv(f, dtype={"model": str, "mode": str, "note": str})
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{source}: missing column(s) {', '.join(missing)}")
-    unknown = sorted(set(df["unit"]) - set(UNITS))
-    if unknown:
-        raise ValueError(f"{source}: unknown unit(s) {unknown}; valid: {', '.join(UNITS)}")
-    df["value_base"] = df["value"] * df["unit"].map(lambda u: UNITS[u][0])
-    df["base_unit"] = df["unit"].map(lambda u: UNITS[u][1])
+    rows = [
+        {
+            **{k: v for k, v in dataclasses.asdict(f).items() if k != "printed"},
+            "value_base": f.value_base,
+            "base_unit": f.base_unit,
+        }
+        for f in read_published(path)
+    ]
+    df = pd.DataFrame(rows, columns=[*COLUMNS, "value_base", "base_unit"])
     df["resolution"] = df["resolution"].astype("Int64")
-    df["approximate"] = df["approximate"].astype(bool)
-    df[["mode", "note"]] = df[["mode", "note"]].fillna("")
     return df
 
 

@@ -1,17 +1,41 @@
-"""Test-only models, registered through REVBENCH_PLUGINS so subprocess workers see them too."""
+"""Test-only models, registered through REVBENCH_PLUGINS so subprocess workers see them too.
+
+They register exactly as a user's plugin would: a config derived from `ModelConfig` and
+`register_model`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from revbench.models import register_model
+from revbench.models import ModelConfig, register_model
+
+
+@dataclass(frozen=True, kw_only=True)
+class TinyConfig(ModelConfig):
+    img_size: int = 32
+    num_classes: int = 10
+    width: int = 8
+    oom_above: int = 1  # OOMProbe only
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrashConfig(ModelConfig):
+    img_size: int = 32
+
+    @property
+    def resolution_multiple(self) -> int:
+        return 16
 
 
 class TinyCNN(nn.Module):
-    def __init__(self, width: int = 8, num_classes: int = 10):
+    def __init__(self, cfg: TinyConfig):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes = cfg.num_classes
+        width = cfg.width
         self.features = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -20,7 +44,7 @@ class TinyCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.fc = nn.Linear(width, num_classes)
+        self.fc = nn.Linear(width, cfg.num_classes)
 
     def forward(self, x):
         return self.fc(self.features(x))
@@ -29,9 +53,9 @@ class TinyCNN(nn.Module):
 class OOMProbe(TinyCNN):
     """Raises CUDA's out-of-memory error for batches larger than `oom_above`."""
 
-    def __init__(self, oom_above: int = 1):
-        super().__init__()
-        self.oom_above = oom_above
+    def __init__(self, cfg: TinyConfig):
+        super().__init__(cfg)
+        self.oom_above = cfg.oom_above
 
     def forward(self, x):
         if x.shape[0] > self.oom_above:
@@ -39,18 +63,10 @@ class OOMProbe(TinyCNN):
         return super().forward(x)
 
 
-@register_model(family="Test", kind="baseline", size="tiny", native_resolution=32)
-def test_tiny_cnn(img_size: int | None = None, mode: str = "vanilla", **overrides) -> nn.Module:
-    return TinyCNN(**overrides)
-
-
-@register_model(family="Test", kind="baseline", size="oom", native_resolution=32)
-def test_oom_probe(img_size: int | None = None, mode: str = "vanilla", **overrides) -> nn.Module:
-    return OOMProbe(**overrides)
-
-
-@register_model(
-    family="Test", kind="baseline", size="crash", native_resolution=32, resolution_multiple=16
-)
-def test_crash(img_size: int | None = None, mode: str = "vanilla") -> nn.Module:
+def crash(cfg: CrashConfig) -> nn.Module:
     raise RuntimeError("constructor failed on purpose")
+
+
+register_model("test_tiny_cnn", TinyConfig(), family="Test", size="tiny", builder=TinyCNN)
+register_model("test_oom_probe", TinyConfig(), family="Test", size="oom", builder=OOMProbe)
+register_model("test_crash", CrashConfig(), family="Test", size="crash", builder=crash)

@@ -3,9 +3,11 @@
 Every guarantee in models/reversible.py has a test here that would fail if it broke:
 gradient equality (every parameter and the stack input, odd and even depths, drop path on
 and off, leaf inputs), exact replay of random masks without touching the global generator,
-BatchNorm running statistics updated exactly once, autocast replayed in the recompute,
-activation memory flat in depth, inference off the custom path, `keep_inputs`, and the
-inverse. The blocks are test-only miniatures, small enough to run in milliseconds on CPU.
+generator snapshots only on the path that replays them, BatchNorm running statistics
+updated exactly once, autocast replayed in the recompute, inference off the custom path,
+`keep_inputs`, and the inverse. The blocks are test-only miniatures, small enough to run
+in milliseconds on CPU. Every registered model gets the same guarantees, and activation
+memory flat in depth, in tests/test_model_contract.py.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def test_parameters_get_gradients_when_input_needs_none(mode: str) -> None:
         y1, y2 = stack(x, x)
         (y1.sum() + (y2**2).sum()).backward()
         grads[m] = {n: p.grad for n, p in stack.named_parameters()}
+    assert len(grads[mode]) == 12 * 3
     assert all(g is not None for g in grads[mode].values())
     assert_same(grads[mode], grads["vanilla"], tol=1e-5)
 
@@ -211,6 +214,32 @@ def test_random_masks_replayed_without_touching_global_rng(mode: str) -> None:
     # ...replayed exactly, and the generator ends where vanilla leaves it: no reseeding.
     assert_same(got, want, tol=1e-5)
     assert torch.equal(state_mode, state_vanilla)
+
+
+@pytest.mark.parametrize("keep_inputs", [False, True])
+def test_only_the_reversible_path_snapshots_the_generator(
+    monkeypatch: pytest.MonkeyPatch, keep_inputs: bool
+) -> None:
+    # Vanilla is plain autograd and checkpoint replays through torch.utils.checkpoint:
+    # neither may take a snapshot it never replays (both used to, for every F and G).
+    # The reversible path takes one per random sub-function, with or without keep_inputs.
+    taken = []
+
+    class CountingSnapshot(reversible.RNGSnapshot):
+        def __init__(self, tensors):
+            taken.append(1)
+            super().__init__(tensors)
+
+    monkeypatch.setattr(reversible, "RNGSnapshot", CountingSnapshot)
+    stack = make_stack(3, drop_path=0.5).train()
+    stack.keep_inputs = keep_inputs
+    x1, x2 = torch.randn(2, 4, 6, DIM).unbind(0)
+    counts = {}
+    for mode in ("vanilla", "checkpoint", "reversible"):
+        taken.clear()
+        run_step(stack, mode, x1, x2)
+        counts[mode] = len(taken)
+    assert counts == {"vanilla": 0, "checkpoint": 0, "reversible": 2 * 3}  # F and G, 3 blocks
 
 
 def test_different_seeds_draw_different_masks() -> None:
@@ -303,45 +332,3 @@ def test_inverse_of_forward_is_identity(depth: int) -> None:
         r1, r2 = stack.inverse(*stack(x1, x2))
     torch.testing.assert_close(r1, x1, rtol=0, atol=1e-12)
     torch.testing.assert_close(r2, x2, rtol=0, atol=1e-12)
-
-
-# --------------------------------------------------------------------------- memory
-
-
-class StackNet(nn.Module):
-    """Images -> patch tokens -> a stack of MLPBlocks -> logits, for the estimator."""
-
-    def __init__(self, depth: int, mode: str, dim: int = 16, patch: int = 8):
-        super().__init__()
-        self.num_classes = 10
-        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
-        blocks = [MLPBlock(dim, drop_path=0.1) for _ in range(depth)]
-        self.stack = ReversibleStack(blocks, mode=mode)
-        self.head = nn.Linear(2 * dim, self.num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
-        x1, x2 = self.stack(x, x)
-        return self.head(torch.cat([x1, x2], dim=-1).mean(1))  # (B, K)
-
-
-def test_activation_memory_flat_in_depth() -> None:
-    from revbench.methods.estimate import estimate_memory
-
-    def activations(depth: int, mode: str) -> int:
-        est = estimate_memory(lambda: StackNet(depth, mode), batch_size=4, resolution=32)
-        return est.activation_bytes
-
-    # One block's working set: what vanilla autograd keeps for one more block.
-    vanilla = {d: activations(d, "vanilla") for d in (4, 5, 10)}
-    block = vanilla[5] - vanilla[4]
-    assert block > 0
-    # MemTracker's cost grows with depth squared: 10 blocks against 4 keeps this short.
-    shallow, deep = activations(4, "reversible"), activations(10, "reversible")
-    assert abs(deep - shallow) < block
-    # Stricter: six more blocks keep less than one stream tensor, so nothing is stored per
-    # block, not even its inputs (what keep_inputs=True or a leaked recompute would add).
-    stream_bytes = 4 * (32 // 8) ** 2 * 16 * 4  # (B, N, C) fp32
-    assert abs(deep - shallow) < stream_bytes
-    assert vanilla[10] - vanilla[4] == pytest.approx(6 * block, rel=0.1)
-    assert deep < vanilla[10] / 3

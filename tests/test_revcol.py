@@ -1,7 +1,9 @@
-"""RevCol: exact published sizes, the column engine against ordinary autograd, memory.
+"""RevCol: MACs, the inversion path, autocast, intermediate supervision.
 
-Full-size models are checked on the meta device (no memory). Everything that runs is a
-tiny RevCol (widths 8-16-32-64, one block per level, 64px) so the file runs in seconds.
+The engine guarantees with stored column states (gradients, replay, modes, published
+parameter counts, memory per column) are checked for every size in
+tests/test_model_contract.py. Full-size models are built on the meta device; everything
+that runs is a tiny RevCol (widths 8-16-32-64, one block per level, 64px).
 """
 
 from __future__ import annotations
@@ -11,21 +13,10 @@ import torch
 from torch import Tensor
 
 from revbench.models import ResolutionError, create, get_info, list_models
-from revbench.models.revcol import (
-    CONFIGS,
-    Column,
-    RevCol,
-    RevColOutput,
-    intermediate_supervision_loss,
-)
+from revbench.models.revcol import Column, RevCol, RevColOutput, intermediate_supervision_loss
 
 TINY = dict(channels=(8, 16, 32, 64), layers=(1, 1, 1, 1), img_size=64)
-PUBLISHED = {  # exact parameter counts; MACs as published (T 4.5G, S 9.0G, B 16.6G, L 39G)
-    "revcol_tiny": 30_456_168,
-    "revcol_small": 60_568_424,
-    "revcol_base": 138_616_408,
-    "revcol_large": 273_095_400,
-}
+NAMES = [i.name for i in list_models(family="RevCol")]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,15 +55,7 @@ def _rel(a: Tensor, b: Tensor) -> float:
 # --------------------------------------------------------------------------- sizes
 
 
-@pytest.mark.parametrize("name", list(PUBLISHED))
-def test_parameter_count_is_exact(name: str) -> None:
-    with torch.device("meta"):
-        model = create(name)
-    assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
-    assert get_info(name).published_params == PUBLISHED[name]
-
-
-@pytest.mark.parametrize("name", list(PUBLISHED))
+@pytest.mark.parametrize("name", NAMES)
 def test_macs_match_published(name: str) -> None:
     from revbench.counting import count_macs
 
@@ -83,26 +66,13 @@ def test_macs_match_published(name: str) -> None:
     assert abs(count_macs(model, 224) - published) / published < 0.01
 
 
-def test_registry_entries() -> None:
-    infos = list_models(family="RevCol")
-    assert [i.name for i in infos] == list(CONFIGS)
-    assert [i.size for i in infos] == ["T", "S", "B", "L"]
-    for info in infos:
-        assert info.kind == "reversible" and info.native_resolution == 224
-        assert info.resolution_multiple == 32
-        assert info.modes == ("reversible", "vanilla", "checkpoint")
-
-
 # --------------------------------------------------------------------- interface
 
 
-@pytest.mark.parametrize("mode", ["reversible", "vanilla", "checkpoint"])
-def test_forward_shape(mode: str) -> None:
-    model = _tiny(num_columns=2, num_classes=10, mode=mode)
-    images = torch.randn(2, 3, 64, 64)
-    assert model(images).shape == (2, 10)  # training path
+def test_takes_any_multiple_of_32() -> None:
+    model = _tiny(num_columns=2, num_classes=10).eval()
     with torch.no_grad():
-        assert model.eval()(torch.randn(1, 3, 96, 96)).shape == (1, 10)  # any multiple of 32
+        assert model(torch.randn(1, 3, 96, 96)).shape == (1, 10)  # built for 64
 
 
 def test_bad_overrides_raise_value_error() -> None:
@@ -114,7 +84,7 @@ def test_bad_overrides_raise_value_error() -> None:
         create("revcol_tiny", num_columns=6, intermediate_supervision=True)
     with pytest.raises(ValueError, match="mode 'fast'"):
         create("revcol_tiny", mode="fast")
-    with pytest.raises(ResolutionError, match="multiple of 32"):
+    with pytest.raises(ResolutionError, match="img_size 100 .*multiple of 32.* 96 or 128"):
         create("revcol_tiny", img_size=100)
 
 
@@ -134,11 +104,11 @@ def test_alpha_clamp_keeps_sign() -> None:
 
 @pytest.mark.parametrize("num_columns", [2, 3])
 @pytest.mark.parametrize("drop_path", [0.0, 0.3])
-@pytest.mark.parametrize("store_columns", [True, False])
-def test_gradients_equal_vanilla(num_columns: int, drop_path: float, store_columns: bool) -> None:
-    """Input and every parameter gradient, alpha included, in reversible and checkpoint
-    mode against plain autograd on the same weights."""
-    model = _tiny(num_columns=num_columns, drop_path=drop_path, store_columns=store_columns)
+def test_inversion_gradients_close_to_vanilla(num_columns: int, drop_path: float) -> None:
+    """store_columns=False: the inputs are rebuilt by inversion, dividing by alpha once per
+    column. Input and every parameter gradient, alpha included, against plain autograd;
+    alphas of both signs and layer scale 0.5 so every term counts."""
+    model = _tiny(num_columns=num_columns, drop_path=drop_path, store_columns=False)
     images = torch.randn(2, 3, 64, 64)
     model.set_mode("vanilla")
     dx_ref, ref = _grads(model, images)
@@ -147,37 +117,15 @@ def test_gradients_equal_vanilla(num_columns: int, drop_path: float, store_colum
     for i in range(1, num_columns):
         for l in range(4):
             assert ref[f"columns.{i}.alpha{l}"].abs().sum() > 0
-    # Stored inputs are exact (rounding only); inversion divides by alpha once per column.
-    tol = 1e-5 if store_columns else 1e-4
-    for mode in ("reversible", "checkpoint"):
-        model.set_mode(mode)
-        dx, grads = _grads(model, images)
-        assert _rel(dx, dx_ref) < tol, mode
-        for name, g in ref.items():
-            if g is None:
-                assert grads[name] is None, (mode, name)
-            else:
-                assert grads[name] is not None, (mode, name)
-                assert _rel(grads[name], g) < tol, (mode, name, _rel(grads[name], g))
-
-
-def test_drop_path_masks_replayed() -> None:
-    model = _tiny(num_columns=3, drop_path=0.6, store_columns=True)
-    images = torch.randn(8, 3, 64, 64)
-    with torch.no_grad():
-        torch.manual_seed(1234)
-        train_out = model.train()(images)
-        eval_out = model.eval()(images)
-    model.train()
-    assert not torch.allclose(train_out, eval_out)  # masks do drop samples
-    model.set_mode("vanilla")
-    dx_ref, ref = _grads(model, images)
-    for store_columns in (True, False):
-        model.columns.keep_inputs = store_columns
-        model.set_mode("reversible")
-        dx, grads = _grads(model, images)
-        assert _rel(dx, dx_ref) < 1e-4
-        assert all(_rel(grads[n], g) < 1e-4 for n, g in ref.items() if g is not None)
+    model.set_mode("reversible")
+    dx, grads = _grads(model, images)
+    assert _rel(dx, dx_ref) < 1e-4
+    assert grads.keys() == ref.keys()
+    for name, g in ref.items():
+        if g is None:
+            assert grads[name] is None, name
+        else:
+            assert _rel(grads[name], g) < 1e-4, (name, _rel(grads[name], g))
 
 
 def test_autocast_replayed_in_recompute() -> None:
@@ -194,7 +142,8 @@ def test_autocast_replayed_in_recompute() -> None:
     assert dtypes == [torch.bfloat16, torch.bfloat16]  # the forward, then the recompute
     # bf16 sums gradients in a different order per mode: bf16-level agreement.
     assert _rel(dx, dx_ref) < 2e-2
-    assert all(_rel(grads[n], g) < 3e-2 for n, g in ref.items() if g is not None)
+    checked = {n: _rel(grads[n], g) for n, g in ref.items() if g is not None}
+    assert len(checked) > 4 * 3 and max(checked.values()) < 3e-2
 
 
 def test_inverse_rebuilds_inputs_and_error_grows_per_column() -> None:
@@ -215,43 +164,6 @@ def test_inverse_rebuilds_inputs_and_error_grows_per_column() -> None:
             errors.append(max(_rel(a, b) for a, b in zip(state[1:], states[i][1:])))
     assert errors[0] < 1e-5
     assert errors[-1] > 100 * errors[0]
-
-
-# ------------------------------------------------------------------------ memory
-
-
-def _state_bytes(batch: int, res: int, channels: tuple[int, ...]) -> int:
-    """One column's outputs c0..c3 in fp32, each rounded to the allocator's 512 bytes."""
-    sizes = [batch * c * (res // (4 * 2**l)) ** 2 * 4 for l, c in enumerate(channels)]
-    return sum(-(-n // 512) * 512 for n in sizes)
-
-
-def test_memory_per_added_column() -> None:
-    """Estimated activation memory: reversible grows by at most one column state per added
-    column (its stored inputs), inversion not at all, vanilla by a column's activations."""
-    from revbench.methods.estimate import estimate_memory
-
-    def activations(num_columns: int, **kw) -> int:
-        est = estimate_memory(
-            "revcol_tiny",
-            batch_size=2,
-            resolution=64,
-            num_columns=num_columns,
-            channels=TINY["channels"],
-            layers=TINY["layers"],
-            **kw,
-        )
-        return est.activation_bytes
-
-    state = _state_bytes(2, 64, TINY["channels"])
-    reversible = activations(3, mode="reversible") - activations(2, mode="reversible")
-    inversion = activations(3, mode="reversible", store_columns=False) - activations(
-        2, mode="reversible", store_columns=False
-    )
-    vanilla = activations(3, mode="vanilla") - activations(2, mode="vanilla")
-    assert 0 <= reversible <= state
-    assert inversion <= state // 4
-    assert vanilla >= 4 * state
 
 
 # ------------------------------------------------------- intermediate supervision
@@ -283,7 +195,10 @@ def test_intermediate_supervision_outputs_and_gradients() -> None:
     assert any(n.startswith("decoders.") for n in ref) and any(n.startswith("aux_") for n in ref)
     rev = grads("reversible")
     assert rev.keys() == ref.keys()
-    assert all(_rel(rev[n], g) < 1e-5 for n, g in ref.items())
+    for name, g in ref.items():
+        assert _rel(rev[name], g) < 1e-5, name
+    # Its output is not logits: a classification cell refuses it up front.
+    assert get_info("revcol_tiny").task_for({"intermediate_supervision": True}) != "classify"
 
 
 def test_column_is_one_reversible_block_per_column() -> None:
