@@ -1,11 +1,16 @@
-"""A cell: one measurement of a model at one resolution, batch, precision, mode and method."""
+"""A cell: one measurement of a model at one resolution, batch, precision, mode and method.
+
+Cells are made by suite expansion (`revbench.suite.make_cell`), which fills in what the
+registry knows of the model (family, kind, size, task), so a cell carries everything its
+record needs and nothing downstream reads the registry again.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-
-METHODS = ("cuda", "estimate", "cpu")
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 # The fields that identify a cell; results, --resume and the gate match on them.
 KEY_FIELDS = (
@@ -19,15 +24,61 @@ KEY_FIELDS = (
     "method",
 )
 
-
-def variant_label(overrides: dict) -> str:
-    """Readable, order-independent label of model overrides: 'depth=4,embed_dim=64'."""
-    return ",".join(f"{k}={overrides[k]}" for k in sorted(overrides))
+Overrides = tuple[tuple[str, Any], ...]
 
 
-@dataclass(frozen=True)
+def freeze_overrides(overrides: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Overrides:
+    """Model overrides as sorted (name, value) pairs: hashable, and equal when equal."""
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    return tuple(sorted((str(k), _frozen(v)) for k, v in items))
+
+
+def _frozen(value: Any) -> Any:
+    # TOML and JSON give lists; a tuple hashes and means the same to a model config.
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _thawed(value: Any) -> Any:
+    return [_thawed(v) for v in value] if isinstance(value, tuple) else value
+
+
+def variant_label(overrides: Mapping[str, Any] | Overrides) -> str:
+    """Readable, order-independent label of model overrides: 'depth=4,embed_dim=64'.
+
+    Sequences read as the suite wrote them: 'out_indices=[1, 2]'.
+    """
+    return ",".join(f"{k}={_thawed(v)}" for k, v in freeze_overrides(overrides))
+
+
+def model_label(model: str, variant: str) -> str:
+    """'revvit_small[depth=4]', or the bare name without overrides."""
+    return f"{model}[{variant}]" if variant else model
+
+
+def cell_label(item: Any, batch: str | None = None) -> str:
+    """'revvit_small[depth=4] reversible 32px b2 fp32 train (estimate)'.
+
+    `item` is a Cell, a Record or a results row (anything with the key fields by name or
+    by item); `batch` replaces the batch size, e.g. "16,32" for a fit over batch sizes.
+    """
+    get = item.__getitem__ if hasattr(item, "__getitem__") else item.__getattribute__
+    b = batch if batch is not None else str(int(get("batch_size")))
+    return (
+        f"{model_label(get('model'), get('variant'))} {get('mode')} "
+        f"{int(get('resolution'))}px b{b} {get('precision')} {get('scenario')} "
+        f"({get('method')})"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cell:
+    """One measurement to make. Equal cells are the same measurement, overrides included."""
+
     model: str
+    family: str  # from the registry: "RevViT", "EfficientNet", ...
+    kind: str  # "reversible" or "baseline"
+    size: str  # label within the family: "S", "B7", ...
+    task: str  # what the step trains: "classify", ...
     resolution: int
     batch_size: int
     precision: str = "fp32"
@@ -37,10 +88,13 @@ class Cell:
     optimizer: str = "sgd"
     suite: str = ""
     group: str = ""
-    overrides: dict = field(default_factory=dict, hash=False, compare=False)
+    overrides: Overrides = ()  # a dict is accepted and frozen
     warmup_steps: int = 2
     measure_steps: int = 10
     timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
 
     @property
     def variant(self) -> str:
@@ -51,24 +105,13 @@ class Cell:
         return tuple(getattr(self, f) for f in KEY_FIELDS)
 
     def label(self) -> str:
-        variant = f"[{self.variant}]" if self.overrides else ""
-        return (
-            f"{self.model}{variant} {self.mode} {self.resolution}px b{self.batch_size} "
-            f"{self.precision} {self.scenario} ({self.method})"
-        )
+        return cell_label(self)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        data["overrides"] = dict(self.overrides)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Cell:
         return cls(**json.loads(text))
-
-    def build_model(self):
-        """The cell's model, built on the current default device."""
-        from revbench.models import create, get_info
-
-        kwargs = dict(self.overrides, img_size=self.resolution)
-        if get_info(self.model).kind == "reversible":
-            kwargs["mode"] = self.mode
-        return create(self.model, **kwargs)

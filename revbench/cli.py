@@ -5,15 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from .errors import UsageError
-
-DEVICES = ("auto", "cuda", "estimate", "cpu")
 
 
 def _console() -> Console:
@@ -45,33 +40,18 @@ def _ints(value: str) -> list[int]:
     return out
 
 
-def resolve_method(device: str) -> tuple[str, str | None]:
-    """The measurement method for `--device`, and a note to print when auto falls back."""
-    if device not in DEVICES:
-        raise UsageError(f"device {device!r} is invalid; valid: {', '.join(DEVICES)}")
-    has_gpu = torch.cuda.is_available()
-    if device == "cuda" and not has_gpu:
-        raise UsageError(
-            "device 'cuda' is invalid here: no CUDA GPU is visible; valid: estimate, cpu"
-        )
-    if device == "auto":
-        if has_gpu:
-            return "cuda", None
-        return "estimate", "no CUDA GPU found: using the GPU-free estimator (--device estimate)"
-    return device, None
-
-
 # ------------------------------------------------------------------------------- run
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .results import RunStore, export_csv, load, per_sample_fit
-    from .runner import run_cells, summary_table
+    from .methods import resolve_device
+    from .results import export_csv, load, per_sample_fit
+    from .runner import run_suite
     from .suite import expand, load_suite
 
     console = _console()
     suite = load_suite(args.suite)
-    method, fallback_note = resolve_method(args.device)
+    method, fallback_note = resolve_device(args.device)
     cells = expand(
         suite,
         method=method,
@@ -87,43 +67,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(cell.label())
         return 0
-    # Everything is validated; only now is anything written.
-    out = Path(args.out)
-    store = None
-    if args.resume:
-        store = (
-            RunStore(Path(args.resume))
-            if args.resume != "latest"
-            else RunStore.latest(out, suite.name)
-        )
-        if store is None or not store.manifest_path.is_file():
-            where = args.resume if args.resume != "latest" else out / suite.name
-            raise UsageError(f"nothing to resume at {where}: no run directory with a manifest.json")
-    else:
-        store = RunStore.create(out, suite.name)
-    if fallback_note:
-        console.print(fallback_note)
-    store.write_manifest(
-        {
-            "suite": suite.name,
-            "method": method,
-            "command": shlex.join(["revbench", *args.argv]),
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cells": len(cells),
-        }
-    )
-    console.print(f"{suite.name}: {len(cells)} cell(s), method {method}, writing {store.dir}")
-    isolate = method == "cuda" if args.isolate is None else args.isolate
-    summary = run_cells(
-        cells,
-        store,
-        isolate=isolate,
-        resume=bool(args.resume),
+    summary = run_suite(
+        suite,
+        method=method,
+        cells=cells,
+        out=args.out,
+        resume=args.resume,
+        isolate=args.isolate,
         memory_snapshot=args.memory_snapshot,
         thop=not args.no_thop,
+        command=shlex.join(["revbench", *args.argv]),
+        note=fallback_note,
         console=console,
     )
-    console.print(summary_table(summary.records))
+    console.print(_summary_table(summary.records))
+    store = summary.store
     df = load(store.results_path) if store.results_path.is_file() else None
     if df is not None and not df.empty:
         fit = per_sample_fit(df)
@@ -135,17 +93,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 130 if summary.interrupted else 0
 
 
+def _summary_table(records):
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .cell import model_label
+
+    table = Table(title="revbench results", show_lines=False)
+    left = ("model", "mode", "status", "prec")
+    for col in (
+        "model",
+        "mode",
+        "res",
+        "batch",
+        "prec",
+        "status",
+        "peak MB",
+        "ms/step",
+        "samples/s",
+        "params M",
+        "GMACs",
+    ):
+        table.add_column(col, justify="left" if col in left else "right")
+    for r in records:
+        table.add_row(
+            escape(model_label(r.model, r.variant)),
+            r.mode,
+            str(r.resolution),
+            str(r.batch_size),
+            r.precision,
+            r.status,
+            _fmt(r.peak_bytes, 1e6, ".1f"),
+            _fmt(r.step_time_ms_median, 1, ".1f"),
+            _fmt(r.throughput_samples_per_s, 1, ".1f"),
+            _fmt(r.params, 1e6, ".2f"),
+            _fmt(r.macs, 1e9, ".2f"),
+        )
+    return table
+
+
+def _fmt(value, scale: float, spec: str) -> str:
+    return "-" if value is None else format(value / scale, spec)
+
+
 def _fit_table(fit):
     from rich.markup import escape
     from rich.table import Table
+
+    from .cell import model_label
 
     table = Table(title="memory per sample (least-squares slope over batch size)")
     for col in ("model", "mode", "res", "prec", "MB/sample", "fixed MB", "batches"):
         table.add_column(col)
     for _, r in fit.iterrows():
-        label = r["model"] + (f"[{r['variant']}]" if r["variant"] else "")
         table.add_row(
-            escape(label),
+            escape(model_label(r["model"], r["variant"])),
             r["mode"],
             str(r["resolution"]),
             r["precision"],

@@ -102,9 +102,7 @@ THOP_PUBLISHED_RULES: dict[type, Callable] = {
 }
 
 
-def count_macs_thop(
-    model: nn.Module, resolution: int, *, rules: dict[type, Callable] | None = None
-) -> int:
+def count_macs_thop(model: nn.Module, resolution: int) -> int:
     """MACs at batch 1 under the published thop convention (needs real tensors, CPU)."""
     import thop
 
@@ -114,7 +112,7 @@ def count_macs_thop(
     try:
         with torch.no_grad():
             macs, _ = thop.profile(
-                model, inputs=(x,), custom_ops=rules or THOP_PUBLISHED_RULES, verbose=False
+                model, inputs=(x,), custom_ops=THOP_PUBLISHED_RULES, verbose=False
             )
     finally:
         model.train(was_training)

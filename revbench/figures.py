@@ -14,7 +14,6 @@ the same colour in every figure. Both palettes are colour-blind safe.
 from __future__ import annotations
 
 import math
-import re
 import zlib
 
 import numpy as np
@@ -24,7 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .results import FIT_GROUP, MEMORY_CATEGORIES
+from .analysis import estimate_pairs, model_order, natural_key
+from .cell import model_label, variant_label
+from .measurement import MEMORY_CATEGORIES
+from .results import FIT_GROUP
 
 GB = 1e9  # decimal units, as the papers print them
 MB = 1e6
@@ -95,22 +97,6 @@ class NoData(Exception):
     """A figure with nothing to draw; the message is the reason, for the report."""
 
 
-def natural_key(value) -> tuple:
-    """Sort key that orders 'depth=4' before 'depth=16' (numbers compare as numbers)."""
-    if isinstance(value, tuple):
-        return tuple(natural_key(v) for v in value)
-    parts = re.split(r"(\d+)", str(value))
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
-
-
-def model_order(models) -> dict[str, int]:
-    """Registry order (S0 before S1, T before S before B): legends and tables read in it."""
-    from revbench.models import list_models
-
-    rank = {info.name: i for i, info in enumerate(list_models())}
-    return {m: rank.get(m, len(rank)) for m in models}
-
-
 def family_colour(family: str) -> str:
     if family in FAMILY_COLOURS:
         return FAMILY_COLOURS[family]
@@ -157,8 +143,7 @@ def _legend_outside(ax, handles=None, **kwargs) -> None:
 
 
 def _label(row: pd.Series) -> str:
-    variant = f" [{row['variant']}]" if row.get("variant") else ""
-    return f"{row['model']}{variant} {row['mode']}"
+    return f"{model_label(row['model'], row['variant'])} {row['mode']}"
 
 
 def _linestyle(mode: str, several_modes: bool) -> str:
@@ -301,7 +286,7 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
         for i, (key, g) in enumerate(groups):
             colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
             first = g.iloc[0]
-            label = str(first["size"]) + (f" [{first['variant']}]" if first["variant"] else "")
+            label = model_label(str(first["size"]), first["variant"])
             label += (f" {first['mode']}" if show_mode else "") + (
                 f" {first['resolution']}px" if show_res else ""
             )
@@ -394,7 +379,7 @@ def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str) -> Figur
     rows["x"] = rows["overrides"].map(lambda ov: ov[key])
     # The other overrides stay fixed along a line.
     rows["rest"] = rows["overrides"].map(
-        lambda ov: ",".join(f"{k}={ov[k]}" for k in sorted(ov) if k != key)
+        lambda ov: variant_label({k: v for k, v in ov.items() if k != key})
     )
     x_of_variant = dict(zip(rows["variant"], rows["x"]))
     rest_of_variant = dict(zip(rows["variant"], rows["rest"]))
@@ -417,7 +402,7 @@ def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str) -> Figur
     several_modes = data["mode"].nunique() > 1
     for i, ((model, rest, mode, res), g) in enumerate(groups):
         g = g.sort_values("x")
-        label = f"{model}" + (f" [{rest}]" if rest else "") + f" {mode}"
+        label = f"{model_label(model, rest)} {mode}"
         label += f" {res}px" if data["resolution"].nunique() > 1 else ""
         ax.plot(
             g["x"],
@@ -527,18 +512,6 @@ def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
 
 
 # ---------------------------------------------------- estimated vs measured peak
-
-
-def estimate_pairs(rows: pd.DataFrame) -> pd.DataFrame:
-    """Cells measured by both `estimate` and `cuda`: one row per cell with both peaks."""
-    keys = [k for k in FIT_GROUP if k != "method"] + ["batch_size"]
-    ok = rows[rows["peak_bytes"].notna()]
-    est = ok[ok["method"] == "estimate"]
-    cuda = ok[ok["method"] == "cuda"]
-    cols = [*keys, "family", "size", "peak_bytes"]
-    pairs = est[cols].merge(cuda[[*keys, "peak_bytes"]], on=keys, suffixes=("_est", "_cuda"))
-    pairs["ratio"] = pairs["peak_bytes_est"] / pairs["peak_bytes_cuda"]
-    return pairs
 
 
 def estimated_vs_measured(rows: pd.DataFrame) -> Figure:

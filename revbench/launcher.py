@@ -2,37 +2,42 @@
 
 Isolation gives each cell a clean CUDA allocator, so an out-of-memory cell cannot poison
 the next one, and lets a hung cell be killed at its timeout. Whatever happens, the
-launcher returns an outcome (status, message, measured values); it never raises for a
-failed cell. The batch size is never changed behind the user's back.
+launcher returns an outcome (status, message, measurement); it never raises for a failed
+cell. The batch size is never changed behind the user's back.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from . import status
 from .cell import Cell
-
-METHOD_MODULES = {
-    "cuda": "revbench.methods.cuda",
-    "estimate": "revbench.methods.estimate",
-    "cpu": "revbench.methods.cpu",
-}
+from .measurement import Measurement
+from .methods import get_method
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    status: str  # ok | oom | timeout | error
+    status: str  # one of revbench.status.STATUSES
     message: str = ""
-    values: dict = field(default_factory=dict)
+    measurement: Measurement = Measurement()
+
+    def to_json(self) -> str:
+        data = {"status": self.status, "message": self.message}
+        return json.dumps({**data, "measurement": asdict(self.measurement)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Outcome:
+        data = json.loads(text)
+        return cls(data["status"], data["message"], Measurement(**data["measurement"]))
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -47,26 +52,22 @@ def _first_line(exc: BaseException) -> str:
 
 
 def run_inline(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
-    measure = importlib.import_module(METHOD_MODULES[cell.method]).measure
+    method = get_method(cell.method)
     try:
-        values = measure(cell, snapshot_path=snapshot_path)
+        measurement = method.measure(cell, snapshot_path)
     except Exception as exc:  # a failed cell becomes a row, never a crash of the run
-        status = "oom" if is_oom(exc) else "error"
-        if status == "error" and os.environ.get("REVBENCH_DEBUG"):
+        failed = status.OOM if is_oom(exc) else status.ERROR
+        if failed == status.ERROR and os.environ.get("REVBENCH_DEBUG"):
             traceback.print_exc()
-        return Outcome(status, _first_line(exc))
+        return Outcome(failed, _first_line(exc))
     finally:
-        if cell.method == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return Outcome("ok", values=values)
+        method.cleanup()
+    return Outcome(status.OK, measurement=measurement)
 
 
 def run_isolated(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
     """Run the cell in a fresh interpreter (`python -m revbench.launcher`), with its timeout."""
-    request = {
-        "cell": json.loads(cell.to_json()),
-        "snapshot_path": snapshot_path and str(snapshot_path),
-    }
+    request = {"cell": cell.to_json(), "snapshot_path": snapshot_path and str(snapshot_path)}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "revbench.launcher"],
@@ -76,33 +77,25 @@ def run_isolated(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
             timeout=cell.timeout_s,
         )
     except subprocess.TimeoutExpired:
-        return Outcome("timeout", f"cell exceeded its timeout of {cell.timeout_s:g} s")
+        return Outcome(status.TIMEOUT, f"cell exceeded its timeout of {cell.timeout_s:g} s")
     # The worker's last stdout line is its outcome; anything else (a crash, a kill by
-    # the kernel's OOM killer) becomes an error row with the tail of its stderr.
+    # the kernel's OOM killer) becomes a row with the tail of its stderr.
     lines = proc.stdout.strip().splitlines()
     if lines:
         try:
-            data = json.loads(lines[-1])
-            return Outcome(data["status"], data.get("message", ""), data.get("values", {}))
-        except (json.JSONDecodeError, KeyError):
+            return Outcome.from_json(lines[-1])
+        except (json.JSONDecodeError, KeyError, TypeError):
             pass
     tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-    status = "oom" if proc.returncode in (-9, 137) else "error"
-    return Outcome(status, f"worker exited with code {proc.returncode}: {tail}"[:500])
+    failed = status.OOM if proc.returncode in (-9, 137) else status.ERROR
+    return Outcome(failed, f"worker exited with code {proc.returncode}: {tail}"[:500])
 
 
 def _worker() -> None:
     request = json.loads(sys.stdin.read())
-    cell = Cell(**request["cell"])
     snapshot = request.get("snapshot_path")
-    outcome = run_inline(cell, Path(snapshot) if snapshot else None)
-    sys.stdout.write(
-        "\n"
-        + json.dumps(
-            {"status": outcome.status, "message": outcome.message, "values": outcome.values}
-        )
-        + "\n"
-    )
+    outcome = run_inline(Cell.from_json(request["cell"]), Path(snapshot) if snapshot else None)
+    sys.stdout.write("\n" + outcome.to_json() + "\n")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,9 @@
 
 Reads results files or run directories (`revbench.results.load`), renders every figure of
 `revbench.figures` per suite and per facet (scenario, precision, method), and writes
-`<out>/report.md`: the runs' manifests, per suite a memory table against the published
-figures (`revbench/data/published.csv`) and a counts table against the registry's
-published params and MACs, and every figure embedded by relative link. A figure without
-data is skipped with its reason in the report. Bad input is a UsageError before anything
-is written.
+`<out>/report.md` (`revbench.report`) with every figure embedded by relative link. A
+figure without data is skipped with its reason in the report. Bad input is a UsageError
+before anything is written.
 """
 
 from __future__ import annotations
@@ -17,19 +15,22 @@ import argparse
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from . import status
 from .errors import UsageError
 from .results import load, load_manifests, per_sample_fit
 
-# matplotlib loads only when a plot is drawn: every `revbench` command imports this module.
+if TYPE_CHECKING:
+    from .report import Rendered
+
+# matplotlib, the registry and the report load only when a plot is made: every `revbench`
+# command imports this module to register its subcommand.
 
 FORMATS = ("png", "svg", "pdf")
-EMBEDDABLE = ("png", "svg")  # Markdown viewers show these inline; pdf is linked
 REQUIRED = ("model", "mode", "resolution", "batch_size", "precision", "scenario", "method")
 
 
@@ -42,6 +43,9 @@ def register_cli(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from .published import load_published, memory_points
+    from .report import write_report
+
     # Everything is read and checked first: bad input writes nothing.
     formats = parse_formats(args.format)
     df = read_results(args.paths)
@@ -53,7 +57,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a directory")
     command = shlex.join(["revbench", *getattr(args, "argv", ["plot", *args.paths])])
-    report = write_report(df, manifests, out, formats, command)
+    published = memory_points(load_published())
+    figures = {}
+    for suite, rows in df.groupby("suite", sort=True):
+        ok = rows[rows["status"] == status.OK]
+        if not ok.empty:
+            figures[suite] = render_suite(ok, published, out, _slug(suite), formats)
+    report = write_report(df, manifests, figures, published, out, command)
     print(report)
     return 0
 
@@ -82,7 +92,7 @@ def read_results(paths: list[str]) -> pd.DataFrame:
             raise UsageError(
                 f"results file {bad['source_file'].iloc[0]} has a record without {column!r}"
             )
-    if not ((df["status"] == "ok") & df["peak_bytes"].notna()).any():
+    if not ((df["status"] == status.OK) & df["peak_bytes"].notna()).any():
         raise UsageError(
             f"no measured memory (ok records with peak_bytes) in {where}; "
             "plot needs a cuda or estimate run"
@@ -96,31 +106,8 @@ def read_results(paths: list[str]) -> pd.DataFrame:
 # -------------------------------------------------------------------------- figures
 
 
-@dataclass
-class Rendered:
-    """One figure of the report: its files, or the reason it was skipped."""
-
-    name: str
-    title: str
-    facet: str
-    files: list[str] = field(default_factory=list)  # relative to the report
-    skipped: str = ""
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "unnamed"
-
-
-def _native_resolutions(models) -> dict[str, int]:
-    from revbench.models import UnknownModelError, get_info
-
-    native = {}
-    for m in models:
-        try:
-            native[m] = get_info(m).native_resolution
-        except UnknownModelError:  # results of a model no longer registered
-            pass
-    return native
 
 
 def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame, native):
@@ -192,9 +179,11 @@ def render_suite(
     import matplotlib
 
     from . import figures as F
+    from .analysis import native_resolutions
+    from .report import Rendered
 
     rendered: list[Rendered] = []
-    native = _native_resolutions(rows["model"].unique())
+    native = native_resolutions(rows["model"].unique())
     jobs = []
     for suffix, facet, g in _facets(rows, ["scenario", "precision", "method"]):
         fit = per_sample_fit(g)
@@ -229,74 +218,3 @@ def render_suite(
                 item.files.append(rel)
         rendered.append(item)
     return rendered
-
-
-# --------------------------------------------------------------------------- report
-
-
-def write_report(
-    df: pd.DataFrame, manifests: list[dict], out: Path, formats: list[str], command: str
-) -> Path:
-    """Render every suite's figures and write out/report.md; returns the report's path."""
-    from .published import load_published, memory_points
-    from .report import counts_table, failed_cells, memory_table, pairs_table, runs_section
-
-    published = memory_points(load_published())
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# revbench report",
-        "",
-        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{command}`.",
-        "",
-        "Units: GB = 10^9 bytes, MB = 10^6 bytes. Memory per sample is the least-squares "
-        "slope of peak memory over batch size (two or more batch sizes). Published figures: "
-        "`revbench/data/published.csv` (~ marks values read off a plot); published params "
-        "and MACs: the model registry.",
-        "",
-        "## Runs",
-        "",
-        runs_section(manifests),
-    ]
-    for suite, rows in df.groupby("suite", sort=True):
-        ok = rows[rows["status"] == "ok"]
-        counts = rows["status"].value_counts()
-        lines += [
-            f"## Suite `{suite}`",
-            "",
-            "Cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
-            "",
-        ]
-        lines += failed_cells(rows)
-        if ok.empty:
-            lines += ["No `ok` cells: no tables or figures.", ""]
-            continue
-        lines += [
-            "### Memory per sample vs published",
-            "",
-            memory_table(ok, published),
-            "",
-            "### Params and MACs vs published",
-            "",
-            counts_table(ok),
-            "",
-        ]
-        pairs = pairs_table(ok)
-        if pairs:
-            lines += ["### Estimated vs measured peak", "", pairs, ""]
-        lines += ["### Figures", ""]
-        for item in render_suite(ok, published, out, _slug(suite), formats):
-            heading = f"#### {item.title} ({item.facet})"
-            if item.skipped:
-                lines += [heading, "", f"*Skipped: {item.skipped}.*", ""]
-                continue
-            embed = next((f for f in item.files if f.rsplit(".", 1)[1] in EMBEDDABLE), None)
-            lines += [heading, ""]
-            if embed:
-                lines += [f"![{item.title}]({embed})", ""]
-            lines += [
-                "Files: " + ", ".join(f"[{f.rsplit('.', 1)[1]}]({f})" for f in item.files),
-                "",
-            ]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return report

@@ -1,26 +1,44 @@
-"""The tables of the `revbench plot` report, as Markdown.
+"""The `revbench plot` report: `report.md` from stored results and rendered figures.
 
-Per suite: memory per sample against the published figures (`revbench/data/published.csv`),
-params and MACs against the registry's published counts, estimated against measured peaks;
-and the runs' manifests. Published figures compare only like with like: the unmodified
-model, at the published resolution, in the published mode, training.
+The runs' manifests; per suite the cells that did not measure, memory per sample against
+the published figures (`revbench/data/published.csv`), params and MACs against the
+registry's published counts, estimated against measured peaks, and every figure
+(`revbench.plot` renders them). Published figures compare only like with like: the
+unmodified model, at the published resolution, in the published mode, training.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 
 from revbench.models import UnknownModelError, get_info
 
-from .figures import estimate_pairs, model_order, natural_key
+from . import status
+from .analysis import estimate_pairs, model_order, natural_key
+from .cell import cell_label
+from .markdown import md_table
 from .results import FIT_GROUP, per_sample_fit
+
+EMBEDDABLE = ("png", "svg")  # Markdown viewers show these inline; pdf is linked
+
+
+@dataclass
+class Rendered:
+    """One figure of the report: its files, or the reason it was skipped."""
+
+    name: str
+    title: str
+    facet: str
+    files: list[str] = field(default_factory=list)  # relative to the report
+    skipped: str = ""
 
 
 def _md_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    # A "|" inside a cell would end it early.
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(md_table(headers, rows))
 
 
 def _num(value, scale: float = 1.0, fmt: str = ".1f") -> str:
@@ -179,15 +197,81 @@ def runs_section(manifests: list[dict]) -> str:
 
 def failed_cells(rows: pd.DataFrame) -> list[str]:
     """Markdown lines listing the cells that did not measure (oom, timeout, error)."""
-    failed = rows[rows["status"] != "ok"]
+    failed = rows[rows["status"] != status.OK]
     if failed.empty:
         return []
     lines = ["Not measured:", ""]
     for _, r in failed.iterrows():
-        variant = f" [{r['variant']}]" if r["variant"] else ""
         message = f": {r['message']}" if r["message"] else ""
-        lines.append(
-            f"- {r['model']}{variant} {r['mode']} {r['resolution']}px b{r['batch_size']} "
-            f"{r['precision']} ({r['method']}): {r['status']}{message}"
-        )
+        lines.append(f"- {cell_label(r)}: {r['status']}{message}")
     return [*lines, ""]
+
+
+def write_report(
+    df: pd.DataFrame,
+    manifests: list[dict],
+    figures: dict[str, list[Rendered]],
+    published: pd.DataFrame,
+    out: Path,
+    command: str,
+) -> Path:
+    """Write out/report.md from the results, their manifests and each suite's rendered
+    figures (`published`: `revbench.published.memory_points`); returns its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# revbench report",
+        "",
+        f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `{command}`.",
+        "",
+        "Units: GB = 10^9 bytes, MB = 10^6 bytes. Memory per sample is the least-squares "
+        "slope of peak memory over batch size (two or more batch sizes). Published figures: "
+        "`revbench/data/published.csv` (~ marks values read off a plot); published params "
+        "and MACs: the model registry.",
+        "",
+        "## Runs",
+        "",
+        runs_section(manifests),
+    ]
+    for suite, rows in df.groupby("suite", sort=True):
+        ok = rows[rows["status"] == status.OK]
+        counts = rows["status"].value_counts()
+        lines += [
+            f"## Suite `{suite}`",
+            "",
+            "Cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".",
+            "",
+        ]
+        lines += failed_cells(rows)
+        if ok.empty:
+            lines += ["No `ok` cells: no tables or figures.", ""]
+            continue
+        lines += [
+            "### Memory per sample vs published",
+            "",
+            memory_table(ok, published),
+            "",
+            "### Params and MACs vs published",
+            "",
+            counts_table(ok),
+            "",
+        ]
+        pairs = pairs_table(ok)
+        if pairs:
+            lines += ["### Estimated vs measured peak", "", pairs, ""]
+        lines += ["### Figures", ""]
+        for item in figures.get(suite, []):
+            heading = f"#### {item.title} ({item.facet})"
+            if item.skipped:
+                lines += [heading, "", f"*Skipped: {item.skipped}.*", ""]
+                continue
+            embed = next((f for f in item.files if f.rsplit(".", 1)[1] in EMBEDDABLE), None)
+            lines += [heading, ""]
+            if embed:
+                lines += [f"![{item.title}]({embed})", ""]
+            lines += [
+                "Files: " + ", ".join(f"[{f.rsplit('.', 1)[1]}]({f})" for f in item.files),
+                "",
+            ]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -22,29 +22,20 @@ import pandas as pd
 
 from .cell import KEY_FIELDS, Cell
 from .errors import UsageError
+from .measurement import Counts, Measurement
+from .status import FINAL, OK
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
 MANIFEST_FILE = "manifest.json"
 
-STATUSES = ("ok", "oom", "timeout", "error")
-# Statuses that are a result (not a failure to measure): --resume skips these cells.
-FINAL_STATUSES = ("ok", "oom")
-
-MEMORY_CATEGORIES = (
-    "parameters",
-    "buffers",
-    "gradients",
-    "activations",
-    "temporaries",
-    "optimizer_state",
-    "other",
-)
-
 
 @dataclass
 class Record:
-    """One measured cell. Units are in the field names; None means not measured."""
+    """One measured cell. Units are in the field names; None means not measured.
+
+    The counts and measurement columns are the fields of `Counts` and `Measurement`.
+    """
 
     # identity
     model: str
@@ -61,9 +52,10 @@ class Record:
     family: str
     kind: str
     size: str
+    task: str
     overrides: dict = field(default_factory=dict)
     # outcome
-    status: str = "ok"
+    status: str = OK
     message: str = ""
     # counts (deterministic)
     params: int | None = None
@@ -93,10 +85,15 @@ class Record:
     measured_at: str = ""
 
     @classmethod
-    def for_cell(cls, cell: Cell, **values) -> Record:
-        from revbench.models import get_info
-
-        info = get_info(cell.model)
+    def for_cell(
+        cls,
+        cell: Cell,
+        *,
+        status: str = OK,
+        message: str = "",
+        counts: Counts | None = None,
+        measurement: Measurement | None = None,
+    ) -> Record:
         return cls(
             model=cell.model,
             variant=cell.variant,
@@ -109,12 +106,16 @@ class Record:
             optimizer=cell.optimizer,
             suite=cell.suite,
             group=cell.group,
-            family=info.family,
-            kind=info.kind,
-            size=info.size,
+            family=cell.family,
+            kind=cell.kind,
+            size=cell.size,
+            task=cell.task,
             overrides=dict(cell.overrides),
+            status=status,
+            message=message,
             measured_at=_now(),
-            **values,
+            **asdict(counts or Counts()),
+            **asdict(measurement or Measurement()),
         )
 
     @property
@@ -187,13 +188,15 @@ class RunStore:
 
     def measured_keys(self) -> set[tuple]:
         """Keys of the cells already measured (ok or oom) in this run."""
-        if not self.results_path.is_file():
-            return set()
-        done = set()
-        for row in _read_jsonl(self.results_path):
-            if row.get("status") in FINAL_STATUSES:
-                done.add(tuple(row.get(f) for f in KEY_FIELDS))
-        return done
+        return {
+            tuple(row.get(f) for f in KEY_FIELDS)
+            for row in self.rows()
+            if row.get("status") in FINAL
+        }
+
+    def rows(self) -> list[dict]:
+        """Every record stored so far, as parsed JSON, oldest first."""
+        return _read_jsonl(self.results_path) if self.results_path.is_file() else []
 
 
 def environment() -> dict:
@@ -336,7 +339,7 @@ def per_sample_fit(df: pd.DataFrame) -> pd.DataFrame:
     memory per sample, the intercept the fixed memory (weights, optimizer state, ...).
     A configuration needs two distinct batch sizes to be fitted.
     """
-    ok = df[(df["status"] == "ok") & df["peak_bytes"].notna()]
+    ok = df[(df["status"] == OK) & df["peak_bytes"].notna()]
     rows = []
     for key, g in ok.groupby(FIT_GROUP, dropna=False, sort=False):
         batches = g["batch_size"].to_numpy(dtype=float)

@@ -1,33 +1,42 @@
-"""Running a list of cells into a run directory: progress, resume, counts, summary."""
+"""Running a suite's cells into a run directory: progress, resume, counts, snapshots.
+
+`run_suite` is the function behind `revbench run` and `revbench gate --suite`: it opens
+(or resumes) a run directory, records the invocation in its manifest and measures every
+cell, appending each record as soon as it is measured.
+"""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from . import status
 from .cell import Cell
 from .counting import count_macs, count_macs_thop, count_params
+from .errors import UsageError
 from .launcher import run_inline, run_isolated
+from .measurement import Counts
+from .methods import get_method
 from .results import Record, RunStore
+from .scenario import build_model
+from .suite import Suite, expand
 
 log = logging.getLogger(__name__)
-
-STATUS_STYLE = {"ok": "green", "oom": "yellow", "timeout": "red", "error": "red"}
 
 
 @dataclass
 class RunSummary:
     store: RunStore
-    records: list[Record]
-    skipped: int
+    records: list[Record]  # the records this invocation wrote
+    skipped: int  # cells already measured by an earlier invocation (--resume)
     interrupted: bool = False
 
 
@@ -40,31 +49,92 @@ class Counter:
 
     def __init__(self, thop: bool = True):
         self.thop = thop
-        self._cache: dict[tuple, dict] = {}
+        self._cache: dict[tuple, Counts] = {}
 
-    def __call__(self, cell: Cell) -> dict:
+    def __call__(self, cell: Cell) -> Counts:
         key = (cell.model, cell.variant, cell.resolution)
         if key not in self._cache:
             self._cache[key] = self._count(cell)
         return self._cache[key]
 
-    def _count(self, cell: Cell) -> dict:
-        counts: dict = {"params": None, "macs": None, "macs_thop": None}
+    def _count(self, cell: Cell) -> Counts:
+        params = macs = macs_thop = None
         try:
             with torch.device("meta"):
-                model = cell.build_model()
-            counts["params"] = count_params(model)
-            counts["macs"] = count_macs(model, cell.resolution)
+                model = build_model(cell)
+            params = count_params(model)
+            macs = count_macs(model, cell.resolution)
         except Exception as exc:  # counts are extras; a model that cannot run on meta still runs
             log.warning("could not count %s on the meta device: %s", cell.model, exc)
         if self.thop:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    counts["macs_thop"] = count_macs_thop(cell.build_model(), cell.resolution)
+                    macs_thop = count_macs_thop(build_model(cell), cell.resolution)
             except Exception as exc:
                 log.warning("thop could not count %s: %s", cell.model, exc)
-        return counts
+        return Counts(params=params, macs=macs, macs_thop=macs_thop)
+
+
+def open_store(out: str | Path, suite: str, resume: str | Path | None = None) -> RunStore:
+    """A new run directory under out/suite/, or the one to resume: "latest" or a path.
+
+    Checked before anything is written: nothing to resume is a UsageError.
+    """
+    if resume is None:
+        return RunStore.create(Path(out), suite)
+    latest = str(resume) == "latest"
+    store = RunStore.latest(Path(out), suite) if latest else RunStore(Path(resume))
+    if store is None or not store.manifest_path.is_file():
+        where = Path(out) / suite if latest else resume
+        raise UsageError(f"nothing to resume at {where}: no run directory with a manifest.json")
+    return store
+
+
+def run_suite(
+    suite: Suite,
+    *,
+    method: str,
+    cells: list[Cell] | None = None,
+    out: str | Path = "results",
+    resume: str | Path | None = None,
+    isolate: bool | None = None,
+    memory_snapshot: bool = False,
+    thop: bool = True,
+    command: str = "",
+    note: str | None = None,
+    console: Console | None = None,
+) -> RunSummary:
+    """Measure `cells` (default: every cell of `suite`) into a run directory under `out`.
+
+    `resume` continues a run ("latest" or a run directory), skipping its measured cells;
+    `isolate` runs one subprocess per cell (default: the method's own default); `note`
+    is printed once the run directory is settled (the auto device's fallback).
+    """
+    console = console or Console(stderr=True)
+    cells = expand(suite, method=method) if cells is None else cells
+    store = open_store(out, suite.name, resume)
+    if note:
+        console.print(note)
+    store.write_manifest(
+        {
+            "suite": suite.name,
+            "method": method,
+            "command": command,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cells": len(cells),
+        }
+    )
+    console.print(f"{suite.name}: {len(cells)} cell(s), method {method}, writing {store.dir}")
+    return run_cells(
+        cells,
+        store,
+        isolate=get_method(method).isolated_by_default if isolate is None else isolate,
+        resume=resume is not None,
+        memory_snapshot=memory_snapshot,
+        thop=thop,
+        console=console,
+    )
 
 
 def run_cells(
@@ -86,6 +156,9 @@ def run_cells(
         console.print(
             f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go"
         )
+    # Snapshots are numbered by the record they belong to, counting the records earlier
+    # invocations stored: a resumed run never overwrites an earlier snapshot.
+    stored = len(store.rows())
     counter = Counter(thop=thop)
     records: list[Record] = []
     launch = run_isolated if isolate else run_inline
@@ -104,22 +177,20 @@ def run_cells(
         try:
             for cell in todo:
                 progress.update(task, cell=escape(cell.label()))
-                snapshot = (
-                    store.dir / f"snapshot-{len(records):04d}.pickle"
-                    if memory_snapshot and cell.method == "cuda"
-                    else None
-                )
+                snapshot = None
+                if memory_snapshot and get_method(cell.method).records_snapshots:
+                    snapshot = store.dir / f"snapshot-{stored + len(records):04d}.pickle"
                 outcome = launch(cell, snapshot)
                 record = Record.for_cell(
                     cell,
                     status=outcome.status,
                     message=outcome.message,
-                    **counter(cell),
-                    **outcome.values,
+                    counts=counter(cell),
+                    measurement=outcome.measurement,
                 )
                 store.append(record)
                 records.append(record)
-                style = STATUS_STYLE.get(record.status, "red")
+                style = status.STYLE.get(record.status, "red")
                 # Labels and messages carry brackets ("[depth=4]"): not rich markup.
                 note = f" ({record.message})" if record.message else ""
                 progress.console.print(
@@ -134,47 +205,3 @@ def run_cells(
             "continue with --resume"
         )
     return RunSummary(store, records, skipped, interrupted)
-
-
-def summary_table(records: list[Record]) -> Table:
-    table = Table(title="revbench results", show_lines=False)
-    for col in (
-        "model",
-        "mode",
-        "res",
-        "batch",
-        "prec",
-        "status",
-        "peak MB",
-        "ms/step",
-        "samples/s",
-        "params M",
-        "GMACs",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("model", "mode", "status", "prec") else "right"
-        )
-    for r in records:
-        label = r.model + (f"[{r.variant}]" if r.variant else "")
-        table.add_row(
-            escape(label),
-            r.mode,
-            str(r.resolution),
-            str(r.batch_size),
-            r.precision,
-            r.status,
-            _fmt(r.peak_bytes, 1e6, ".1f"),
-            _fmt(r.step_time_ms_median, 1, ".1f"),
-            _fmt(r.throughput_samples_per_s, 1, ".1f"),
-            _fmt(r.params, 1e6, ".2f"),
-            _fmt(r.macs, 1e9, ".2f"),
-        )
-    return table
-
-
-def _fmt(value, scale: float, spec: str) -> str:
-    return "-" if value is None else format(value / scale, spec)
-
-
-def default_out() -> Path:
-    return Path("results")

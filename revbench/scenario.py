@@ -1,18 +1,24 @@
 """The step every measurement method runs: one training or inference iteration.
 
 All methods (cuda, estimate, cpu) build the same `Step`, so their figures are comparable
-cell by cell. A training step is forward + cross-entropy loss + backward + optimizer step,
-split into phases so the cuda method can attribute peak memory to each.
+cell by cell. The cell's task decides the inputs, the targets and the loss; a training
+step is forward + loss + backward + optimizer step, split into phases so the cuda method
+can attribute peak memory to each.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from revbench.models import create
+
+from .cell import Cell
+from .tasks import Task, get_task
 
 SCENARIOS = ("train", "infer")
 PRECISIONS = ("fp32", "amp-bf16", "amp-fp16")
@@ -39,8 +45,9 @@ class Step:
     """
 
     model: nn.Module
-    images: torch.Tensor  # (B, 3, R, R)
-    targets: torch.Tensor  # (B,)
+    task: Task
+    inputs: Any  # what the model is called on: (B, 3, R, R) images for classify
+    targets: Any
     scenario: str
     precision: str
     autocast_device: str  # device type autocast applies to ("cuda" or "cpu")
@@ -56,12 +63,11 @@ class Step:
     def forward(self) -> None:
         if self.scenario == "infer":
             with torch.inference_mode(), self._autocast():
-                self.model(self.images)
+                self.model(self.inputs)
             return
         with self._autocast():
-            logits = self.model(self.images)  # (B, num_classes)
-        # The loss in fp32, as mixed-precision recipes do.
-        self._loss = F.cross_entropy(logits.float(), self.targets)
+            outputs = self.model(self.inputs)
+        self._loss = self.task.loss(outputs, self.targets)
 
     def backward(self) -> None:
         if self.scenario == "infer":
@@ -91,27 +97,23 @@ class Step:
 def build_step(
     model: nn.Module,
     *,
+    task: str = "classify",
     scenario: str,
     precision: str,
     batch_size: int,
     resolution: int,
     device: torch.device | str,
     optimizer: str = "sgd",
-    num_classes: int | None = None,
 ) -> Step:
-    """Inputs, loss and optimizer for `model` (already on `device`).
-
-    Targets are drawn from `num_classes`, by default the model's own `num_classes`.
-    """
+    """Inputs, targets, loss and optimizer of `task` for `model` (already on `device`)."""
     device = torch.device(device)
-    num_classes = num_classes or getattr(model, "num_classes", None) or 1000
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario {scenario!r} is invalid; valid: {', '.join(SCENARIOS)}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
+    the_task = get_task(task)
     model.train(scenario == "train")
-    images = torch.randn(batch_size, 3, resolution, resolution, device=device)
-    targets = torch.randint(0, num_classes, (batch_size,), device=device)
+    inputs, targets = the_task.make_batch(model, batch_size, resolution, device)
     opt = make_optimizer(optimizer, model.parameters()) if scenario == "train" else None
     # fp16 needs loss scaling on a real GPU; bf16 does not.
     scaler = (
@@ -121,7 +123,8 @@ def build_step(
     )
     return Step(
         model=model,
-        images=images,
+        task=the_task,
+        inputs=inputs,
         targets=targets,
         scenario=scenario,
         precision=precision,
@@ -129,3 +132,30 @@ def build_step(
         optimizer=opt,
         scaler=scaler,
     )
+
+
+def build_model(cell: Cell) -> nn.Module:
+    """The cell's model, built on the current default device."""
+    overrides = {**dict(cell.overrides), "img_size": cell.resolution, "mode": cell.mode}
+    return create(cell.model, **overrides)
+
+
+def step_for(cell: Cell, model: nn.Module, device: torch.device | str) -> Step:
+    """The cell's step on `model` (already on `device`)."""
+    return build_step(
+        model,
+        task=cell.task,
+        scenario=cell.scenario,
+        precision=cell.precision,
+        batch_size=cell.batch_size,
+        resolution=cell.resolution,
+        device=device,
+        optimizer=cell.optimizer,
+    )
+
+
+def cell_step(cell: Cell, device: torch.device | str) -> Step:
+    """The cell's model built on `device` and its step: what the real-run methods time."""
+    with torch.device(device):
+        model = build_model(cell)
+    return step_for(cell, model, device)

@@ -4,7 +4,8 @@ A suite has `[defaults]` and one or more `[[group]]` tables. Every axis (models,
 resolutions, batch_sizes, precisions, modes, overrides) is a list; a group expands to the
 product of its axes. `overrides` maps a model config field to a list of values and adds
 one axis per field (e.g. `{ depth = [4, 8, 12] }`). "native" as a resolution means each
-model's native resolution. CLI flags replace an axis in every group.
+model's native resolution. `task` (default: each model's own) is checked against the task
+each model serves. CLI flags replace an axis in every group.
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ from pathlib import Path
 
 import tomllib
 
-from revbench.models import MODES, ResolutionError, UnknownModelError, get_info, list_models
+from revbench.models import (
+    MODES,
+    ModelInfo,
+    UnknownModelError,
+    get_info,
+    list_models,
+)
 
-from .cell import METHODS, Cell
+from .cell import Cell, model_label, variant_label
 from .errors import UsageError
+from .methods import method_names
 from .scenario import OPTIMIZERS, PRECISIONS, SCENARIOS
+from .tasks import task_names
 
 AXES = ("models", "resolutions", "batch_sizes", "precisions", "modes", "overrides")
-SCALARS = ("scenario", "optimizer", "warmup_steps", "measure_steps", "timeout_s")
+SCALARS = ("scenario", "task", "optimizer", "warmup_steps", "measure_steps", "timeout_s")
 GROUP_KEYS = {"name", *AXES, *SCALARS}
 TOP_KEYS = {"description", "defaults", "group"}
 
@@ -35,6 +44,7 @@ BUILTIN_DEFAULTS = {
     "modes": ["reversible"],
     "overrides": {},
     "scenario": "train",
+    "task": None,  # each model's own
     "optimizer": "sgd",
     "warmup_steps": 2,
     "measure_steps": 10,
@@ -152,7 +162,7 @@ def expand(
     `models` selects: each named model keeps the axes of the groups that list it, and a
     model the suite does not list runs with the suite's defaults.
     """
-    _check_choice("method", method, METHODS)
+    _check_choice("method", method, method_names())
     cli = {
         "resolutions": resolutions,
         "batch_sizes": batch_sizes,
@@ -181,6 +191,8 @@ def expand(
 def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
     _check_choice("scenario", g["scenario"], SCENARIOS)
     _check_choice("optimizer", g["optimizer"], OPTIMIZERS)
+    if g["task"] is not None:
+        _check_choice("task", g["task"], task_names())
     for p in g["precisions"]:
         _check_choice("precision", p, PRECISIONS)
     for m in g["modes"]:
@@ -192,21 +204,19 @@ def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
     override_values = [g["overrides"][k] for k in override_names]
     out = []
     for model in g["models"]:
-        try:
-            info = get_info(model)
-        except UnknownModelError:
-            valid = ", ".join(i.name for i in list_models())
-            raise UsageError(f"unknown model {model!r}; valid: {valid}") from None
+        info = _info(model)
         # Baselines have one mode; a reversible model runs in each requested mode it supports.
         model_modes = [m for m in g["modes"] if m in info.modes] or [info.modes[0]]
         for res in g["resolutions"]:
-            resolution = _resolution(res, info)
             for combo in itertools.product(*override_values):
                 overrides = dict(zip(override_names, combo))
+                resolution = _resolution(res, info, overrides)
                 for b, p, m in itertools.product(g["batch_sizes"], g["precisions"], model_modes):
                     out.append(
-                        Cell(
-                            model=model,
+                        make_cell(
+                            model,
+                            task=g["task"],
+                            overrides=overrides,
                             resolution=resolution,
                             batch_size=b,
                             precision=p,
@@ -216,7 +226,6 @@ def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
                             optimizer=g["optimizer"],
                             suite=suite.name,
                             group=g["name"],
-                            overrides=overrides,
                             warmup_steps=int(g["warmup_steps"]),
                             measure_steps=int(g["measure_steps"]),
                             timeout_s=float(g["timeout_s"]),
@@ -225,18 +234,62 @@ def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
     return out
 
 
-def _resolution(value, info) -> int:
-    if value == "native":
-        return info.native_resolution
+def make_cell(
+    model: str, *, task: str | None = None, overrides: dict | None = None, **fields
+) -> Cell:
+    """A cell of a registered model, with what the registry knows of it (family, kind,
+    size) and the task it serves with these overrides. `task`, when given, must be that
+    task. `fields` are the other Cell fields (resolution, batch_size, ...)."""
+    info = _info(model)
+    overrides = overrides or {}
+    return Cell(
+        model=model,
+        family=info.family,
+        kind=info.kind,
+        size=info.size,
+        task=_task(info, overrides, task),
+        overrides=overrides,
+        **fields,
+    )
+
+
+def _info(model: str) -> ModelInfo:
     try:
-        resolution = int(value)
+        return get_info(model)
+    except UnknownModelError:
+        valid = ", ".join(i.name for i in list_models())
+        raise UsageError(f"unknown model {model!r}; valid: {valid}") from None
+
+
+def _task(info: ModelInfo, overrides: dict, wanted: str | None) -> str:
+    """The task `info`'s model serves with `overrides`, checked against `wanted`."""
+    try:
+        served = info.task_for(overrides)
+    except ValueError as e:  # an override the model does not take
+        raise UsageError(str(e)) from None
+    label = model_label(info.name, variant_label(overrides))
+    if wanted is not None and wanted != served:
+        raise UsageError(f"task {wanted!r} is invalid for {label}: it serves {served!r}")
+    if served not in task_names():
+        raise UsageError(
+            f"{label} serves task {served!r}, which revbench cannot run; "
+            f"valid: {', '.join(task_names())}"
+        )
+    return served
+
+
+def _resolution(value, info: ModelInfo, overrides: dict) -> int:
+    """The side `value` names ("native" or pixels), checked against the model with
+    `overrides` (a patch size, say, changes the multiple it needs)."""
+    try:
+        resolution = info.native_resolution if value == "native" else int(value)
     except (TypeError, ValueError):
         raise UsageError(
             f"resolution {value!r} is invalid; valid: a positive integer or 'native'"
         ) from None
     try:
-        info.check_resolution(resolution)
-    except ResolutionError as e:
+        info.check_resolution(resolution, overrides)
+    except ValueError as e:  # ResolutionError, or an override the model does not take
         raise UsageError(str(e)) from None
     return resolution
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from revbench.cell import KEY_FIELDS, Cell
+from revbench import cli
+from revbench.cell import KEY_FIELDS
+from revbench.measurement import Counts, Measurement
 from revbench.models import list_models
 from revbench.results import Record, RunStore, load
-from revbench.suite import expand, load_suite
+from revbench.suite import expand, load_suite, make_cell
 
 SUITE = "gate-test"
 REPO = Path(__file__).resolve().parents[1]
@@ -19,8 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 FIXED, PER_SAMPLE = 1_048_576, 65_536
 
 
+def _record(cell, status: str = "ok", **figures) -> Record:
+    counts = {k: figures.pop(k) for k in ("params", "macs") if k in figures}
+    return Record.for_cell(
+        cell, status=status, counts=Counts(**counts), measurement=Measurement(**figures)
+    )
+
+
 def estimate_record(batch: int, model: str = "test_tiny_cnn", resolution: int = 32, **values):
-    cell = Cell(model=model, resolution=resolution, batch_size=batch, suite=SUITE)
+    cell = make_cell(model, resolution=resolution, batch_size=batch, suite=SUITE)
     figures = dict(
         params=1_234,
         macs=56_789,
@@ -29,11 +38,11 @@ def estimate_record(batch: int, model: str = "test_tiny_cnn", resolution: int = 
         mem_activations_bytes=PER_SAMPLE * batch,
         mem_optimizer_state_bytes=FIXED // 2,
     )
-    return Record.for_cell(cell, **{**figures, **values})
+    return _record(cell, **{**figures, **values})
 
 
 def cuda_record(batch: int = 8, **values):
-    cell = Cell(model="test_tiny_cnn", resolution=32, batch_size=batch, method="cuda", suite=SUITE)
+    cell = make_cell("test_tiny_cnn", resolution=32, batch_size=batch, method="cuda", suite=SUITE)
     figures = dict(
         params=1_234,
         peak_bytes=100_000_000,
@@ -41,7 +50,7 @@ def cuda_record(batch: int = 8, **values):
         step_time_ms_median=50.0,
         throughput_samples_per_s=160.0,
     )
-    return Record.for_cell(cell, **{**figures, **values})
+    return _record(cell, **{**figures, **values})
 
 
 def write_run(path: Path, records: list[Record]) -> str:
@@ -159,9 +168,7 @@ def test_cells_on_one_side_only_are_listed(run_cli, baseline, tmp_path):
     # A new cell passes (with a hint); a baseline cell missing from the current run fails.
     extra = estimate_record(1, resolution=64)
     variant = Record.for_cell(
-        Cell(
-            model="test_tiny_cnn", resolution=32, batch_size=1, suite=SUITE, overrides={"width": 4}
-        )
+        make_cell("test_tiny_cnn", resolution=32, batch_size=1, suite=SUITE, overrides={"width": 4})
     )
     records = [estimate_record(1), estimate_record(2), extra, variant]
     current = write_run(tmp_path / "more", records)
@@ -252,7 +259,7 @@ def test_bad_input_is_one_line_and_exit_2(run_cli, baseline, tmp_path, case):
     elif case == "missing-current":
         current = str(tmp_path / "nowhere")
     elif case == "other-suite":
-        other = Record.for_cell(Cell(model="test_tiny_cnn", resolution=32, batch_size=1, suite="x"))
+        other = Record.for_cell(make_cell("test_tiny_cnn", resolution=32, batch_size=1, suite="x"))
         current = write_run(tmp_path / "other", [other])
     elif case == "schema":
         current = _schema_zero(tmp_path)
@@ -314,7 +321,13 @@ def test_update_replaces_a_baseline_of_an_old_schema(run_cli, baseline, tmp_path
     assert gate(run_cli, old, baseline)[0] == 0
 
 
-def test_suite_option_runs_the_suite_then_gates_it(run_cli, tmp_path):
+def test_suite_option_runs_the_suite_then_gates_it(run_cli, tmp_path, monkeypatch):
+    def no_cli(*args):
+        raise AssertionError("the gate called back into the CLI")
+
+    # The gate runs the suite through the runner's function, never through `revbench run`.
+    monkeypatch.setattr(cli, "main", no_cli)
+    monkeypatch.setattr(cli, "cmd_run", no_cli)
     suite = tmp_path / "tiny.toml"
     suite.write_text(
         '[defaults]\nbatch_sizes = [1, 2]\n[[group]]\nmodels = ["test_tiny_cnn"]\n'

@@ -1,4 +1,5 @@
-"""The harness: registry, suite expansion, estimator, per-sample fit, records, launcher."""
+"""The harness: registry, suite expansion, cells, tasks, estimator, per-sample fit, records,
+launcher, runner."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import json
 import pandas as pd
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 
 from revbench.cell import Cell
 from revbench.errors import UsageError
-from revbench.launcher import run_inline, run_isolated
+from revbench.launcher import Outcome, run_inline, run_isolated
+from revbench.measurement import Measurement
+from revbench.methods import METHODS, Method
+from revbench.methods.cuda import cuda_peak
 from revbench.methods.estimate import CUDA_BLOCK_BYTES, estimate_memory
 from revbench.models import ResolutionError, UnknownModelError, create, get_info, list_models
 from revbench.results import Record, RunStore, load, per_sample_fit
-from revbench.suite import expand, load_suite
+from revbench.runner import run_cells
+from revbench.suite import expand, load_suite, make_cell
 
 BASELINES = [
     *(f"tf_efficientnet_b{i}" for i in range(8)),
@@ -193,7 +199,7 @@ def test_malformed_suite_reports_file_and_line(tmp_path, text, message):
         ({"modes": ["fast"]}, "mode 'fast' is invalid; valid: reversible, vanilla, checkpoint"),
         (
             {"resolutions": ["100"], "models": ["hrnet_w18"]},
-            "resolution 100 is invalid for hrnet_w18.*96 or 128",
+            "hrnet_w18: img_size 100 is invalid.*nearest valid: 96 or 128",
         ),
         ({"resolutions": ["big"]}, "resolution 'big' is invalid"),
         ({"batch_sizes": [0]}, "batch size 0 is invalid"),
@@ -254,15 +260,16 @@ def test_estimate_is_deterministic_and_breakdown_sums_to_peak():
 
 
 def test_estimate_sees_mixed_precision_and_batch_size():
-    fp32 = estimate_memory("resnet50", batch_size=4, resolution=64)
-    bf16 = estimate_memory("resnet50", batch_size=4, resolution=64, precision="amp-bf16")
-    bigger = estimate_memory("resnet50", batch_size=8, resolution=64)
+    # A conv, a BatchNorm and a linear layer: enough for autocast to matter, and cheap.
+    fp32 = estimate_memory("test_tiny_cnn", batch_size=4, resolution=64)
+    bf16 = estimate_memory("test_tiny_cnn", batch_size=4, resolution=64, precision="amp-bf16")
+    bigger = estimate_memory("test_tiny_cnn", batch_size=8, resolution=64)
     assert bf16.by_category["activations"] < fp32.by_category["activations"]
     assert bigger.by_category["activations"] > fp32.by_category["activations"]
 
 
 def test_estimate_inference_keeps_no_gradients_or_optimizer_state():
-    est = estimate_memory("resnet50", batch_size=2, resolution=64, scenario="infer")
+    est = estimate_memory("test_tiny_cnn", batch_size=2, resolution=64, scenario="infer")
     assert est.by_category["gradients"] == 0
     assert est.by_category["optimizer_state"] == 0
 
@@ -273,8 +280,8 @@ def test_estimate_inference_keeps_no_gradients_or_optimizer_state():
 def _record(
     batch: int, peak: int | None, status: str = "ok", model: str = "test_tiny_cnn"
 ) -> Record:
-    cell = Cell(model=model, resolution=32, batch_size=batch, method="estimate")
-    return Record.for_cell(cell, status=status, peak_bytes=peak)
+    cell = make_cell(model, resolution=32, batch_size=batch, method="estimate")
+    return Record.for_cell(cell, status=status, measurement=Measurement(peak_bytes=peak))
 
 
 def test_per_sample_fit_is_the_least_squares_slope(tmp_path):
@@ -331,47 +338,205 @@ def test_csv_export(tmp_path):
     assert pd.read_csv(tmp_path / "out.csv")["peak_bytes"].tolist() == [10]
 
 
+# --------------------------------------------------------------------------------- cells
+
+
+def _cell(**fields) -> Cell:
+    return make_cell("test_tiny_cnn", **{"resolution": 32, "batch_size": 2, **fields})
+
+
+def test_cells_with_different_overrides_are_different():
+    narrow, wide = _cell(overrides={"width": 4}), _cell(overrides={"width": 8})
+    assert narrow != wide
+    assert len({narrow, wide}) == 2  # distinct as set members: their hashes differ too
+    assert narrow.key != wide.key
+    # The order overrides are given in does not matter.
+    two = {"width": 4, "num_classes": 3}
+    assert _cell(overrides=two) == _cell(overrides=dict(reversed(two.items())))
+
+
+def test_cell_json_round_trips_with_sequence_overrides():
+    cell = Cell(
+        model="m",
+        family="F",
+        kind="baseline",
+        size="S",
+        task="classify",
+        resolution=32,
+        batch_size=2,
+        overrides={"width": 4, "dims": [1, [2, 3]]},
+    )
+    again = Cell.from_json(cell.to_json())
+    assert again == cell and hash(again) == hash(cell)
+    assert again.variant == "dims=[1, [2, 3]],width=4"  # as the suite wrote it
+
+
+def test_cells_carry_the_registry_metadata_their_records_need():
+    cell = make_cell("tf_efficientnet_b7", resolution=600, batch_size=1)
+    assert (cell.family, cell.kind, cell.size, cell.task) == (
+        "EfficientNet",
+        "baseline",
+        "B7",
+        "classify",
+    )
+    record = Record.for_cell(cell)
+    assert (record.family, record.kind, record.size, record.task) == (
+        "EfficientNet",
+        "baseline",
+        "B7",
+        "classify",
+    )
+
+
+# --------------------------------------------------------------------------------- tasks
+
+
+def test_a_task_the_model_does_not_serve_is_refused_before_anything_runs(tmp_path):
+    base = '[[group]]\nmodels = ["revbifpn_s0"]\nresolutions = [64]\nbatch_sizes = [1]\n'
+    features = "overrides = { features_only = [true] }\n"
+    suite = _suite(tmp_path, base + 'task = "classify"\n' + features)
+    with pytest.raises(UsageError) as err:
+        expand(suite, method="estimate")
+    assert str(err.value) == (
+        "task 'classify' is invalid for revbifpn_s0[features_only=True]: it serves 'features'"
+    )
+    # Without a task in the suite the model's own is taken, and revbench cannot run it.
+    with pytest.raises(UsageError, match=r"^revbifpn_s0\[features_only=True\] serves task "):
+        expand(_suite(tmp_path, base + features), method="estimate")
+    with pytest.raises(UsageError, match="task 'detect' is invalid; valid: classify"):
+        expand(_suite(tmp_path, base + 'task = "detect"\n'), method="estimate")
+    (cell,) = expand(_suite(tmp_path, base), method="estimate")
+    assert cell.task == "classify"
+
+
+def test_resolutions_are_checked_against_the_model_with_its_overrides(tmp_path):
+    # RevViT-S needs a multiple of its patch size: 16 by default, 8 here.
+    text = '[[group]]\nmodels = ["revvit_small"]\noverrides = { patch_size = [8] }\n'
+    cells = expand(_suite(tmp_path, text + "resolutions = [40]\n"), method="estimate")
+    assert {(c.resolution, c.variant) for c in cells} == {(40, "patch_size=8")}
+    with pytest.raises(UsageError, match="img_size 36 is invalid.*nearest valid: 32 or 40"):
+        expand(_suite(tmp_path, text + "resolutions = [36]\n"), method="estimate")
+
+
+def test_an_override_the_model_does_not_take_is_refused_up_front(tmp_path):
+    text = (
+        '[[group]]\nmodels = ["test_tiny_cnn"]\nresolutions = [32]\noverrides = { depth = [2] }\n'
+    )
+    with pytest.raises(UsageError, match="unknown override.*depth.*valid: width"):
+        expand(_suite(tmp_path, text), method="estimate")
+
+
+def test_classify_task_refuses_a_model_without_num_classes():
+    from revbench.scenario import build_step
+
+    model = nn.Sequential(nn.Flatten(), nn.LazyLinear(10))
+    with pytest.raises(ValueError, match="Sequential has no num_classes"):
+        build_step(
+            model, scenario="train", precision="fp32", batch_size=2, resolution=8, device="cpu"
+        )
+
+
 # ------------------------------------------------------------------------------ launcher
 
 
-@pytest.mark.parametrize("launch", [run_inline, run_isolated], ids=["inline", "isolated"])
-def test_oom_becomes_a_status_not_a_crash(launch):
-    ok = launch(
-        Cell(
-            model="test_oom_probe",
-            resolution=32,
-            batch_size=1,
-            method="cpu",
-            measure_steps=1,
-            warmup_steps=0,
-        )
+def _probe(batch: int, method: str = "cpu", **fields) -> Cell:
+    return make_cell(
+        "test_oom_probe",
+        resolution=32,
+        batch_size=batch,
+        method=method,
+        warmup_steps=0,
+        measure_steps=1,
+        **fields,
     )
-    oom = launch(
-        Cell(
-            model="test_oom_probe",
-            resolution=32,
-            batch_size=2,
-            method="cpu",
-            measure_steps=1,
-            warmup_steps=0,
-        )
-    )
-    assert ok.status == "ok" and ok.values["step_time_ms_median"] > 0
-    assert oom.status == "oom"
-    assert "out of memory" in oom.message
 
 
-def test_crash_and_timeout_become_rows():
-    crashed = run_isolated(Cell(model="test_crash", resolution=32, batch_size=1, method="cpu"))
+def test_oom_and_crash_become_statuses_not_crashes():
+    ok, oom = run_inline(_probe(1)), run_inline(_probe(2))
+    assert ok.status == "ok" and ok.measurement.step_time_ms_median > 0
+    assert ok.measurement.measure_steps == 1
+    assert oom.status == "oom" and oom.message.startswith("OutOfMemoryError: CUDA out of memory")
+    assert oom.measurement == Measurement()  # nothing measured
+    crashed = run_inline(make_cell("test_crash", resolution=32, batch_size=1, method="cpu"))
     assert crashed.status == "error" and "constructor failed on purpose" in crashed.message
-    slow = run_isolated(
-        Cell(model="resnet50", resolution=64, batch_size=1, method="cpu", timeout_s=0.5)
-    )
+
+
+def test_outcome_round_trips_through_the_worker_protocol():
+    outcome = Outcome("ok", measurement=Measurement(peak_bytes=1536, step_time_ms_median=2.5))
+    assert Outcome.from_json(outcome.to_json()) == outcome
+
+
+def test_isolated_worker_reports_an_oom_as_a_row():
+    # One subprocess: the cell runs in a fresh interpreter, which reports its outcome.
+    oom = run_isolated(_probe(2))
+    assert oom.status == "oom" and "out of memory" in oom.message
+
+
+def test_isolated_cell_past_its_timeout_is_a_row():
+    slow = run_isolated(_probe(1, timeout_s=0.5))  # the worker cannot even import in 0.5 s
     assert slow.status == "timeout" and "0.5 s" in slow.message
 
 
 def test_cuda_method_without_gpu_is_an_error_row():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    out = run_inline(Cell(model="test_tiny_cnn", resolution=32, batch_size=1, method="cuda"))
+    out = run_inline(make_cell("test_tiny_cnn", resolution=32, batch_size=1, method="cuda"))
     assert out.status == "error" and "needs a CUDA GPU" in out.message
+
+
+def test_cuda_peak_reads_the_peaks_even_when_the_block_raises(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 4096)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: 2 << 20)
+    with pytest.raises(RuntimeError, match="failed inside"):
+        with cuda_peak() as peak:
+            calls.append("run")
+            raise RuntimeError("failed inside")
+    assert calls == ["reset", "run"]  # reset before the block, not after
+    assert (peak.allocated_bytes, peak.reserved_bytes) == (4096, 2 << 20)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_peak_reads_a_known_allocation():
+    mib = 1 << 20
+    before = torch.cuda.memory_allocated()
+    with cuda_peak() as peak:
+        block = torch.empty(256 * mib, dtype=torch.uint8, device="cuda")
+        del block
+    # 256 MiB is a whole number of 512-byte blocks: the allocator hands out exactly that.
+    assert peak.allocated_bytes == before + 256 * mib
+    assert peak.reserved_bytes >= 256 * mib
+
+
+# --------------------------------------------------------------------------------- runner
+
+
+class FakeCuda(Method):
+    """Stands in for the cuda method: writes a snapshot naming the cell, measures a fixed peak."""
+
+    name = "cuda"
+    records_snapshots = True
+
+    def measure(self, cell, snapshot_path=None):
+        snapshot_path.write_text(cell.label())
+        return Measurement(peak_bytes=1024 * cell.batch_size, snapshot_file=snapshot_path.name)
+
+
+def test_resume_keeps_the_snapshots_of_earlier_invocations(tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "cuda", FakeCuda())
+    cells = [_probe(b, method="cuda") for b in (1, 2, 3)]
+    store = RunStore.create(tmp_path, "snap")
+    quiet = Console(file=open(tmp_path / "log.txt", "w"))
+    first = run_cells(cells[:2], store, isolate=False, memory_snapshot=True, console=quiet)
+    second = run_cells(
+        cells, store, isolate=False, resume=True, memory_snapshot=True, console=quiet
+    )
+    assert second.skipped == 2 and len(second.records) == 1
+    records = first.records + second.records
+    names = [r.snapshot_file for r in records]
+    assert len(set(names)) == 3
+    # Every snapshot still holds the cell its record names: nothing was overwritten.
+    for record, cell in zip(records, cells):
+        assert (store.dir / record.snapshot_file).read_text() == cell.label()
+    assert sorted(p.name for p in store.dir.glob("*.pickle")) == sorted(names)

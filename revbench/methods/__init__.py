@@ -1,1 +1,35 @@
-"""Measurement methods: cuda (real, isolated), estimate (meta device), cpu (real)."""
+"""Measurement methods, registered by name: cuda (real, isolated), estimate (fake tensors),
+cpu (real). `--device` names one of them, or `auto`."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import UsageError
+from .base import METHODS, Method, get_method, method_names, register_method
+from .cpu import CpuMethod
+from .cuda import CudaMethod
+from .estimate import EstimateMethod
+
+__all__ = ["METHODS", "Method", "get_method", "method_names", "register_method", "resolve_device"]
+
+# Registration order is the order --device and error messages list them in.
+register_method(CudaMethod())
+register_method(EstimateMethod())
+register_method(CpuMethod())
+
+
+def resolve_device(device: str) -> tuple[str, str | None]:
+    """The method `--device` names, and a note to print when `auto` falls back."""
+    valid = ("auto", *method_names())
+    if device not in valid:
+        raise UsageError(f"device {device!r} is invalid; valid: {', '.join(valid)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda", None
+        return "estimate", "no CUDA GPU found: using the GPU-free estimator (--device estimate)"
+    why = get_method(device).unavailable()
+    if why:
+        usable = [name for name in method_names() if not get_method(name).unavailable()]
+        raise UsageError(f"device {device!r} is invalid here: {why}; valid: {', '.join(usable)}")
+    return device, None

@@ -7,28 +7,24 @@ for memory without a GPU.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ..cell import Cell
-from ..scenario import build_step
-from .timing import summarize_times
+from ..measurement import Measurement, timed
+from ..scenario import cell_step
+from .base import Method
 
 
-def measure(cell: Cell, **_) -> dict:
-    model = cell.build_model()
-    step = build_step(
-        model,
-        scenario=cell.scenario,
-        precision=cell.precision,
-        batch_size=cell.batch_size,
-        resolution=cell.resolution,
-        device="cpu",
-        optimizer=cell.optimizer,
-    )
-    for _ in range(cell.warmup_steps):
-        step.run()
-    times = []
-    for _ in range(cell.measure_steps):
-        start = time.perf_counter()
-        step.run()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return summarize_times(times, cell.batch_size)
+class CpuMethod(Method):
+    name = "cpu"
+
+    def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
+        step = cell_step(cell, "cpu")
+        for _ in range(cell.warmup_steps):
+            step.run()
+        times_ms = []
+        for _ in range(cell.measure_steps):
+            start = time.perf_counter()
+            step.run()
+            times_ms.append((time.perf_counter() - start) * 1000.0)
+        return timed(times_ms, cell.batch_size)

@@ -1,77 +1,115 @@
 """The `cuda` method: peak CUDA memory and step time, one cell per subprocess.
 
 The launcher runs each cell in its own process (clean allocator; an OOM cannot poison
-the next cell). Here: warm-up steps, then `empty_cache()` and `reset_peak_memory_stats()`,
-then measured steps. The peak of each phase (forward, backward, optimizer) is read and
-reset between phases; the allocator's statistics are kept on the host at allocation time,
-so reading them needs no synchronisation and does not disturb the CUDA-event timing.
+the next cell). Here: warm-up steps, then `empty_cache()`, then measured steps, each phase
+(forward, backward, optimizer) inside `cuda_peak`. The allocator keeps its statistics on
+the host at allocation time, so reading them needs no synchronisation and does not
+disturb the CUDA-event timing.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..cell import Cell
-from ..scenario import build_step
-from .timing import summarize_times
+from ..measurement import Measurement, timed
+from ..scenario import cell_step
+from .base import Method
 
 PHASES = ("forward", "backward", "optimizer")
 
 
-def measure(cell: Cell, snapshot_path: str | Path | None = None, **_) -> dict:
-    if not torch.cuda.is_available():
-        raise RuntimeError("the cuda method needs a CUDA GPU; none is visible")
-    device = torch.device("cuda", 0)
-    with device:
-        model = cell.build_model()
-    step = build_step(
-        model,
-        scenario=cell.scenario,
-        precision=cell.precision,
-        batch_size=cell.batch_size,
-        resolution=cell.resolution,
-        device=device,
-        optimizer=cell.optimizer,
-    )
-    for _ in range(cell.warmup_steps):
+@dataclass
+class PeakMemory:
+    """Peaks of the caching allocator over a block, in bytes."""
+
+    allocated_bytes: int = 0  # in live tensors (512-byte blocks)
+    reserved_bytes: int = 0  # in segments the allocator holds
+
+
+@contextlib.contextmanager
+def cuda_peak(device: torch.device | int | None = None) -> Iterator[PeakMemory]:
+    """Reset the allocator's peaks, run the block, read them (also when the block raises).
+
+    with cuda_peak() as peak:
         step.run()
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-
-    phase_peak = dict.fromkeys(PHASES, 0)
-    reserved_peak = 0
-    events = []
-    recording = snapshot_path is not None
-    if recording:
-        torch.cuda.memory._record_memory_history(max_entries=200_000)
+    peak.allocated_bytes
+    """
+    peak = PeakMemory()
+    torch.cuda.reset_peak_memory_stats(device)
     try:
-        for _ in range(cell.measure_steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for phase, run in zip(PHASES, (step.forward, step.backward, step.optimizer_step)):
-                run()
-                phase_peak[phase] = max(phase_peak[phase], torch.cuda.max_memory_allocated())
-                reserved_peak = max(reserved_peak, torch.cuda.max_memory_reserved())
-                torch.cuda.reset_peak_memory_stats()
-            end.record()
-            events.append((start, end))
-        torch.cuda.synchronize()
-        if recording:
-            torch.cuda.memory._dump_snapshot(str(snapshot_path))
+        yield peak
     finally:
-        if recording:
-            torch.cuda.memory._record_memory_history(enabled=None)
+        peak.allocated_bytes = torch.cuda.max_memory_allocated(device)
+        peak.reserved_bytes = torch.cuda.max_memory_reserved(device)
 
-    times = [s.elapsed_time(e) for s, e in events]
-    return {
-        "peak_bytes": max(phase_peak.values()),
-        "peak_reserved_bytes": reserved_peak,
-        "forward_peak_bytes": phase_peak["forward"],
-        "backward_peak_bytes": phase_peak["backward"] if cell.scenario == "train" else None,
-        "optimizer_peak_bytes": phase_peak["optimizer"] if cell.scenario == "train" else None,
-        "snapshot_file": Path(snapshot_path).name if recording else None,
-        **summarize_times(times, cell.batch_size),
-    }
+
+@contextlib.contextmanager
+def memory_history(path: Path | None) -> Iterator[None]:
+    """Record the allocator's history over the block into `path` (for PyTorch's memory_viz);
+    None records nothing. Recording stops whatever happens."""
+    if path is None:
+        yield
+        return
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    try:
+        yield
+        torch.cuda.memory._dump_snapshot(str(path))
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+
+
+class CudaMethod(Method):
+    name = "cuda"
+    isolated_by_default = True
+    records_snapshots = True
+
+    def unavailable(self) -> str | None:
+        return None if torch.cuda.is_available() else "no CUDA GPU is visible"
+
+    def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
+        if not torch.cuda.is_available():
+            raise RuntimeError("the cuda method needs a CUDA GPU; none is visible")
+        device = torch.device("cuda", 0)
+        step = cell_step(cell, device)
+        for _ in range(cell.warmup_steps):
+            step.run()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+        phase_peak = dict.fromkeys(PHASES, 0)
+        reserved_peak = 0
+        events = []
+        with memory_history(snapshot_path):
+            for _ in range(cell.measure_steps):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                for phase, run in zip(PHASES, (step.forward, step.backward, step.optimizer_step)):
+                    with cuda_peak(device) as peak:
+                        run()
+                    phase_peak[phase] = max(phase_peak[phase], peak.allocated_bytes)
+                    reserved_peak = max(reserved_peak, peak.reserved_bytes)
+                end.record()
+                events.append((start, end))
+            torch.cuda.synchronize()
+
+        train = cell.scenario == "train"
+        return replace(
+            timed([s.elapsed_time(e) for s, e in events], cell.batch_size),
+            peak_bytes=max(phase_peak.values()),
+            peak_reserved_bytes=reserved_peak,
+            forward_peak_bytes=phase_peak["forward"],
+            backward_peak_bytes=phase_peak["backward"] if train else None,
+            optimizer_peak_bytes=phase_peak["optimizer"] if train else None,
+            snapshot_file=snapshot_path.name if snapshot_path is not None else None,
+        )
+
+    def cleanup(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

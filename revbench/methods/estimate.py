@@ -24,13 +24,19 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
-from ..scenario import build_step
+from revbench.models import create
+
+from ..cell import Cell
+from ..measurement import Measurement
+from ..scenario import build_model, build_step
+from .base import Method
 
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
 
@@ -98,16 +104,16 @@ def estimate_memory(
     scenario: str = "train",
     precision: str = "fp32",
     optimizer: str = "sgd",
+    task: str = "classify",
     **overrides,
 ) -> MemoryEstimate:
     """Peak memory of one steady-state step of `model`, by category.
 
     `model` is a registered name (built with `img_size=resolution` and `overrides`) or a
-    zero-argument factory returning a module that maps (B, 3, R, R) images to logits.
+    zero-argument factory returning a module that serves `task` (for classify: (B, 3, R, R)
+    images to logits, with a `num_classes` attribute).
     """
     if isinstance(model, str):
-        from revbench.models import create
-
         name = model
 
         def factory() -> nn.Module:
@@ -126,6 +132,7 @@ def estimate_memory(
         net = net.to_empty(device="cpu")
         step = build_step(
             net,
+            task=task,
             scenario=scenario,
             precision=precision,
             batch_size=batch_size,
@@ -152,17 +159,22 @@ def estimate_memory(
     return MemoryEstimate(peak_bytes=total, by_category=by_category)
 
 
-def measure(cell, **_) -> dict:
+class EstimateMethod(Method):
     """The estimate method for one cell (see `estimate_memory`)."""
-    est = estimate_memory(
-        cell.build_model,
-        batch_size=cell.batch_size,
-        resolution=cell.resolution,
-        scenario=cell.scenario,
-        precision=cell.precision,
-        optimizer=cell.optimizer,
-    )
-    return {
-        "peak_bytes": est.peak_bytes,
-        **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
-    }
+
+    name = "estimate"
+
+    def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
+        est = estimate_memory(
+            lambda: build_model(cell),
+            batch_size=cell.batch_size,
+            resolution=cell.resolution,
+            scenario=cell.scenario,
+            precision=cell.precision,
+            optimizer=cell.optimizer,
+            task=cell.task,
+        )
+        return Measurement(
+            peak_bytes=est.peak_bytes,
+            **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
+        )

@@ -1,0 +1,50 @@
+"""The method contract: a registered object that measures one cell into a `Measurement`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from ..cell import Cell
+from ..measurement import Measurement
+
+
+class Method(ABC):
+    """One way to measure a cell; `--device NAME` picks it by its name."""
+
+    name: str
+    isolated_by_default = False  # one subprocess per cell unless --no-isolate
+    records_snapshots = False  # whether --memory-snapshot applies
+
+    @abstractmethod
+    def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
+        """Measure `cell`; raise on failure (the launcher turns it into a status)."""
+
+    def unavailable(self) -> str | None:
+        """Why the method cannot run on this machine, or None when it can."""
+        return None
+
+    def cleanup(self) -> None:
+        """Called after every cell, measured or failed, once its objects are released."""
+        return None
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"method {name!r} is invalid; valid: {', '.join(METHODS)}") from None
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(METHODS)
