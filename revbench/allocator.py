@@ -1,0 +1,811 @@
+"""Reserved memory without a GPU: a model of PyTorch's CUDA caching allocator.
+
+`torch.cuda.max_memory_allocated()` counts the blocks handed to tensors; what the GPU holds
+(what nvidia-smi shows, less the CUDA context) is what the caching allocator *reserved*:
+whole segments from cudaMalloc, carved into blocks and cached after their tensors die.
+`simulate` replays allocation and free events through a model of c10's
+`DeviceCachingAllocator` (c10/cuda/CUDACachingAllocator.cpp) and reports both peaks.
+
+The rules, with c10's constant names::
+
+    size    = max(512, 512 * ceil(request / 512))                     kMinBlockSize
+    pool    = small if size <= 1 MiB, else large                      kSmallSize
+    segment = 2 MiB                          small pool               kSmallBuffer
+            = 20 MiB                         large, size < 10 MiB     kLargeBuffer, kMinLargeAlloc
+            = 2 MiB * ceil(size / 2 MiB)     large, size >= 10 MiB    kRoundLarge
+
+- reuse: the smallest cached free block of the same pool and stream with block >= size,
+  the lower address on a tie (c10 orders free blocks by stream, size, address);
+- split: the rest of the block becomes a free block when it is >= 512 B (small pool) or
+  > 1 MiB with size < max_split_size (large pool); otherwise the whole block is handed out
+  and counted as allocated, as c10 counts it;
+- max_split_size (`max_split_size_mb`): a request below it never takes a cached block at or
+  above it; a request at or above it takes a cached block only if block < size + 20 MiB
+  (c10's max_non_split_rounding_size, default kLargeBuffer);
+- free: the block merges with free neighbours in its segment; segments stay reserved until
+  an `empty_cache` event, which releases every segment without an allocated block.
+
+`expandable_segments=True` models c10's expandable segments: one virtual range per pool and
+stream, grown by mapping pages (2 MiB in the small pool, 20 MiB in the large pool). A request
+no free block fits takes the free block at the mapped end plus enough new pages; best fit
+treats that end block as the size it can grow to, so cached holes are used first; splits
+keep any rest >= 512 B in both pools; reserved = mapped bytes; `empty_cache` unmaps every
+whole free page.
+
+Approximations (what the model leaves out): the device's memory limit, so no OOM and no
+retry that frees cached blocks (`num_alloc_retries`), and no garbage_collection_threshold;
+`record_stream` (a block is reusable at its free); roundup_power2_divisions; CUDA-graph
+private pools. New segments get increasing synthetic addresses, so equal-size free blocks in
+different segments go to the older segment, where real cudaMalloc addresses may order them
+otherwise. Expandable address space is unbounded per pool and stream (c10 reserves 1.125x
+the device memory per range).
+
+Traces are PyTorch's memory-snapshot format (`torch.cuda.memory._snapshot()`, viewable at
+https://pytorch.org/memory_viz): `events_from_snapshot` and `real_reserved_from_snapshot`
+read a snapshot recorded on a GPU, `events_to_snapshot` writes one, and `trace_step`
+records the events of a step run on CPU or fake tensors.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import pickle
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
+
+MiB = 1 << 20
+MIN_BLOCK = 512  # kMinBlockSize: every block is a multiple of it
+SMALL_SIZE = MiB  # kSmallSize: largest request of the small pool
+SMALL_BUFFER = 2 * MiB  # kSmallBuffer: small-pool segment, and its expandable page
+LARGE_BUFFER = 20 * MiB  # kLargeBuffer: segment for large requests < 10 MiB, expandable page
+MIN_LARGE_ALLOC = 10 * MiB  # kMinLargeAlloc: from here a segment is the request rounded
+ROUND_LARGE = 2 * MiB  # kRoundLarge
+ACTIONS = ("alloc", "free", "empty_cache", "reset_peak")
+
+_BASE_ADDRESS = 0x7F00_0000_0000  # where synthetic segment addresses start
+_EXPANDABLE_PAGES = 1 << 20  # virtual pages per expandable range: never exhausted here
+_SIZE_MAX_INT64 = -1  # c10's unset max_split_size (SIZE_MAX) as the snapshot pickles it
+
+
+@dataclass(frozen=True)
+class Event:
+    """One call into the allocator.
+
+    `alloc` takes `id`, `size` (requested bytes; the allocator rounds) and `stream`; `free`
+    takes the `id` of a live allocation; `empty_cache` is `torch.cuda.empty_cache()`;
+    `reset_peak` is `torch.cuda.reset_peak_memory_stats()`.
+    """
+
+    action: str
+    id: int | None = None
+    size: int = 0
+    stream: int = 0
+
+
+@dataclass(frozen=True)
+class BlockState:
+    address: int
+    size: int  # bytes the block spans
+    requested_size: int  # bytes asked for (0 when free)
+    alloc_id: int | None  # None: a cached free block
+
+
+@dataclass(frozen=True)
+class SegmentState:
+    address: int
+    size: int
+    stream: int
+    pool: str  # "small" or "large"
+    expandable: bool
+    blocks: tuple[BlockState, ...]
+
+
+@dataclass(frozen=True)
+class AllocatorStats:
+    """What the allocator held over a replayed trace (bytes as torch.cuda reports them)."""
+
+    peak_allocated_bytes: int  # max_memory_allocated: blocks handed out, rounded
+    peak_reserved_bytes: int  # max_memory_reserved: segments held
+    allocated_at_reserved_peak_bytes: int  # the most allocated while reserved was at its peak
+    num_device_allocs: int  # cudaMalloc (or page-map) calls
+    allocated_bytes: int  # at the end of the trace
+    reserved_bytes: int  # at the end of the trace
+    segments: tuple[SegmentState, ...]  # the final layout, by address
+
+    @property
+    def fragmentation_bytes(self) -> int:
+        """Reserved but not allocated at the reserved peak: cached free blocks and slack.
+
+        Reserved stays at its peak for a while (segments are kept); this is the gap at the
+        fullest moment of that stretch.
+        """
+        return self.peak_reserved_bytes - self.allocated_at_reserved_peak_bytes
+
+    @property
+    def num_segments(self) -> int:
+        """Segments held at the end (under expandable segments: contiguous mapped ranges)."""
+        return len(self.segments)
+
+
+def round_size(nbytes: int) -> int:
+    """Bytes the allocator hands out for a request of `nbytes`."""
+    return max(MIN_BLOCK, -(-nbytes // MIN_BLOCK) * MIN_BLOCK)
+
+
+def segment_size(size: int) -> int:
+    """Bytes of the segment c10 allocates for a rounded request no cached block fits."""
+    if size <= SMALL_SIZE:
+        return SMALL_BUFFER
+    if size < MIN_LARGE_ALLOC:
+        return LARGE_BUFFER
+    return -(-size // ROUND_LARGE) * ROUND_LARGE
+
+
+def simulate(
+    events: Iterable[Event],
+    *,
+    max_split_size_mb: int | None = None,
+    expandable_segments: bool = False,
+) -> AllocatorStats:
+    """Replay `events` through the caching-allocator model (see the module docstring)."""
+    allocator = _Allocator(max_split_size_mb, expandable_segments)
+    allocator.replay(events)
+    return allocator.stats()
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class _Segment:
+    __slots__ = ("address", "size", "stream", "small", "page", "head")
+
+    def __init__(self, address: int, size: int, stream: int, small: bool, page: int | None):
+        self.address, self.size, self.stream, self.small = address, size, stream, small
+        self.page = page  # page size of an expandable range; None for a cudaMalloc segment
+        self.head: _Block | None = None
+
+
+class _Block:
+    __slots__ = ("address", "size", "segment", "prev", "next", "alloc_id", "requested", "mapped")
+
+    def __init__(self, address: int, size: int, segment: _Segment, mapped: bool = True):
+        self.address, self.size, self.segment, self.mapped = address, size, segment, mapped
+        self.prev: _Block | None = None
+        self.next: _Block | None = None
+        self.alloc_id: int | None = None
+        self.requested = 0
+
+    def link_after(self, block: _Block) -> None:
+        """Insert self right after `block` in its segment."""
+        self.prev, self.next = block, block.next
+        if block.next is not None:
+            block.next.prev = self
+        block.next = self
+
+
+class _FreeBlocks:
+    """Cached free blocks of one pool and stream, ordered by (size, address) as c10's set."""
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[int, int]] = []
+        self.by_address: dict[int, _Block] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def at(self, i: int) -> _Block:
+        return self.by_address[self.keys[i][1]]
+
+    def first_fit(self, size: int) -> int:
+        return bisect.bisect_left(self.keys, (size, -1))
+
+    def add(self, block: _Block) -> None:
+        bisect.insort(self.keys, (block.size, block.address))
+        self.by_address[block.address] = block
+
+    def remove(self, block: _Block) -> None:
+        del self.keys[bisect.bisect_left(self.keys, (block.size, block.address))]
+        del self.by_address[block.address]
+
+
+class _Allocator:
+    def __init__(self, max_split_size_mb: int | None, expandable: bool, record: bool = False):
+        if max_split_size_mb is not None and max_split_size_mb < LARGE_BUFFER // MiB:
+            raise ValueError(
+                f"max_split_size_mb={max_split_size_mb} is invalid; PyTorch requires at least "
+                f"{LARGE_BUFFER // MiB}, or None for no limit"
+            )
+        self.max_split = float("inf") if max_split_size_mb is None else max_split_size_mb * MiB
+        self.expandable = bool(expandable)
+        self.free_blocks: dict[tuple[bool, int], _FreeBlocks] = {}  # (small, stream) -> blocks
+        self.segments: list[_Segment] = []  # cudaMalloc segments and expandable ranges
+        self.live: dict[Any, _Block] = {}
+        self.next_address = _BASE_ADDRESS
+        self.allocated = self.reserved = self.device_allocs = 0
+        self.peak_allocated = self.peak_reserved = self.allocated_at_peak = 0
+        self.trace: list[dict] | None = [] if record else None  # snapshot trace entries
+
+    def replay(self, events: Iterable[Event]) -> None:
+        for event in events:
+            if event.action == "alloc":
+                self.malloc(event.id, event.size, event.stream)
+            elif event.action == "free":
+                self.free(event.id)
+            elif event.action == "empty_cache":
+                self.empty_cache()
+            elif event.action == "reset_peak":
+                self.peak_allocated = self.allocated_at_peak = self.allocated
+                self.peak_reserved = self.reserved
+            else:
+                raise ValueError(f"event action {event.action!r} is invalid; valid: {ACTIONS}")
+
+    # ------------------------------------------------------------------ malloc and free
+
+    def malloc(self, alloc_id, request: int, stream: int) -> None:
+        if alloc_id in self.live:
+            raise ValueError(f"alloc of id {alloc_id!r}, which is already live")
+        if request <= 0:
+            raise ValueError(f"alloc of {request} bytes (id {alloc_id!r}); sizes must be > 0")
+        size = round_size(request)
+        small = size <= SMALL_SIZE
+        free = self.free_blocks.setdefault((small, stream), _FreeBlocks())
+        block = self._take_cached(free, size)
+        if block is None:
+            block = (
+                self._grow(small, stream, size)
+                if self.expandable
+                else self._cudamalloc(small, stream, size)
+            )
+        rest = block.size - size
+        if block.segment.small or self.expandable:
+            split = rest >= MIN_BLOCK
+        else:
+            split = size < self.max_split and rest > SMALL_SIZE
+        if split:
+            remainder = _Block(block.address + size, rest, block.segment)
+            remainder.link_after(block)
+            block.size = size
+            free.add(remainder)
+        block.alloc_id, block.requested = alloc_id, request
+        self.live[alloc_id] = block
+        self.allocated += block.size
+        self._record("alloc", block.address, request, stream)
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        if self.reserved > self.peak_reserved:
+            self.peak_reserved, self.allocated_at_peak = self.reserved, self.allocated
+        elif self.reserved == self.peak_reserved:
+            self.allocated_at_peak = max(self.allocated_at_peak, self.allocated)
+
+    def free(self, alloc_id) -> None:
+        block = self.live.pop(alloc_id, None)
+        if block is None:
+            raise ValueError(f"free of id {alloc_id!r}, which is not a live allocation")
+        self.allocated -= block.size
+        segment = block.segment
+        self._record("free_requested", block.address, block.requested, segment.stream)
+        self._record("free_completed", block.address, block.requested, segment.stream)
+        block.alloc_id, block.requested = None, 0
+        free = self.free_blocks[(segment.small, segment.stream)]
+        self._merge(block, block.prev, free)
+        self._merge(block, block.next, free)
+        free.add(block)
+
+    def _take_cached(self, free: _FreeBlocks, size: int) -> _Block | None:
+        i = free.first_fit(size)
+        if i == len(free):
+            return None
+        if self.expandable:
+            # A block followed by unmapped pages can grow: best fit counts it at that size,
+            # so a cached hole that fits is taken before the end of the mapped range.
+            while i + 1 < len(free) and _growable(free.at(i + 1)) < _growable(free.at(i)):
+                i += 1
+        block = free.at(i)
+        if size < self.max_split <= block.size:
+            return None  # an oversize block is kept for oversize requests
+        if size >= self.max_split and block.size >= size + LARGE_BUFFER:
+            return None  # an oversize block is not handed out more than 20 MiB too big
+        free.remove(block)
+        return block
+
+    def _merge(self, dst: _Block, src: _Block | None, free: _FreeBlocks) -> None:
+        """Fold free neighbour `src` into `dst` (both mapped or both unmapped)."""
+        if src is None or src.alloc_id is not None or src.mapped != dst.mapped:
+            return
+        if src.mapped:
+            free.remove(src)
+        if src is dst.prev:
+            dst.address, dst.prev = src.address, src.prev
+            if src.prev is None:
+                dst.segment.head = dst
+            else:
+                src.prev.next = dst
+        else:
+            dst.next = src.next
+            if src.next is not None:
+                src.next.prev = dst
+        dst.size += src.size
+
+    # -------------------------------------------------------------- segments and pages
+
+    def _new_segment(self, size: int, stream: int, small: bool, page: int | None) -> _Segment:
+        segment = _Segment(self.next_address, size, stream, small, page)
+        segment.head = _Block(segment.address, size, segment, mapped=page is None)
+        self.next_address += size
+        self.segments.append(segment)
+        return segment
+
+    def _cudamalloc(self, small: bool, stream: int, size: int) -> _Block:
+        nbytes = segment_size(size)
+        segment = self._new_segment(nbytes, stream, small, page=None)
+        self.reserved += nbytes
+        self.device_allocs += 1
+        self._record("segment_alloc", segment.address, nbytes, stream)
+        return segment.head
+
+    def _grow(self, small: bool, stream: int, size: int) -> _Block:
+        """An expandable block of >= `size` bytes: a free end block plus newly mapped pages."""
+        free = self.free_blocks[(small, stream)]
+        # c10 looks at unmapped ranges by address, each with the free block just before it.
+        candidate = None
+        for segment in self.segments:
+            block = segment.head if (segment.small, segment.stream) == (small, stream) else None
+            while block is not None and candidate is None:
+                if not block.mapped:
+                    start = block.prev if block.prev and block.prev.alloc_id is None else block
+                    if _room(start, size) >= size:
+                        candidate = start
+                block = block.next
+        if candidate is None:
+            page = SMALL_BUFFER if small else LARGE_BUFFER
+            candidate = self._new_segment(page * _EXPANDABLE_PAGES, stream, small, page).head
+        if not candidate.mapped:
+            candidate = self._map(candidate, min(candidate.size, size), free)
+        while candidate.size < size:
+            unmapped = candidate.next
+            candidate = self._map(unmapped, min(size - candidate.size, unmapped.size), free)
+        free.remove(candidate)
+        return candidate
+
+    def _map(self, block: _Block, size: int, free: _FreeBlocks) -> _Block:
+        """Map whole pages at the start of unmapped `block` covering `size` bytes."""
+        page = block.segment.page
+        nbytes = -(-size // page) * page
+        if nbytes < block.size:
+            _Block(block.address + nbytes, block.size - nbytes, block.segment, False).link_after(
+                block
+            )
+            block.size = nbytes
+        address = block.address
+        block.mapped = True
+        self._merge(block, block.prev, free)
+        self._merge(block, block.next, free)
+        free.add(block)
+        self.reserved += nbytes
+        self.device_allocs += 1
+        self._record("segment_map", address, nbytes, block.segment.stream)
+        return block
+
+    def empty_cache(self) -> None:
+        # c10 releases the large pool, then the small one, each in (stream, size, address)
+        # order: a cudaMalloc segment whose single block is free, or whole free pages.
+        for small in (False, True):
+            for stream in sorted(s for pool_small, s in self.free_blocks if pool_small == small):
+                free = self.free_blocks[(small, stream)]
+                for block in [free.at(i) for i in range(len(free))]:
+                    if self.expandable:
+                        self._unmap(block, free)
+                    elif block.prev is None and block.next is None:
+                        free.remove(block)
+                        self.segments.remove(block.segment)
+                        self.reserved -= block.size
+                        self._record("segment_free", block.address, block.size, stream)
+
+    def _unmap(self, block: _Block, free: _FreeBlocks) -> None:
+        segment = block.segment
+        page, base, end = segment.page, segment.address, block.address + block.size
+        first = base + -(-(block.address - base) // page) * page
+        last = base + (end - base) // page * page
+        if first >= last:
+            return
+        free.remove(block)
+        if first > block.address:
+            before = _Block(block.address, first - block.address, segment)
+            if block.prev is None:
+                segment.head = before
+            else:
+                block.prev.next = before
+            before.prev, before.next, block.prev = block.prev, block, before
+            free.add(before)
+        if last < end:
+            after = _Block(last, end - last, segment)
+            after.link_after(block)
+            free.add(after)
+        block.address, block.size, block.mapped = first, last - first, False
+        self._merge(block, block.prev, free)
+        self._merge(block, block.next, free)
+        self.reserved -= last - first
+        self._record("segment_unmap", first, last - first, segment.stream)
+        if block.prev is None and block.next is None:
+            self.segments.remove(segment)  # nothing mapped: c10 frees the address range too
+
+    # ------------------------------------------------------------------------- results
+
+    def _record(self, action: str, address: int, size: int, stream: int) -> None:
+        if self.trace is not None:
+            self.trace.append(
+                {
+                    "action": action,
+                    "addr": address,
+                    "size": size,
+                    "stream": stream,
+                    "time_us": len(self.trace),
+                    "frames": [],
+                }
+            )
+
+    def stats(self) -> AllocatorStats:
+        return AllocatorStats(
+            peak_allocated_bytes=self.peak_allocated,
+            peak_reserved_bytes=self.peak_reserved,
+            allocated_at_reserved_peak_bytes=self.allocated_at_peak,
+            num_device_allocs=self.device_allocs,
+            allocated_bytes=self.allocated,
+            reserved_bytes=self.reserved,
+            segments=tuple(self._segment_states()),
+        )
+
+    def _segment_states(self) -> Iterable[SegmentState]:
+        # One state per contiguous mapped range, as c10's snapshot() reports segments.
+        for segment in sorted(self.segments, key=lambda s: s.address):
+            blocks: list[BlockState] = []
+            block = segment.head
+            while block is not None:
+                if block.mapped:
+                    blocks.append(
+                        BlockState(block.address, block.size, block.requested, block.alloc_id)
+                    )
+                if blocks and (not block.mapped or block.next is None):
+                    yield SegmentState(
+                        address=blocks[0].address,
+                        size=sum(b.size for b in blocks),
+                        stream=segment.stream,
+                        pool="small" if segment.small else "large",
+                        expandable=segment.page is not None,
+                        blocks=tuple(blocks),
+                    )
+                    blocks = []
+                block = block.next
+
+
+def _growable(block: _Block) -> int:
+    """Size `block` can reach without a cudaMalloc: itself plus unmapped pages after it."""
+    after = block.next
+    return block.size + (after.size if after is not None and not after.mapped else 0)
+
+
+def _room(block: _Block | None, size: int) -> int:
+    """Bytes of consecutive free or unmapped blocks from `block`, counted up to `size`."""
+    total = 0
+    while block is not None and block.alloc_id is None and total < size:
+        total += block.size
+        block = block.next
+    return total
+
+
+# -------------------------------------------------------------------- memory snapshots
+#
+# A snapshot (torch.cuda.memory._snapshot(), pickled by _dump_snapshot) is a dict with
+#   segments:       [{device, address, total_size, stream, segment_type ("small"/"large"),
+#                     is_expandable, blocks: [{address, size, requested_size,
+#                     state ("active_allocated" / "active_pending_free" / "inactive")}]}]
+#                   the allocator's state when the snapshot was taken;
+#   device_traces:  one list per device of {action, addr, size, stream, time_us, frames}
+#                   in order, from when _record_memory_history was enabled (a ring buffer);
+#                   alloc and free_* sizes are the requested bytes, segment_* sizes the
+#                   segment (or mapped range) bytes;
+#   allocator_settings: {max_split_size (bytes, -1 when unset), expandable_segments, ...}.
+# Only these fields are read; frames, pool ids and other actions are ignored.
+
+
+@dataclass(frozen=True)
+class RecordedReserved:
+    """Reserved bytes a snapshot's trace records (segment_alloc/map minus segment_free/unmap)."""
+
+    start_bytes: int  # when recording began
+    peak_bytes: int
+    end_bytes: int  # when the snapshot was taken: the sum of its segments
+
+
+class _SnapshotUnpickler(pickle.Unpickler):
+    # Snapshots hold only dicts, lists, tuples, strings and numbers; refuse anything that
+    # would run code on load.
+    def find_class(self, module: str, name: str):
+        if module == "torch.jit._pickle" and name.startswith("build_"):
+            return super().find_class(module, name)
+        raise ValueError(f"not a memory snapshot: it refers to {module}.{name}")
+
+
+def load_snapshot(snapshot: dict | str | Path) -> dict:
+    """A snapshot dict, or the dict pickled at `snapshot` by `torch.cuda.memory._dump_snapshot`."""
+    if isinstance(snapshot, dict):
+        return snapshot
+    with open(snapshot, "rb") as f:
+        data = _SnapshotUnpickler(f).load()
+    if not isinstance(data, dict) or "device_traces" not in data:
+        raise ValueError(f"{snapshot} is not a memory snapshot (no device_traces)")
+    return data
+
+
+def _device_trace(snapshot: dict, device: int) -> list[dict]:
+    traces = snapshot.get("device_traces", [])
+    if not 0 <= device < len(traces):
+        raise ValueError(f"device {device} is invalid; the snapshot traces {len(traces)} device(s)")
+    return traces[device]
+
+
+def events_from_snapshot(snapshot: dict | str | Path, device: int = 0) -> list[Event]:
+    """The allocator events of a snapshot's trace on `device`.
+
+    alloc -> `alloc` (ids numbered in order), free_completed -> `free` (the block is reusable
+    from then on), each run of segment_free/segment_unmap -> one `empty_cache` (a release
+    during an out-of-memory retry reads as one too). Blocks allocated before recording began
+    (freed in the trace without their alloc, or still allocated in the final segments) come
+    first, as allocations in address order: the model packs them afresh, where the real
+    allocator may hold them in fuller segments, so record from the start of the process for
+    an exact comparison.
+    """
+    snap = load_snapshot(snapshot)
+    trace = _device_trace(snap, device)
+    live: set[int] = set()
+    earlier: dict[int, tuple[int, int]] = {}  # address -> (requested bytes, stream)
+    for entry in trace:
+        if entry["action"] == "alloc":
+            live.add(entry["addr"])
+        elif entry["action"] == "free_completed":
+            if entry["addr"] in live:
+                live.remove(entry["addr"])
+            else:
+                earlier[entry["addr"]] = (entry["size"], entry["stream"])
+    for segment in snap.get("segments", []):
+        if segment.get("device", 0) != device:
+            continue
+        address = segment["address"]
+        for block in segment["blocks"]:
+            address = block.get("address", address)  # older snapshots leave it implicit
+            if block["state"] != "inactive" and address not in live:
+                requested = block.get("requested_size") or block["size"]
+                earlier[address] = (requested, segment["stream"])
+            address += block["size"]
+
+    events = [
+        Event("alloc", i, size, stream)
+        for i, (size, stream) in enumerate(earlier[address] for address in sorted(earlier))
+    ]
+    ids = {address: i for i, address in enumerate(sorted(earlier))}
+    next_id = len(ids)
+    releasing = False
+    for entry in trace:
+        action = entry["action"]
+        if action in ("segment_free", "segment_unmap"):
+            if not releasing:
+                events.append(Event("empty_cache"))
+            releasing = True
+        elif action == "alloc":
+            ids[entry["addr"]] = next_id
+            events.append(Event("alloc", next_id, entry["size"], entry["stream"]))
+            next_id += 1
+            releasing = False
+        elif action == "free_completed":
+            events.append(Event("free", ids.pop(entry["addr"])))
+            releasing = False
+    return events
+
+
+def real_reserved_from_snapshot(snapshot: dict | str | Path, device: int = 0) -> RecordedReserved:
+    """The reserved bytes the real allocator held over the trace on `device`."""
+    snap = load_snapshot(snapshot)
+    sign = {"segment_alloc": 1, "segment_map": 1, "segment_free": -1, "segment_unmap": -1}
+    deltas = [
+        sign[e["action"]] * e["size"] for e in _device_trace(snap, device) if e["action"] in sign
+    ]
+    end = sum(s["total_size"] for s in snap.get("segments", []) if s.get("device", 0) == device)
+    reserved = peak = start = end - sum(deltas)
+    for delta in deltas:
+        reserved += delta
+        peak = max(peak, reserved)
+    return RecordedReserved(start_bytes=start, peak_bytes=peak, end_bytes=end)
+
+
+def replay_snapshot(
+    snapshot: dict | str | Path, device: int = 0
+) -> tuple[AllocatorStats, RecordedReserved]:
+    """Simulated vs recorded: the trace replayed under the snapshot's allocator settings."""
+    snap = load_snapshot(snapshot)
+    settings = snap.get("allocator_settings", {})
+    max_split = int(settings.get("max_split_size", _SIZE_MAX_INT64))
+    simulated = simulate(
+        events_from_snapshot(snap, device),
+        max_split_size_mb=max_split // MiB if 0 < max_split < 1 << 63 else None,
+        expandable_segments=bool(settings.get("expandable_segments", False)),
+    )
+    return simulated, real_reserved_from_snapshot(snap, device)
+
+
+def events_to_snapshot(
+    events: Iterable[Event],
+    *,
+    device: int = 0,
+    max_split_size_mb: int | None = None,
+    expandable_segments: bool = False,
+) -> dict:
+    """A snapshot dict of the modelled allocator replaying `events`, for memory_viz.
+
+    Addresses are the model's synthetic ones; the trace holds the alloc, free_requested,
+    free_completed and segment actions the model took, the segments its final state.
+    Pickle it (`pickle.dump`) and load the file at https://pytorch.org/memory_viz.
+    """
+    allocator = _Allocator(max_split_size_mb, expandable_segments, record=True)
+    allocator.replay(events)
+    segments = []
+    for segment in allocator.stats().segments:
+        allocated = sum(b.size for b in segment.blocks if b.alloc_id is not None)
+        segments.append(
+            {
+                "device": device,
+                "address": segment.address,
+                "total_size": segment.size,
+                "allocated_size": allocated,
+                "active_size": allocated,
+                "requested_size": sum(b.requested_size for b in segment.blocks),
+                "stream": segment.stream,
+                "segment_type": segment.pool,
+                "segment_pool_id": (0, 0),
+                "is_expandable": segment.expandable,
+                "frames": [],
+                "blocks": [
+                    {
+                        "address": b.address,
+                        "size": b.size,
+                        "requested_size": b.requested_size,
+                        "state": "inactive" if b.alloc_id is None else "active_allocated",
+                        "frames": [],
+                    }
+                    for b in segment.blocks
+                ],
+            }
+        )
+    return {
+        "segments": segments,
+        "device_traces": [[] for _ in range(device)] + [allocator.trace],
+        "allocator_settings": {
+            "max_split_size": _SIZE_MAX_INT64
+            if max_split_size_mb is None
+            else max_split_size_mb * MiB,
+            "expandable_segments": bool(expandable_segments),
+        },
+    }
+
+
+# --------------------------------------------------------------- capture on CPU / fake
+
+
+class _Storage:
+    __slots__ = ("alloc_id", "nbytes", "watched")
+
+    def __init__(self, nbytes: int):
+        self.alloc_id: int | None = None  # None: not allocated by the recorded code
+        self.nbytes, self.watched = nbytes, False
+
+
+class AllocationRecorder(TorchDispatchMode):
+    """Records the storages operators create as allocator events, in program order.
+
+    Every operator output whose storage is new is an `alloc` of the storage's bytes, and a
+    `free` follows when that storage dies (a weakref finalizer, so it lands where reference
+    counting releases it). Views and in-place results share a storage and allocate nothing,
+    as on the GPU; a storage resized in place is a new allocation, then the old one's free.
+    Storages the recorded code only reads are not allocations; `track` the tensors that live
+    across the step (weights, gradients, optimizer state, inputs) to record them first.
+
+    Enter it inside `FakeTensorMode` (which then runs below it) or on real CPU tensors.
+    Garbage collection is paused while recording, so cycles do not move frees and the
+    events are the same on every run. Temporaries inside a kernel (workspaces) are unseen.
+    """
+
+    def __init__(self, stream: int = 0):
+        super().__init__()
+        self.events: list[Event] = []
+        self.stream = stream
+        self._storages = WeakIdKeyDictionary()  # untyped storage -> _Storage
+        self._finalizers: list[weakref.finalize] = []
+        self._next_id = 0
+        self._gc_was_enabled = False
+
+    def track(self, *tensors: torch.Tensor | None) -> None:
+        """Record live `tensors` as allocated now, in the order given (None is skipped)."""
+        for tensor in tensors:
+            if tensor is not None:
+                self._allocate(tensor.untyped_storage())
+
+    def empty_cache(self) -> None:
+        self.events.append(Event("empty_cache"))
+
+    def reset_peak(self) -> None:
+        self.events.append(Event("reset_peak"))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, torch.Tensor):
+                storage = leaf.untyped_storage()
+                if self._storages.get(storage) is None:
+                    self._storages[storage] = _Storage(storage.nbytes())
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                storage = leaf.untyped_storage()
+                known = self._storages.get(storage)
+                if known is None or known.nbytes != storage.nbytes():
+                    self._allocate(storage)
+        return out
+
+    def _allocate(self, storage) -> None:
+        record = self._storages.get(storage)
+        if record is None:
+            record = self._storages[storage] = _Storage(0)
+        old = record.alloc_id
+        if old is not None and record.nbytes == storage.nbytes():
+            return  # tracked twice, or a view of a tracked tensor
+        record.nbytes = storage.nbytes()
+        record.alloc_id = None
+        if record.nbytes > 0:  # CUDA allocates no block for an empty storage
+            record.alloc_id = self._next_id
+            self._next_id += 1
+            self.events.append(Event("alloc", record.alloc_id, record.nbytes, self.stream))
+        if old is not None:
+            self.events.append(Event("free", old))
+        if not record.watched:
+            record.watched = True
+            self._finalizers.append(weakref.finalize(storage, self._free, record))
+
+    def _free(self, record: _Storage) -> None:
+        if record.alloc_id is not None:
+            self.events.append(Event("free", record.alloc_id))
+            record.alloc_id = None
+
+    def __enter__(self):
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            for finalizer in self._finalizers:
+                finalizer.detach()  # storages that outlive the recording free nothing here
+            self._finalizers.clear()
+            if self._gc_was_enabled:
+                gc.enable()
+
+
+def trace_step(
+    fn: Callable[..., Any], *args, live: Iterable[torch.Tensor | None] = (), **kwargs
+) -> list[Event]:
+    """The allocator events of `fn(*args, **kwargs)`, `live` tensors recorded first.
+
+    Run it inside `FakeTensorMode` to trace a full-size step without memory; the events
+    replay through `simulate` for the reserved peak.
+    """
+    with AllocationRecorder() as recorder:
+        recorder.track(*live)
+        fn(*args, **kwargs)
+    return recorder.events
