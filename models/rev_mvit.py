@@ -18,7 +18,10 @@ block that stores its activations, and it fuses the streams:
     X = X + MLP(LN(X))
 
 The next run of reversible blocks starts from two copies of X; each run is its own
-ReversibleStack. The head concatenates the final streams: LayerNorm(2C) -> mean -> Linear.
+ReversibleStack. Drop path: a reversible block drops F's and G's residuals with one mask
+per sample, as the official code does; a transition drops its attention and MLP residuals
+with a mask each (PySlowFast instead drops the transition's whole output, its pooled
+residual included). The head concatenates the final streams: LayerNorm(2C) -> mean -> Linear.
 
 Rev-MViT-B (ImageNet, 224px): patch conv 7x7 stride 4 -> 56x56 tokens of width 96 plus a
 learned position embedding; 16 blocks, transitions at blocks 1, 3 and 14 (widths
@@ -118,28 +121,20 @@ class PoolingAttention(nn.Module):
 
 
 class PoolingAttentionSubBlock(nn.Module):
-    """F: LayerNorm -> pooling attention (Q not pooled) -> drop path."""
+    """F: LayerNorm -> pooling attention (Q not pooled); drop path is the block's."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        hw: tuple[int, int],
-        kv_stride: int,
-        kernel: int,
-        drop_path: float,
-    ):
+    def __init__(self, dim: int, num_heads: int, hw: tuple[int, int], kv_stride: int, kernel: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = PoolingAttention(dim, num_heads, hw, 1, kv_stride, kernel)
-        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop_path(self.attn(self.norm(x)))
+        return self.attn(self.norm(x))
 
 
 class RevMViTBlock(TwoStreamBlock):
-    """Stage-preserving block: Y1 = X1 + F(X2); Y2 = X2 + G(Y1)."""
+    """Stage-preserving block: Y1 = X1 + M * F(X2); Y2 = X2 + M * G(Y1), M the drop path
+    mask shared by F and G (one per sample, as the official Rev-MViT)."""
 
     def __init__(
         self,
@@ -152,8 +147,9 @@ class RevMViTBlock(TwoStreamBlock):
         drop_path: float,
     ):
         super().__init__()
-        self.F = PoolingAttentionSubBlock(dim, num_heads, hw, kv_stride, kernel, drop_path)
-        self.G = MLPSubBlock(dim, mlp_ratio, drop_path)
+        self.F = PoolingAttentionSubBlock(dim, num_heads, hw, kv_stride, kernel)
+        self.G = MLPSubBlock(dim, mlp_ratio)
+        self.drop_path = drop_path
 
 
 class StageTransition(nn.Module):
@@ -188,7 +184,10 @@ class StageTransition(nn.Module):
         res = self.attn.pool_q(self.attn.fold_heads(x), self.attn.hw)  # (B, h, N/4, d)
         res = res.transpose(1, 2).flatten(2)  # (B, N/4, D)
         x = res + self.drop_path(self.attn(self.norm(x)))
-        return x + self.mlp(x)  # (B, N/4, D)
+        # In the streams' dtype: under CPU autocast LayerNorm returns bf16 (CUDA's returns
+        # fp32), and a half-precision stream would make every inversion in the next run
+        # lossy.
+        return (x + self.mlp(x)).to(x1.dtype)  # (B, N/4, D)
 
 
 # ------------------------------------------------------------------------------ model

@@ -107,9 +107,15 @@ def _autocast_state() -> list[tuple[str, bool, torch.dtype]]:
 def _autocast_replayed(state: list[tuple[str, bool, torch.dtype]]) -> Iterator[None]:
     # Backward runs outside the forward's autocast region; the recompute must use the
     # forward's precision or the rebuilt inputs and the gradients drift.
+    # Without the cast cache: autocast keeps the half-precision copy of every leaf that
+    # requires grad until its region ends, and each block's rebuilt inputs are such leaves,
+    # so one cached region around the whole walk would keep a copy of every block's inputs
+    # alive until the backward ends (RevBiFPN-S6 at 352 px: 990 MB per sample, not 109).
     with contextlib.ExitStack() as stack:
         for dev, enabled, dtype in state:
-            stack.enter_context(torch.autocast(dev, dtype=dtype, enabled=enabled))
+            stack.enter_context(
+                torch.autocast(dev, dtype=dtype, enabled=enabled, cache_enabled=False)
+            )
         yield
 
 
@@ -193,14 +199,38 @@ class TwoStreamBlock(ReversibleBlock):
         Y2 = X2 + G(Y1)        X1 = Y1 - F(X2)
 
     Subclasses set `self.F` and `self.G` (modules or callables with parameters inside).
+
+    `drop_path` = p > 0 adds stochastic depth shared by the two residuals, as the official
+    RevViT and Rev-MViT have it (PySlowFast and mmpretrain reseed one seed before both
+    draws): one mask M per sample, M = Bernoulli(1 - p) / (1 - p), so that
+
+        Y1 = X1 + M * F(X2)    Y2 = X2 + M * G(Y1)
+
+    and a dropped sample skips the whole block. M is drawn through `record` like any other
+    draw, so the recompute redraws it from the forward's generator state (no reseeding).
+    F and G may still draw randomness of their own (dropout, a drop path each).
     """
 
     F: nn.Module
     G: nn.Module
+    drop_path: float = 0.0
+
+    def _draw_mask(self, x: Tensor) -> Tensor:
+        keep = 1.0 - self.drop_path
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, ..., 1)
+        return x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def _shared_mask(self, x: Tensor) -> Tensor | None:
+        """M for this block's forward: drawn (and recorded) in the forward, redrawn from
+        the recorded state in the recompute; None without drop path or in eval."""
+        if not (self.training and self.drop_path > 0):
+            return None
+        return self.record("drop_path", self._draw_mask, x)
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensors:
-        y1 = x1 + self.record("F", self.F, x2)
-        y2 = x2 + self.record("G", self.G, y1)
+        mask = self._shared_mask(x2)
+        y1 = x1 + _masked(self.record("F", self.F, x2), mask)
+        y2 = x2 + _masked(self.record("G", self.G, y1), mask)
         return y1, y2
 
     @torch.no_grad()
@@ -212,10 +242,11 @@ class TwoStreamBlock(ReversibleBlock):
     def backward_pass(self, ys: Tensors, dys: Tensors) -> tuple[Tensors, Tensors]:
         y1, y2 = ys
         dy1, dy2 = dys
+        mask = self._shared_mask(y1)  # the forward's M, redrawn (the tape is replaying)
         # G first: it rebuilds X2 and turns dY2 into the full gradient of Y1.
         with torch.enable_grad():
             y1 = y1.detach().requires_grad_()
-            g = self.replay("G", self.G, y1)
+            g = _masked(self.replay("G", self.G, y1), mask)
             g.backward(dy2)
         with torch.no_grad():
             x2 = y2 - g
@@ -224,13 +255,19 @@ class TwoStreamBlock(ReversibleBlock):
         # F next: it rebuilds X1 and adds F's path to the gradient of X2.
         with torch.enable_grad():
             x2 = x2.detach().requires_grad_()
-            f = self.replay("F", self.F, x2)
+            f = _masked(self.replay("F", self.F, x2), mask)
             f.backward(dx1)
         with torch.no_grad():
             x1 = y1.detach() - f
             del f, y1
             dx2 = dy2 + x2.grad
         return (x1, x2.detach()), (dx1, dx2)
+
+
+def _masked(residual: Tensor, mask: Tensor | None) -> Tensor:
+    # M is drawn in the stream dtype; a residual computed under autocast is scaled in its
+    # own dtype, as a DropPath module at the end of F or G would scale it.
+    return residual if mask is None else residual * mask.to(residual.dtype)
 
 
 # --------------------------------------------------------------------------------- engine

@@ -13,8 +13,10 @@ are rebuilt from its outputs during backward,
     X2 = Y2 - G(Y1)        X1 = Y1 - F(X2)
 
 so training keeps only the final streams, whatever the depth (models/reversible.py runs
-the walk). The head concatenates the streams to 2C, applies LayerNorm, averages over
-tokens and classifies.
+the walk). Drop path (rates linear in depth) is the block's, as in the official code
+(PySlowFast, mmpretrain): one mask M per sample scales both residuals, Y1 = X1 + M F(X2)
+and Y2 = X2 + M G(Y1), so a dropped sample skips the whole block. The head concatenates
+the streams to 2C, applies LayerNorm, averages over tokens and classifies.
 
 The side multiple is the patch size (`create("revvit_small", patch_size=8, img_size=40)`
 gives a 5 x 5 token grid). Published figures: revbench/data/published.csv.
@@ -53,20 +55,20 @@ class SelfAttention(nn.Module):
 
 
 class AttentionSubBlock(nn.Module):
-    """F: LayerNorm -> self-attention -> drop path (the mask is replayed by the engine)."""
+    """F: LayerNorm -> self-attention (drop path is the block's, shared with G)."""
 
-    def __init__(self, dim: int, num_heads: int, drop_path: float = 0.0):
+    def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads)
-        self.drop_path = drop_path_layer(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop_path(self.attn(self.norm(x)))
+        return self.attn(self.norm(x))
 
 
 class MLPSubBlock(nn.Module):
-    """G: LayerNorm -> Linear(C, rC) -> GELU -> Linear(rC, C) -> drop path."""
+    """G: LayerNorm -> Linear(C, rC) -> GELU -> Linear(rC, C) [-> a drop path of its own,
+    for a non-reversible block; a reversible block's drop path is shared with F]."""
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
         super().__init__()
@@ -82,12 +84,14 @@ class MLPSubBlock(nn.Module):
 
 
 class RevViTBlock(TwoStreamBlock):
-    """Y1 = X1 + F(X2); Y2 = X2 + G(Y1), with F = attention and G = MLP sub-blocks."""
+    """Y1 = X1 + M * F(X2); Y2 = X2 + M * G(Y1), with F = attention and G = MLP sub-blocks
+    and M the drop path mask shared by both (one per sample, as the official RevViT)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float):
         super().__init__()
-        self.F = AttentionSubBlock(dim, num_heads, drop_path)
-        self.G = MLPSubBlock(dim, mlp_ratio, drop_path)
+        self.F = AttentionSubBlock(dim, num_heads)
+        self.G = MLPSubBlock(dim, mlp_ratio)
+        self.drop_path = drop_path
 
 
 # ------------------------------------------------------------------------------ model

@@ -2,7 +2,8 @@
 
 Every guarantee in models/reversible.py has a test here that would fail if it broke:
 gradient equality (every parameter and the stack input, odd and even depths, drop path on
-and off, leaf inputs), exact replay of random masks without touching the global generator,
+and off, leaf inputs), exact replay of random masks without touching the global generator
+(a drop path per sub-function, or one mask shared by F and G as the official RevViT has it),
 generator snapshots only on the path that replays them, BatchNorm running statistics
 updated exactly once, autocast replayed in the recompute, inference off the custom path,
 `keep_inputs`, and the inverse. The blocks are test-only miniatures, small enough to run
@@ -42,12 +43,23 @@ def _mlp(dim: int, drop_path: float, dropout: float) -> nn.Sequential:
 
 
 class MLPBlock(TwoStreamBlock):
-    """Y1 = X1 + F(X2); Y2 = X2 + G(Y1), F and G = LayerNorm -> MLP -> dropout/drop path."""
+    """Y1 = X1 + F(X2); Y2 = X2 + G(Y1), F and G = LayerNorm -> MLP -> dropout/drop path.
 
-    def __init__(self, dim: int = DIM, drop_path: float = 0.0, dropout: float = 0.0):
+    `drop_path` gives F and G a drop path each (independent masks); `shared_drop_path`
+    the block's one mask for both (the official RevViT's convention).
+    """
+
+    def __init__(
+        self,
+        dim: int = DIM,
+        drop_path: float = 0.0,
+        dropout: float = 0.0,
+        shared_drop_path: float = 0.0,
+    ):
         super().__init__()
         self.F = _mlp(dim, drop_path, dropout)
         self.G = _mlp(dim, drop_path, dropout)
+        self.drop_path = shared_drop_path
 
 
 class BNBlock(TwoStreamBlock):
@@ -217,12 +229,16 @@ def test_random_masks_replayed_without_touching_global_rng(mode: str) -> None:
 
 
 @pytest.mark.parametrize("keep_inputs", [False, True])
+@pytest.mark.parametrize(
+    "drop_path, per_block", [({"drop_path": 0.5}, 2), ({"shared_drop_path": 0.5}, 3)]
+)
 def test_only_the_reversible_path_snapshots_the_generator(
-    monkeypatch: pytest.MonkeyPatch, keep_inputs: bool
+    monkeypatch: pytest.MonkeyPatch, keep_inputs: bool, drop_path: dict, per_block: int
 ) -> None:
     # Vanilla is plain autograd and checkpoint replays through torch.utils.checkpoint:
     # neither may take a snapshot it never replays (both used to, for every F and G).
-    # The reversible path takes one per random sub-function, with or without keep_inputs.
+    # The reversible path takes one per sub-function (F, G, and the shared mask's draw),
+    # with or without keep_inputs.
     taken = []
 
     class CountingSnapshot(reversible.RNGSnapshot):
@@ -231,7 +247,7 @@ def test_only_the_reversible_path_snapshots_the_generator(
             super().__init__(tensors)
 
     monkeypatch.setattr(reversible, "RNGSnapshot", CountingSnapshot)
-    stack = make_stack(3, drop_path=0.5).train()
+    stack = make_stack(3, **drop_path).train()
     stack.keep_inputs = keep_inputs
     x1, x2 = torch.randn(2, 4, 6, DIM).unbind(0)
     counts = {}
@@ -239,7 +255,46 @@ def test_only_the_reversible_path_snapshots_the_generator(
         taken.clear()
         run_step(stack, mode, x1, x2)
         counts[mode] = len(taken)
-    assert counts == {"vanilla": 0, "checkpoint": 0, "reversible": 2 * 3}  # F and G, 3 blocks
+    assert counts == {"vanilla": 0, "checkpoint": 0, "reversible": per_block * 3}  # 3 blocks
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_shared_drop_path_gradients_equal_vanilla(mode: str, depth: int) -> None:
+    # One mask for F and G, redrawn in the recompute; dropout inside F and G on top.
+    stack = make_stack(depth, shared_drop_path=0.5, dropout=0.2).train()
+    x1, x2 = torch.randn(2, 8, 6, DIM).unbind(0)
+    want = run_step(stack, "vanilla", x1, x2, seed=5)
+    state_vanilla = torch.get_rng_state()
+    got = run_step(stack, mode, x1, x2, seed=5)
+    assert_same(got, want, tol=1e-5)
+    assert torch.equal(torch.get_rng_state(), state_vanilla)  # replayed, not reseeded
+    stack.eval()
+    assert rel_err(run_step(stack, "vanilla", x1, x2)["y1"], want["y1"]) > 1e-2  # masks drew
+
+
+def test_shared_drop_path_keep_inputs_gradients_equal_vanilla() -> None:
+    stack = make_stack(3, shared_drop_path=0.5).train()
+    stack.keep_inputs = True
+    x1, x2 = torch.randn(2, 8, 6, DIM).unbind(0)
+    want = run_step(stack, "vanilla", x1, x2, seed=5)
+    assert_same(run_step(stack, "reversible", x1, x2, seed=5), want, tol=1e-5)
+
+
+def test_shared_drop_path_drops_f_and_g_for_the_same_samples() -> None:
+    block = make_stack(1, shared_drop_path=0.5)[0].train()
+    x1, x2 = torch.randn(2, 64, 6, DIM).unbind(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y1, y2 = block(x1, x2)
+    f_dropped = (y1 - x1).flatten(1).abs().amax(1) == 0  # M * F(X2) == 0
+    g_dropped = (y2 - x2).flatten(1).abs().amax(1) == 0  # M * G(Y1) == 0
+    assert 0 < int(f_dropped.sum()) < 64  # some samples dropped, not all
+    assert torch.equal(f_dropped, g_dropped)
+    # Kept samples are rescaled by 1 / (1 - p), in F's residual as in G's.
+    with torch.no_grad():
+        f = block.F(x2)
+    torch.testing.assert_close((y1 - x1)[~f_dropped], 2 * f[~f_dropped])
 
 
 def test_different_seeds_draw_different_masks() -> None:

@@ -54,6 +54,20 @@ def test_macs_match_published() -> None:
     assert 0.98 < macs / get_info("rev_mvit_base").published_macs < 1.0
 
 
+def test_drop_path_one_mask_for_f_and_g() -> None:
+    # As the official Rev-MViT: a reversible block drops F's and G's residuals together.
+    model = create("rev_mvit_base", **{**TINY, "drop_path_rate": 0.5})
+    block = model.layers[-1][-1].train()  # the last block: rate 0.5, 2 x 2 tokens of width 64
+    x1, x2 = torch.randn(2, 32, 4, 64).unbind(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y1, y2 = block(x1, x2)
+    f_dropped = (y1 - x1).flatten(1).abs().amax(1) == 0
+    g_dropped = (y2 - x2).flatten(1).abs().amax(1) == 0
+    assert 0 < int(f_dropped.sum()) < 32
+    assert torch.equal(f_dropped, g_dropped)
+
+
 # -------------------------------------------------------------------------- resolution
 
 

@@ -60,10 +60,24 @@ def test_no_class_token_and_two_stream_head() -> None:
     assert model.pos_embed.shape == (1, 196, 384)  # 14 x 14 patches, no class token
     assert model.norm.normalized_shape == (768,) and model.head.in_features == 768
     assert model.norm.eps == 1e-6 and model.blocks[0].F.norm.eps == 1e-6
-    rates = [b.F.drop_path.drop_prob for b in list(model.blocks)[1:]]
+    rates = [b.drop_path for b in list(model.blocks)[1:]]
     assert rates[0] == pytest.approx(0.1 / 11) and rates[-1] == pytest.approx(0.1)  # linear
     keys = list(model.state_dict())
     assert "blocks.0.F.attn.qkv.weight" in keys and "blocks.11.G.fc2.bias" in keys
+
+
+def test_drop_path_one_mask_for_f_and_g() -> None:
+    # The official RevViT drops F's and G's residuals of a block for the same samples.
+    model = create("revvit_small", **{**TINY, "depth": 2, "drop_path_rate": 0.5})
+    block = model.blocks[1].train()  # rates 0, 0.5
+    x1, x2 = torch.randn(2, 32, 16, 32).unbind(0)  # (B, 4 x 4 tokens, C)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y1, y2 = block(x1, x2)
+    f_dropped = (y1 - x1).flatten(1).abs().amax(1) == 0
+    g_dropped = (y2 - x2).flatten(1).abs().amax(1) == 0
+    assert 0 < int(f_dropped.sum()) < 32
+    assert torch.equal(f_dropped, g_dropped)
 
 
 # -------------------------------------------------------------------------- resolution
