@@ -237,8 +237,8 @@ def register_model(
 ) -> ModelInfo:
     """Register `builder(config) -> nn.Module` under `name`.
 
-    `builder` may be the model class; if it has a `load_pretrained(source)` method,
-    `create(name, pretrained=...)` loads weights with it (`pretrained_url` for True).
+    `builder` may be the model class; if it has a `load_pretrained(source, check_hash)`
+    method, `create(name, pretrained=...)` loads weights with it (`pretrained_url` for True).
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"{name}: config must be a ModelConfig, not {type(config).__name__}")
@@ -273,25 +273,35 @@ def get_info(name: str) -> ModelInfo:
 
 
 def create(
-    name: str, *, pretrained: bool | str | os.PathLike = False, **overrides: Any
+    name: str,
+    *,
+    pretrained: bool | str | os.PathLike = False,
+    check_hash: bool = True,
+    **overrides: Any,
 ) -> nn.Module:
     """Build a registered model: `create("revvit_small", depth=4, img_size=64)`.
 
     Every config field is an override (`img_size`, `num_classes` and `mode` for every
-    model). `pretrained=True` loads the published checkpoint, a path or URL that file.
+    model). `pretrained=True` loads the published checkpoint, a path or URL that file
+    (in any layout the family reads); `check_hash=False` skips the SHA-256 check of a
+    file named like a published one (models/hub.py).
     """
     info = get_info(name)
     config = info.configure(overrides)
     if pretrained:
         loads = hasattr(info.builder, "load_pretrained")
         if not loads or (pretrained is True and info.pretrained_url is None):
-            with_weights = [i.name for i in _REGISTRY.values() if i.pretrained_url]
+            with_weights = [i for i in _REGISTRY.values() if i.pretrained_url]
+            # Its own family's first: what the user most likely meant.
+            with_weights.sort(key=lambda i: i.family != info.family)
             raise ValueError(
                 f"pretrained={pretrained!r} is invalid for {name}: it has "
                 + ("no published weights" if loads else "no checkpoint loader")
-                + f"; models with published weights: {', '.join(with_weights) or 'none'}"
+                + "; models with published weights: "
+                + (", ".join(i.name for i in with_weights) or "none")
             )
     model = info.builder(config)
     if pretrained:
-        model.load_pretrained(info.pretrained_url if pretrained is True else pretrained)
+        source = info.pretrained_url if pretrained is True else pretrained
+        model.load_pretrained(source, check_hash=check_hash)
     return model

@@ -29,17 +29,22 @@ learned position embedding; 16 blocks, transitions at blocks 1, 3 and 14 (widths
 transition (4, 2, 1, 1). The side multiple is the patch stride times 2 per transition
 (32 for B): every Q pooling halves the grid exactly. In `vanilla` mode the same weights
 run under ordinary autograd: the non-reversible twin the paper measures memory against.
-Published figures: revbench/data/published.csv.
+Published figures: revbench/data/published.csv. Published weights: PySlowFast's
+REV_MVIT_B, its single block list remapped onto the runs and transitions here
+(`to_revbench_keys`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import hub
 from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
 from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
 from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
@@ -304,8 +309,75 @@ class RevMViT(ReversibleModel):
         x = self.norm(torch.cat([x1, x2], dim=-1))  # (B, N, 2C)
         return self.head(x.mean(dim=1))  # (B, K)
 
+    def load_pretrained(self, source: str | os.PathLike, check_hash: bool = True) -> None:
+        """Load a checkpoint (path or URL, PySlowFast's or revbench's layout) strictly; the
+        position embedding is resampled (bicubic) to the model's token grid."""
+        state = to_revbench_keys(hub.load_state_dict(source, check_hash=check_hash), self.cfg)
+        if "pos_embed" in state:
+            grid = self.cfg.img_size // self.cfg.patch_stride
+            state["pos_embed"] = hub.fit_pos_embed(state["pos_embed"], grid)
+        hub.load_strict(self, state)
+
+
+# ------------------------------------------------------------------ published checkpoints
+
+
+def pyslowfast_keys(cfg: RevMViTConfig) -> list[tuple[str, str]]:
+    """Rules from PySlowFast's MViT with MVIT.REV on (q, k, v fused by hub.fuse_qkv) to
+    revbench's names. PySlowFast numbers its blocks 0..depth-1 in one list; revbench
+    keeps each reversible run and each transition as its own entry of `layers`.
+    """
+    rules = [(r"^patch_embed\.proj\.", "patch_embed."), (r"^head\.projection\.", "head.")]
+    layer, position = 0, 0  # revbench: layers[layer] is a run, position its next block
+    for i in range(cfg.depth):
+        src = rf"^rev_backbone\.layers\.{i}\."
+        if i in cfg.transitions:
+            dst = f"layers.{layer + 1}."
+            rules += [
+                (src + r"pre_q_fuse\.fuse_fn\.fc1\.", dst + "fuse.0."),
+                (src + r"pre_q_fuse\.fuse_fn\.fc2\.", dst + "fuse.2."),
+                (src + r"F\.norm\.", dst + "norm."),
+                (src + r"F\.attn\.", dst + "attn."),
+                (src + r"G\.norm\.", dst + "mlp.norm."),
+                (src + r"G\.mlp\.", dst + "mlp."),
+            ]
+            layer, position = layer + 2, 0
+        else:
+            dst = f"layers.{layer}.{position}."
+            rules += [
+                (src + r"F\.", dst + "F."),
+                (src + r"G\.norm\.", dst + "G.norm."),
+                (src + r"G\.mlp\.", dst + "G."),
+            ]
+            position += 1
+    return rules
+
+
+# Inside an attention: PySlowFast's pooling conv and its norm are siblings, pool_x and
+# norm_x; revbench's HeadPool holds both.
+POOLING_KEYS = [
+    (r"\.attn\.pool_([qkv])\.weight$", r".attn.pool_\1.conv.weight"),
+    (r"\.attn\.norm_([qkv])\.", r".attn.pool_\1.norm."),
+]
+
+
+def to_revbench_keys(state: Mapping[str, Tensor], cfg: RevMViTConfig) -> dict[str, Tensor]:
+    """Rev-MViT weights in PySlowFast's or revbench's own layout, in revbench's names."""
+    if not any(k.startswith("rev_backbone.layers.") for k in state):
+        return dict(state)
+    state = hub.rename_keys(hub.fuse_qkv(state), pyslowfast_keys(cfg))
+    state = hub.rename_keys(state, POOLING_KEYS)
+    # PySlowFast pools with Conv3d kernels (1, k, k) on a one-frame clip: drop the time axis.
+    return {
+        k: v.squeeze(2) if k.endswith(".conv.weight") and v.ndim == 5 else v
+        for k, v in state.items()
+    }
+
 
 # ---------------------------------------------------------------------------- registration
+
+# The official weights (PySlowFast, projects/rev); no checksum is published for them.
+PUBLISHED_URLS = {"rev_mvit_base": "https://dl.fbaipublicfiles.com/pyslowfast/rev/REV_MVIT_B.pyth"}
 
 # name: (size, config)
 VARIANTS: dict[str, tuple[str, RevMViTConfig]] = {
@@ -313,4 +385,11 @@ VARIANTS: dict[str, tuple[str, RevMViTConfig]] = {
 }
 
 for _name, (_size, _config) in VARIANTS.items():
-    register_model(_name, _config, family="Rev-MViT", size=_size, builder=RevMViT)
+    register_model(
+        _name,
+        _config,
+        family="Rev-MViT",
+        size=_size,
+        builder=RevMViT,
+        pretrained_url=PUBLISHED_URLS.get(_name),
+    )

@@ -64,8 +64,9 @@ Pretrained weights: `pretrained=True` downloads the published checkpoint into
 `$REVBENCH_CACHE` (default ~/.cache/revbench), `pretrained="path or URL"` loads that
 file (models/hub.py). A file named like a published checkpoint (revbifpn_s{0..6}.pth.tar)
 must carry the published SHA-256, checked before loading; a downloaded file that fails the
-check is deleted. Files under other names are the user's own and load unchecked. Loading
-is strict; a backbone-only model skips the published head (and neck) keys.
+check is deleted. Files under other names are the user's own and load unchecked, as does
+any file with `check_hash=False`. Loading is strict; a backbone-only model skips the
+published head (and neck) keys.
 
 Counts: parameters and MACs (published thop convention, see revbench/counting.py) of
 all seven sizes match the official implementation exactly, as does the state_dict
@@ -638,12 +639,15 @@ class RevBiFPN(ReversibleModel):
             return feats
         return self.head(feats)  # (B, num_classes)
 
-    def load_pretrained(self, source: str | os.PathLike) -> None:
-        """Load a released (flat) state_dict strictly; a backbone skips head (and neck)."""
+    def load_pretrained(self, source: str | os.PathLike, check_hash: bool = True) -> None:
+        """Load a released state_dict (flat, or in a training container) strictly; a
+        backbone skips head (and neck). `check_hash=False` loads your own file under a
+        published name."""
         skip = [] if self.head is not None else ["head."]
         if self.features_only == "stack":
             skip.append("rev_stack.recomp_op.")
-        hub.load_strict(self, hub.load_state_dict(source, PUBLISHED_SHA256), skip)
+        state = hub.load_state_dict(source, PUBLISHED_SHA256, check_hash)
+        hub.load_strict(self, state, skip)
 
 
 def _make_blocks(cfg: RevBiFPNConfig) -> list[ReversibleBlock]:

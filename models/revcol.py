@@ -27,11 +27,14 @@ the columns. All columns form one `ReversibleStack`, run in any of the engine's 
 Intermediate supervision (pre-training in the paper) is optional and off by default, so
 parameter counts match the published classifiers: see `RevCol.forward`. It changes the
 output (its config's `task` says so), so a classification cell refuses it. Published
-figures: revbench/data/published.csv.
+figures: revbench/data/published.csv. Published weights: the official releases, remapped
+from megvii-research's FullNet names (`to_revbench_keys`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
+from . import hub
 from ._layers import drop_path_layer, drop_path_rates
 from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
 from .reversible import ReversibleBlock, ReversibleModel, ReversibleStack
@@ -421,6 +425,11 @@ class RevCol(ReversibleModel):
             return logits
         return RevColOutput(logits, tuple(aux_logits), tuple(reconstructions))
 
+    def load_pretrained(self, source: str | os.PathLike, check_hash: bool = True) -> None:
+        """Load a checkpoint (path or URL, official or revbench layout) strictly."""
+        state = to_revbench_keys(hub.load_state_dict(source, check_hash=check_hash), self.cfg)
+        hub.load_strict(self, state)
+
 
 def intermediate_supervision_loss(
     out: RevColOutput,
@@ -453,7 +462,69 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+# ---------------------------------------------------------------------- published checkpoints
+
+
+def official_keys(cfg: RevColConfig) -> list[tuple[str, str]]:
+    """Rules from the official FullNet's names (models/revcol.py there) to revbench's.
+
+    Official: `subnet{i}.alpha{l}`, `subnet{i}.level{l}.fusion.{down,up}`, `...blocks`;
+    head `cls.classifier.{0,1}`, or with intermediate supervision `cls_blocks.{0..3}` (the
+    last is the final head) and `decoder_blocks.{0..2}` (`proj_layers.{s}.{0,1}`,
+    `normal_layers.{s}.0`, `projback.0`).
+    """
+    k = cfg.num_columns // 4
+    rules = []
+    for i in range(cfg.num_columns):
+        dst = f"columns.{i // k}.{i % k}." if cfg.intermediate_supervision else f"columns.{i}."
+        src = rf"^subnet{i}\."
+        rules += [
+            (src + r"alpha", dst + "alpha"),
+            (src + r"level(\d)\.fusion\.down\.", dst + r"level\1.down."),
+            (src + r"level(\d)\.fusion\.up\.channel_reschedule\.0\.", dst + r"level\1.up.proj."),
+            (src + r"level(\d)\.fusion\.up\.channel_reschedule\.1\.", dst + r"level\1.up.norm."),
+            (src + r"level(\d)\.blocks\.", dst + r"level\1.blocks."),
+        ]
+    rules += [
+        (r"^cls\.classifier\.0\.", "head.norm."),
+        (r"^cls\.classifier\.1\.", "head.fc."),
+        (r"^cls_blocks\.3\.classifier\.0\.", "head.norm."),
+        (r"^cls_blocks\.3\.classifier\.1\.", "head.fc."),
+        (r"^cls_blocks\.([0-2])\.classifier\.0\.", r"aux_heads.\1.norm."),
+        (r"^cls_blocks\.([0-2])\.classifier\.1\.", r"aux_heads.\1.fc."),
+        (r"^decoder_blocks\.(\d)\.proj_layers\.(\d)\.", r"decoders.\1.stages.\2."),
+        (r"^decoder_blocks\.(\d)\.normal_layers\.(\d)\.0\.", r"decoders.\1.stages.\2.4."),
+        (r"^decoder_blocks\.(\d)\.projback\.0\.", r"decoders.\1.proj."),
+    ]
+    return rules
+
+
+def to_revbench_keys(state: Mapping[str, Tensor], cfg: RevColConfig) -> dict[str, Tensor]:
+    """RevCol weights in the official or revbench's own layout, in revbench's names.
+
+    A plain classifier drops the auxiliary heads and decoders of an intermediate-
+    supervision checkpoint: they are not part of it.
+    """
+    if not any(k.startswith("subnet0.") for k in state):
+        return dict(state)
+    state = hub.rename_keys(state, official_keys(cfg))
+    if not cfg.intermediate_supervision:
+        state = {k: v for k, v in state.items() if not k.startswith(("aux_heads.", "decoders."))}
+    return state
+
+
 # ----------------------------------------------------------------------------- registration
+
+# The official ImageNet-1k classifiers (megvii-research/RevCol releases; no checksum is
+# published). T, S and B were trained with intermediate supervision, so their files also
+# hold the auxiliary heads and decoders; L is the ImageNet-22k model fine-tuned at 224 px.
+_RELEASES = "https://github.com/megvii-research/RevCol/releases/download/checkpoint/"
+PUBLISHED_URLS = {
+    "revcol_tiny": _RELEASES + "revcol_tiny_1k.pth",
+    "revcol_small": _RELEASES + "revcol_small_1k.pth",
+    "revcol_base": _RELEASES + "revcol_base_1k.pth",
+    "revcol_large": _RELEASES + "revcol_large_22k_1kft_224.pth",
+}
 
 # name: (size, config)
 VARIANTS: dict[str, tuple[str, RevColConfig]] = {
@@ -474,4 +545,11 @@ VARIANTS: dict[str, tuple[str, RevColConfig]] = {
 }
 
 for _name, (_size, _config) in VARIANTS.items():
-    register_model(_name, _config, family="RevCol", size=_size, builder=RevCol)
+    register_model(
+        _name,
+        _config,
+        family="RevCol",
+        size=_size,
+        builder=RevCol,
+        pretrained_url=PUBLISHED_URLS.get(_name),
+    )

@@ -19,17 +19,22 @@ and Y2 = X2 + M G(Y1), so a dropped sample skips the whole block. The head conca
 the streams to 2C, applies LayerNorm, averages over tokens and classifies.
 
 The side multiple is the patch size (`create("revvit_small", patch_size=8, img_size=40)`
-gives a 5 x 5 token grid). Published figures: revbench/data/published.csv.
+gives a 5 x 5 token grid). Published figures: revbench/data/published.csv. Published
+weights (`create(..., pretrained=)`): mmpretrain's conversions of S and B, or PySlowFast's
+own files, remapped into revbench's names (see `to_revbench_keys`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import hub
 from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
 from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
 from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
@@ -151,8 +156,65 @@ class RevViT(ReversibleModel):
         x = self.norm(torch.cat([x1, x2], dim=-1))  # (B, N, 2C)
         return self.head(x.mean(dim=1))  # (B, K)
 
+    def load_pretrained(self, source: str | os.PathLike, check_hash: bool = True) -> None:
+        """Load a checkpoint (path or URL, any layout `to_revbench_keys` reads) strictly.
+
+        mmpretrain's files may carry a class token and its position slot (197 = 1 + 14 x 14),
+        which RevViT does not use: both are dropped. The position embedding is resampled to
+        the model's token grid (bicubic), so weights load at any resolution.
+        """
+        state = to_revbench_keys(hub.load_state_dict(source, check_hash=check_hash))
+        state.pop("cls_token", None)
+        if "pos_embed" in state:
+            grid = self.cfg.img_size // self.cfg.patch_size
+            state["pos_embed"] = hub.fit_pos_embed(state["pos_embed"], grid)
+        hub.load_strict(self, state)
+
+
+# ------------------------------------------------------------------ published checkpoints
+
+# mmpretrain's RevVisionTransformer + LinearClsHead (its tools/model_converters output).
+MMPRETRAIN_KEYS = [
+    (r"^backbone\.patch_embed\.projection\.", "patch_embed."),
+    (r"^backbone\.layers\.(\d+)\.ln1\.", r"blocks.\1.F.norm."),
+    (r"^backbone\.layers\.(\d+)\.attn\.", r"blocks.\1.F.attn."),
+    (r"^backbone\.layers\.(\d+)\.ln2\.", r"blocks.\1.G.norm."),
+    (r"^backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.G.fc1."),
+    (r"^backbone\.layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.G.fc2."),
+    (r"^backbone\.ln1\.", "norm."),
+    (r"^backbone\.", ""),  # pos_embed, cls_token
+    (r"^head\.fc\.", "head."),
+]
+
+# PySlowFast's MViT model with MVIT.REV on (q, k and v fused by hub.fuse_qkv first).
+PYSLOWFAST_KEYS = [
+    (r"^patch_embed\.proj\.", "patch_embed."),
+    (r"^rev_backbone\.layers\.(\d+)\.F\.", r"blocks.\1.F."),
+    (r"^rev_backbone\.layers\.(\d+)\.G\.mlp\.", r"blocks.\1.G."),
+    (r"^rev_backbone\.layers\.(\d+)\.G\.norm\.", r"blocks.\1.G.norm."),
+    (r"^head\.projection\.", "head."),
+]
+
+
+def to_revbench_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """RevViT weights in mmpretrain's, PySlowFast's or revbench's own layout, in revbench's."""
+    if any(k.startswith("backbone.layers.") for k in state):
+        return hub.rename_keys(state, MMPRETRAIN_KEYS)
+    if any(k.startswith("rev_backbone.layers.") for k in state):
+        return hub.rename_keys(hub.fuse_qkv(state), PYSLOWFAST_KEYS)
+    return dict(state)
+
 
 # ---------------------------------------------------------------------------- registration
+
+# PySlowFast's REV_VIT_S/B.pyth as converted by mmpretrain, whose file names carry the first
+# 8 hex digits of the SHA-256 (checked on load). mmpretrain's README swaps the two links;
+# its metafile and the hashes pair them as here.
+_MMPRETRAIN = "https://download.openmmlab.com/mmclassification/v0/revvit/"
+PUBLISHED_URLS = {
+    "revvit_small": _MMPRETRAIN + "revvit-small_3rdparty_in1k_20221213-a3a34f5c.pth",
+    "revvit_base": _MMPRETRAIN + "revvit-base_3rdparty_in1k_20221213-87a7b0a5.pth",
+}
 
 # name: (size, config)
 VARIANTS: dict[str, tuple[str, RevViTConfig]] = {
@@ -166,4 +228,11 @@ VARIANTS: dict[str, tuple[str, RevViTConfig]] = {
 }
 
 for _name, (_size, _config) in VARIANTS.items():
-    register_model(_name, _config, family="RevViT", size=_size, builder=RevViT)
+    register_model(
+        _name,
+        _config,
+        family="RevViT",
+        size=_size,
+        builder=RevViT,
+        pretrained_url=PUBLISHED_URLS.get(_name),
+    )

@@ -322,8 +322,8 @@ def test_pretrained_local_file(tmp_path):
     _assert_loaded(backbone, state)
     with pytest.raises(RuntimeError, match="size mismatch"):
         create("revbifpn_s0", **NARROW, pretrained=path, num_classes=10)  # strict
-    with pytest.raises(ValueError, match="pretrained=True is invalid for revvit_small.*"):
-        create("revvit_small", pretrained=True)  # no published weights
+    with pytest.raises(ValueError, match="pretrained=True is invalid for revvit_large.*"):
+        create("revvit_large", pretrained=True)  # no published weights
 
 
 def test_pretrained_local_published_name_is_verified(tmp_path):
@@ -331,6 +331,14 @@ def test_pretrained_local_published_name_is_verified(tmp_path):
     with pytest.raises(hub.ChecksumError, match="revbifpn_s0.pth.tar: SHA-256"):
         create("revbifpn_s0", **NARROW, pretrained=path)
     assert path.is_file()  # the user's own file is never deleted
+
+
+def test_pretrained_check_hash_false_loads_own_file_under_published_name(tmp_path):
+    path, state = _checkpoint(tmp_path, "revbifpn_s0.pth.tar")
+    _assert_loaded(create("revbifpn_s0", **NARROW, pretrained=path, check_hash=False), state)
+    wrapped = tmp_path / "wrapped.pth"  # a training script's container
+    torch.save({"state_dict": state, "epoch": 3}, wrapped)
+    _assert_loaded(create("revbifpn_s0", **NARROW, pretrained=wrapped), state)
 
 
 def test_pretrained_download_verified_and_cached(tmp_path, monkeypatch):
