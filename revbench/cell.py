@@ -12,7 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# The fields that identify a cell; results, --resume and the gate match on them.
+# The fields that identify a cell; results, --resume, load()'s de-duplication and the gate
+# match on them. Every field that changes what is measured is here: the optimizer too (AdamW
+# keeps two state tensors per parameter, SGD one). The other Cell fields are not, each for a
+# reason: family, kind, size and task follow from the model and its overrides (`variant`);
+# suite and group only say where the cell was listed; timeout_s decides whether a figure is
+# produced, never its value (raising it to rerun timed-out cells is what --resume is for);
+# warmup_steps and measure_steps change how a timed figure is sampled, not the step being
+# measured: records store them, and --resume and the gate refuse to mix step counts on the
+# methods that time steps (`revbench.runner`, `revbench.gate`) rather than treat the same
+# step as two cells.
 KEY_FIELDS = (
     "model",
     "variant",
@@ -21,8 +30,11 @@ KEY_FIELDS = (
     "batch_size",
     "precision",
     "scenario",
+    "optimizer",
     "method",
 )
+
+DEFAULT_OPTIMIZER = "sgd"  # labels name the optimizer only when it is another
 
 Overrides = tuple[tuple[str, Any], ...]
 
@@ -56,16 +68,22 @@ def model_label(model: str, variant: str) -> str:
 
 
 def cell_label(item: Any, batch: str | None = None) -> str:
-    """'revvit_small[depth=4] reversible 32px b2 fp32 train (estimate)'.
+    """'revvit_small[depth=4] reversible 32px b2 fp32 train (estimate)', with the optimizer
+    after the scenario when it is not SGD ('... fp32 train adamw (estimate)').
 
     `item` is a Cell, a Record or a results row (anything with the key fields by name or
     by item); `batch` replaces the batch size, e.g. "16,32" for a fit over batch sizes.
     """
     get = item.__getitem__ if hasattr(item, "__getitem__") else item.__getattribute__
     b = batch if batch is not None else str(int(get("batch_size")))
+    try:
+        optimizer = get("optimizer")
+    except (KeyError, AttributeError):
+        optimizer = DEFAULT_OPTIMIZER
+    opt = f" {optimizer}" if optimizer not in (DEFAULT_OPTIMIZER, None) else ""
     return (
         f"{model_label(get('model'), get('variant'))} {get('mode')} "
-        f"{int(get('resolution'))}px b{b} {get('precision')} {get('scenario')} "
+        f"{int(get('resolution'))}px b{b} {get('precision')} {get('scenario')}{opt} "
         f"({get('method')})"
     )
 

@@ -169,8 +169,14 @@ def metric_value(row: pd.Series, name: str) -> float | None:
     return float(v)
 
 
-def _keyed(df: pd.DataFrame, columns: list[str]) -> dict[tuple, pd.Series]:
-    return {tuple(row[c] for c in columns): row for _, row in df.iterrows()}
+def row_key(row: pd.Series, columns=KEY_FIELDS) -> tuple:
+    """The row's values of `columns` (its cell key by default) as a matchable tuple."""
+    # pandas reads a record's null as NaN, and NaN != NaN: keys hold None instead.
+    return tuple(None if pd.isna(row[c]) else row[c] for c in columns)
+
+
+def _keyed(df: pd.DataFrame, columns) -> dict[tuple, pd.Series]:
+    return {row_key(row, columns): row for _, row in df.iterrows()}
 
 
 def compare(
@@ -187,12 +193,12 @@ def compare(
     # Each cell's rows; a fit group's bytes_per_sample follows the group's last cell.
     fit_rows = _compare_fits(baseline, current, tolerances)
     matched = [key for key in cur if key in base]
-    last_of_group = {tuple(cur[key][c] for c in FIT_GROUP): key for key in matched}
+    last_of_group = {row_key(cur[key], FIT_GROUP): key for key in matched}
     for key in matched:
         b, c = base[key], cur[key]
         report.cells_compared += 1
         report.rows.extend(_compare_cell(b, c, tolerances))
-        group = tuple(c[col] for col in FIT_GROUP)
+        group = row_key(c, FIT_GROUP)
         if last_of_group[group] == key and group in fit_rows:
             report.rows.append(fit_rows[group])
     return report

@@ -9,8 +9,11 @@ What is compared, how strictly and the verdicts are `revbench.comparison`; the o
 `revbench.runner.run_suite`, as `revbench run` does. `--tolerance METRIC=PCT` replaces the
 tolerance of a metric for every method. Exit 0 when nothing regressed, 1 on a regression
 or on a baseline cell missing from the current results (the gate can no longer vouch for
-it), 2 on bad input. Improvements and new cells pass, with a hint to refresh the baseline
-with `--update`.
+it), 2 when the gate cannot judge: bad input (a figure that is not a finite non-negative
+number, an unusable output path), or results that are not comparable (another suite,
+another method, no cell in common, timings over other step counts); 3 on an internal error.
+Exit 1 means a regression and nothing else. Improvements and new cells pass, with a hint
+to refresh the baseline with `--update`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from rich.console import Console
 
 from . import status
 from .baseline import baseline_files, update_baseline, write_atomic
-from .comparison import FIT_METRIC, OK, compare, parse_tolerances
+from .cell import KEY_FIELDS, cell_label
+from .comparison import FIT_METRIC, OK, compare, parse_tolerances, row_key
 from .errors import UsageError
 from .gate_render import benchmark_entries, markdown, print_text
+from .outputs import check_output_dir, check_output_file
 from .results import load
 
 
@@ -43,13 +48,47 @@ def load_side(paths: list[str], what: str) -> pd.DataFrame:
     return df
 
 
-def check_same_suite(baseline: pd.DataFrame, current: pd.DataFrame) -> None:
-    b, c = sorted(set(baseline["suite"])), sorted(set(current["suite"]))
-    if b != c:
+def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame) -> None:
+    """Refuse to judge results that do not measure the same thing: another suite or
+    method, no cell in common (on the full key, optimizer included), or timings sampled
+    over other warm-up or measured steps."""
+    for column, what in (("suite", "suite"), ("method", "method")):
+        b, c = sorted(set(baseline[column])), sorted(set(current[column]))
+        if b != c:
+            raise UsageError(
+                f"baseline is {what} {', '.join(b)} but current is {what} {', '.join(c)}; "
+                f"gate runs of the same {what}"
+            )
+    base = {row_key(row): row for _, row in baseline.iterrows()}
+    matched = [(base[row_key(r)], r) for _, r in current.iterrows() if row_key(r) in base]
+    if not matched:
         raise UsageError(
-            f"baseline is suite {', '.join(b)} but current is suite {', '.join(c)}; "
-            "gate runs of the same suite"
+            "baseline and current have no cell in common (matched on "
+            f"{', '.join(KEY_FIELDS)}); gate runs of the same cells"
         )
+    for b, c in matched:
+        if pd.isna(b["step_time_ms_median"]) and pd.isna(c["step_time_ms_median"]):
+            continue  # untimed: the step counts do not enter any figure
+        for name in ("warmup_steps", "measure_steps"):
+            if pd.notna(b[name]) and pd.notna(c[name]) and b[name] != c[name]:
+                raise UsageError(
+                    f"{cell_label(c)} is timed over {name} {int(c[name])} but its baseline "
+                    f"over {int(b[name])}; gate runs with the same steps"
+                )
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every path the gate will write, checked before any work is done."""
+    if args.export_json is not None:
+        check_output_file(args.export_json, "--export-json")
+    if args.out is not None:
+        check_output_dir(args.out, "--out", run_root=True)
+    if args.update:
+        if str(args.baseline).strip() == "":
+            raise UsageError("--baseline is empty; give a results file or run directory")
+        results, manifest = baseline_files(Path(args.baseline))
+        check_output_file(results, "--update baseline")
+        check_output_file(manifest, "--update baseline manifest")
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
@@ -69,6 +108,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         if suite is None:
             raise UsageError("--baseline is required with --current")
         args.baseline = str(Path("results") / "reference" / suite.name)
+    check_outputs(args)
     baseline = None
     if not args.update:
         baseline = load_side([args.baseline], "baseline")
@@ -77,8 +117,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
             baseline = load_side([args.baseline], "baseline")
         except UsageError as e:  # an unreadable baseline (an old schema) is what --update fixes
             print(f"note: {e}; --update replaces it", file=sys.stderr)
-    if args.update:
-        baseline_files(Path(args.baseline))  # refuses a directory it cannot write
     if not args.suite:
         return run_gate(args, baseline, args.current, tolerances)
     with tempfile.TemporaryDirectory(prefix="revbench-gate-") as tmp:
@@ -108,7 +146,7 @@ def run_gate(
     """Compare, print, export, update; the exit code."""
     current = load_side(sources, "current")
     if baseline is not None:
-        check_same_suite(baseline, current)
+        check_comparable(baseline, current)
     refresh = shlex.join(
         ["revbench", "gate", "--baseline", args.baseline]
         + (["--suite", args.suite] if args.suite else ["--current", *sources])
@@ -123,7 +161,11 @@ def run_gate(
         else:
             terminal = Console()
             print_text(
-                report, title, refresh, terminal if terminal.is_terminal else Console(width=220)
+                report,
+                title,
+                refresh,
+                terminal if terminal.is_terminal else Console(width=220),
+                verbose=args.verbose,
             )
     if args.export_json:
         path = Path(args.export_json)
@@ -154,7 +196,8 @@ def register_cli(sub) -> None:
         help="compare results against a baseline; exit 1 on a regression",
         description=__doc__.split("\n\n")[0],
         epilog="verdicts: ok, REGRESSION, improved, changed?. exit status: 0 nothing regressed, "
-        "1 a regression or a baseline cell missing from the current results, 2 bad input",
+        "1 a regression or a baseline cell missing from the current results, 2 bad input or "
+        "results that are not comparable, 3 an internal error",
     )
     gate.add_argument(
         "--baseline",
@@ -181,6 +224,11 @@ def register_cli(sub) -> None:
         help="make the current results the baseline (a .jsonl file or a run directory)",
     )
     gate.add_argument("--format", choices=("text", "markdown"), default="text")
+    gate.add_argument(
+        "--verbose",
+        action="store_true",
+        help="text format: every compared metric, not only the verdict and what is not ok",
+    )
     gate.add_argument(
         "--export-json",
         metavar="PATH",

@@ -105,8 +105,18 @@ def summary_lines(report: GateReport, refresh_hint: str) -> list[str]:
     return lines
 
 
-def print_text(report: GateReport, title: str, refresh_hint: str, console: Console) -> None:
-    console.print(_rich_table(title, report.rows))
+def print_text(
+    report: GateReport, title: str, refresh_hint: str, console: Console, verbose: bool = False
+) -> None:
+    """The verdict first, then what is not ok and the cells on one side only; every
+    compared metric (hundreds of rows for the ci suite) only when `verbose`."""
+    console.print(escape(title), highlight=False, soft_wrap=True)
+    for line in summary_lines(report, refresh_hint):
+        style = "bold red" if line.startswith("gate FAILED") else None
+        console.print(escape(line), style=style, highlight=False, soft_wrap=True)
+    notable = [r for r in report.rows if r.verdict != OK]
+    if notable:
+        console.print(_rich_table("not ok", notable))
     if report.missing or report.new:
         table = Table(title="cells on one side only")
         table.add_column("cell")
@@ -116,13 +126,10 @@ def print_text(report: GateReport, title: str, refresh_hint: str, console: Conso
         for label in report.new:
             table.add_row(escape(label), "current only: new", style="yellow")
         console.print(table)
-    notable = [r for r in report.rows if r.verdict != OK]
-    if notable:
-        # Again at the end, where a CI log is read: only what is not ok.
-        console.print(_rich_table("not ok", notable))
-    for line in summary_lines(report, refresh_hint):
-        style = "bold red" if line.startswith("gate FAILED") else None
-        console.print(escape(line), style=style, highlight=False, soft_wrap=True)
+    if verbose:
+        console.print(_rich_table(f"all {len(report.rows)} compared metrics", report.rows))
+    elif report.rows:
+        console.print(f"(--verbose lists all {len(report.rows)} compared metrics)")
 
 
 def _md_table(rows: list[Comparison]) -> list[str]:

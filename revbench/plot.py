@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import status
 from .errors import UsageError
+from .outputs import check_output_dir
 from .results import load, load_manifests, per_sample_fit
 
 if TYPE_CHECKING:
@@ -47,15 +48,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .report import write_report
 
     # Everything is read and checked first: bad input writes nothing.
+    out = check_output_dir(args.out, "--out")
     formats = parse_formats(args.format)
     df = read_results(args.paths)
     try:
         manifests = load_manifests(*args.paths)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"unreadable manifest.json next to {', '.join(args.paths)}: {e}") from None
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a directory")
     command = shlex.join(["revbench", *getattr(args, "argv", ["plot", *args.paths])])
     published = memory_points(load_published())
     figures = {}

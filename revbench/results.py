@@ -2,17 +2,26 @@
 
 A run directory holds `manifest.json` (environment and invocations) and `results.jsonl`
 (one `Record` per measured cell, flushed and fsynced as soon as it is measured, so killing
-a run loses no finished cell). Files are parsed as JSON, never evaluated.
+a run loses no finished cell). Files are parsed as JSON, never evaluated, and every record
+is validated as it is read: a JSON object of this schema version whose figures are finite
+non-negative numbers. A last line without its newline is what an interrupted write leaves;
+readers leave it out, and a writer truncates it away (`RunStore.repair`) before appending.
+One process writes a run directory at a time (`RunStore.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
+import math
 import os
 import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cell import KEY_FIELDS, Cell
+from .cell import KEY_FIELDS, Cell, cell_label
 from .errors import UsageError
 from .measurement import Counts, Measurement
-from .status import FINAL, OK
+from .status import FINAL, OK, STATUSES
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.jsonl"
@@ -79,6 +90,9 @@ class Record:
     step_time_ms_iqr: float | None = None
     step_time_ms_min: float | None = None
     throughput_samples_per_s: float | None = None
+    # the cell's protocol: warm-up and measured steps (the estimator's figures do not depend
+    # on them: it always tracks one step after one warm-up step)
+    warmup_steps: int | None = None
     measure_steps: int | None = None
     snapshot_file: str | None = None
     schema_version: int = SCHEMA_VERSION
@@ -94,6 +108,8 @@ class Record:
         counts: Counts | None = None,
         measurement: Measurement | None = None,
     ) -> Record:
+        measured = asdict(measurement or Measurement())
+        measured["measure_steps"] = measured["measure_steps"] or cell.measure_steps
         return cls(
             model=cell.model,
             variant=cell.variant,
@@ -114,8 +130,9 @@ class Record:
             status=status,
             message=message,
             measured_at=_now(),
+            warmup_steps=cell.warmup_steps,
             **asdict(counts or Counts()),
-            **asdict(measurement or Measurement()),
+            **measured,
         )
 
     @property
@@ -137,7 +154,11 @@ def _now() -> str:
 
 
 class RunStore:
-    """A run directory: manifest + append-only results."""
+    """A run directory: manifest + append-only results.
+
+    Writers hold `lock()` for as long as they write; `repair()` before the first append
+    drops what an interrupted write left, and `append` never glues a record onto it.
+    """
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
@@ -147,13 +168,17 @@ class RunStore:
     @classmethod
     def create(cls, out_dir: Path, suite: str) -> RunStore:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(out_dir) / suite / stamp
+        root = Path(out_dir) / suite
+        root.mkdir(parents=True, exist_ok=True)
         n = 1
-        while run_dir.exists():  # two runs within one second
-            n += 1
-            run_dir = Path(out_dir) / suite / f"{stamp}-{n}"
-        run_dir.mkdir(parents=True)
-        return cls(run_dir)
+        while True:
+            run_dir = root / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                run_dir.mkdir()  # atomic: two runs started within one second get two directories
+            except FileExistsError:
+                n += 1
+                continue
+            return cls(run_dir)
 
     @classmethod
     def latest(cls, out_dir: Path, suite: str) -> RunStore | None:
@@ -165,22 +190,103 @@ class RunStore:
         )
         return cls(runs[-1]) if runs else None
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunStore]:
+        """Hold the run directory for writing; a second writer gets a UsageError naming the
+        holder (the pid and host its manifest invocation recorded).
+
+        An flock on the directory itself: nothing is written to take it, and the kernel
+        releases it when the holder exits, however it exits, so a killed run leaves no stale
+        lock behind.
+        """
+        import fcntl
+
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise UsageError(
+                    f"run directory {self.dir} is being written by {self._holder()}; "
+                    "wait for it to finish, or start a new run (without --resume)"
+                ) from None
+            yield self
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _holder(self) -> str:
+        try:
+            last = json.loads(self.manifest_path.read_text())["invocations"][-1]
+            started = last.get("started_at", "?")
+            return f"pid {last['pid']} on host {last['host']} (started {started})"
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return "another process"
+
     def write_manifest(self, invocation: dict) -> None:
         manifest = self.read_manifest() or {"schema_version": SCHEMA_VERSION, "invocations": []}
         if "environment" not in manifest:
             manifest["environment"] = environment()
         manifest["suite"] = invocation.get("suite", manifest.get("suite"))
-        manifest["invocations"].append(invocation)
+        # Who writes: a second writer's lock error names this process.
+        manifest["invocations"].append(
+            {"pid": os.getpid(), "host": socket.gethostname(), **invocation}
+        )
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
         tmp.replace(self.manifest_path)
 
     def read_manifest(self) -> dict | None:
+        """The manifest, or None when there is none; an unreadable one is a UsageError."""
         if not self.manifest_path.is_file():
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"unreadable manifest {self.manifest_path}: {e}") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("invocations"), list):
+            raise UsageError(
+                f"unreadable manifest {self.manifest_path}: not a revbench manifest "
+                "(a JSON object with an 'invocations' list)"
+            )
+        return manifest
+
+    def repair(self) -> str | None:
+        """Complete or drop a torn last line; a one-line notice of what was done, or None.
+
+        A last line without its newline is an interrupted write: kept (newline added) if it
+        is a whole valid record, truncated away otherwise. Call it with the lock held.
+        """
+        if not self.results_path.is_file():
+            return None
+        with open(self.results_path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0 or f.seek(size - 1) >= 0 and f.read(1) == b"\n":
+                return None  # the common case, one byte read: called before every append
+            f.seek(0)
+            data = f.read()
+            cut = data.rfind(b"\n") + 1  # 0 when the only line is the torn one
+            tail = data[cut:]
+            try:
+                parse_record(tail, self.results_path, data.count(b"\n") + 1)
+            except UsageError:
+                f.truncate(cut)
+                notice = (
+                    f"repaired {self.results_path}: dropped a partial last line "
+                    f"({len(tail)} bytes) left by an interrupted write"
+                )
+            else:
+                f.write(b"\n")
+                notice = f"repaired {self.results_path}: completed its last record's line"
+            f.flush()
+            os.fsync(f.fileno())
+        return notice
 
     def append(self, record: Record) -> None:
+        notice = self.repair()  # never glue a record onto a partial line
+        if notice:
+            log.warning(notice)
         with open(self.results_path, "a") as f:
             f.write(record.to_json() + "\n")
             f.flush()
@@ -189,14 +295,12 @@ class RunStore:
     def measured_keys(self) -> set[tuple]:
         """Keys of the cells already measured (ok or oom) in this run."""
         return {
-            tuple(row.get(f) for f in KEY_FIELDS)
-            for row in self.rows()
-            if row.get("status") in FINAL
+            tuple(row.get(f) for f in KEY_FIELDS) for row in self.rows() if row["status"] in FINAL
         }
 
     def rows(self) -> list[dict]:
-        """Every record stored so far, as parsed JSON, oldest first."""
-        return _read_jsonl(self.results_path) if self.results_path.is_file() else []
+        """Every record stored so far, validated, oldest first."""
+        return read_records(self.results_path) if self.results_path.is_file() else []
 
 
 def environment() -> dict:
@@ -257,20 +361,84 @@ def _nvidia_driver() -> str | None:
 
 # ---------------------------------------------------------------------------- reading
 
+# Record fields by type, for validation. Figures (counts, memory, time, steps) are finite
+# non-negative numbers or null: a NaN, an infinity, a negative or a string in a results file
+# would otherwise pass through comparisons (NaN compares false) and fake a verdict.
+_TEXT_FIELDS = (*(f for f in KEY_FIELDS if f not in ("resolution", "batch_size")), "status")
+_SIDE_FIELDS = ("resolution", "batch_size")
+_FIGURE_FIELDS = (
+    *(f.name for f in fields(Counts)),
+    *(f.name for f in fields(Measurement) if f.name != "snapshot_file"),
+    "warmup_steps",
+)
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                # A run killed mid-write can leave a partial last line; anything else is bad input.
-                if f.read().strip():
-                    raise UsageError(f"unreadable results file {path}:{n}: {e.msg}") from None
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_record(row: object, where: str) -> dict:
+    """`row` if it is a valid record of this schema version, else a one-line UsageError
+    naming `where` (file:line), the cell and the field."""
+    if not isinstance(row, dict):
+        raise UsageError(f"{where}: a JSON {type(row).__name__}, not a record (a JSON object)")
+    version = row.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UsageError(
+            f"{where}: schema version {version!r}; this revbench reads version {SCHEMA_VERSION}"
+        )
+    for name in _TEXT_FIELDS:
+        if not isinstance(row.get(name), str):
+            raise UsageError(f"{where}: record without {name!r} (a string): {row.get(name)!r}")
+    for name in _SIDE_FIELDS:
+        v = row.get(name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise UsageError(f"{where}: record without {name!r} (a positive integer): {v!r}")
+    label = cell_label(row)
+    if row["status"] not in STATUSES:
+        raise UsageError(
+            f"{where}: {label}: status {row['status']!r} is invalid; valid: {', '.join(STATUSES)}"
+        )
+    for name in _FIGURE_FIELDS:
+        v = row.get(name)
+        if v is not None and not (_is_number(v) and math.isfinite(v) and v >= 0):
+            raise UsageError(
+                f"{where}: {label}: {name} is {v!r}; a figure is a finite non-negative number "
+                "or null"
+            )
+    return row
+
+
+def parse_record(line: bytes, path: Path, n: int) -> dict:
+    """One line of a results file as a validated record (UsageError naming path:n)."""
+    where = f"{path}:{n}"
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"unreadable results file {where}: not UTF-8 text") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"unreadable results file {where}: {e.msg}") from None
+    return check_record(row, f"results file {where}")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Every record of a results file, validated, oldest first.
+
+    A last line without its newline that is not JSON is a torn write (a killed run, a full
+    disk): it holds no result and is left out. Any other bad line is a UsageError.
+    """
+    path = Path(path)
+    lines = path.read_bytes().split(b"\n")
+    last = lines.pop()  # what follows the last newline: b"" when the file ends cleanly
+    rows = [parse_record(line, path, n) for n, line in enumerate(lines, 1) if line.strip()]
+    if last.strip():
+        try:
+            json.loads(last)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return rows  # torn
+        rows.append(parse_record(last, path, len(lines) + 1))
     return rows
 
 
@@ -297,13 +465,7 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
     """
     rows = []
     for path in result_files(list(paths)):
-        for row in _read_jsonl(path):
-            version = row.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise UsageError(
-                    f"results file {path} has schema version {version!r}; "
-                    f"this revbench reads version {SCHEMA_VERSION}"
-                )
+        for row in read_records(path):
             row["source_file"] = str(path)
             rows.append(row)
     df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "source_file"])
@@ -315,9 +477,9 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
 def load_manifests(*paths: str | Path) -> list[dict]:
     manifests = []
     for path in result_files(list(paths)):
-        m = path.parent / MANIFEST_FILE
-        if m.is_file():
-            manifests.append(json.loads(m.read_text()))
+        manifest = RunStore(path.parent).read_manifest()
+        if manifest is not None:
+            manifests.append(manifest)
     return manifests
 
 
@@ -328,14 +490,23 @@ def export_csv(df: pd.DataFrame, path: str | Path) -> None:
 # ------------------------------------------------------------------------ derived
 
 
-FIT_GROUP = ["model", "variant", "mode", "resolution", "precision", "scenario", "method"]
+FIT_GROUP = [
+    "model",
+    "variant",
+    "mode",
+    "resolution",
+    "precision",
+    "scenario",
+    "optimizer",
+    "method",
+]
 
 
 def per_sample_fit(df: pd.DataFrame) -> pd.DataFrame:
     """Memory per sample and fixed memory per model configuration.
 
     Least-squares line of peak bytes over batch size, over the `ok` rows of each
-    (model, variant, mode, resolution, precision, scenario, method): the slope is the
+    (model, variant, mode, resolution, precision, scenario, optimizer, method): the slope is the
     memory per sample, the intercept the fixed memory (weights, optimizer state, ...).
     A configuration needs two distinct batch sizes to be fitted.
     """

@@ -84,7 +84,23 @@ def test_unchanged_results_pass(run_cli, baseline, tmp_path):
     code, out, _ = gate(run_cli, baseline, current)
     assert code == 0
     assert "gate passed" in out and "0 regression(s)" in out
+    # Nothing is not ok: no table, only the verdict and how to see every metric.
+    assert "peak_bytes" not in out and "--verbose lists all 13 compared metrics" in out
+    code, out, _ = gate(run_cli, baseline, current, "--verbose")
+    assert code == 0
     assert "bytes_per_sample" in out and "REGRESSION" not in out
+
+
+def test_text_output_leads_with_the_verdict_and_what_is_not_ok(run_cli, baseline, tmp_path):
+    grown = estimate_record(2, peak_bytes=FIXED + 2 * PER_SAMPLE + 1)
+    current = write_run(tmp_path / "current", [estimate_record(1), grown])
+    code, out, _ = gate(run_cli, baseline, current)
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[1].startswith("gate FAILED: 13 metric(s) in 2 cell(s) compared: 2 regression")
+    # Only the two regressions are tabled: the b2 peak and the slope over b1,2.
+    assert sum("REGRESSION" in line for line in lines) == 2
+    assert not any("mem_parameters_bytes" in line for line in lines)
 
 
 def test_one_more_estimated_byte_fails_and_names_the_cell(run_cli, baseline, tmp_path):
@@ -129,7 +145,7 @@ def test_measured_metrics_carry_tolerances(
     moved = cuda_record(**{field: getattr(base, field) * factor})
     baseline = write_run(tmp_path / "baseline", [base])
     current = write_run(tmp_path / "current", [moved])
-    code, out, _ = gate(run_cli, baseline, current)
+    code, out, _ = gate(run_cli, baseline, current, "--verbose")
     assert code == expected_code, out
     (row,) = [line for line in out.splitlines() if f" {field} " in line and "cuda" in line][:1]
     assert row.rstrip(" │").endswith(verdict)
@@ -339,7 +355,7 @@ def test_suite_option_runs_the_suite_then_gates_it(run_cli, tmp_path, monkeypatc
     assert len(load(ref)) == 2 and set(load(ref)["method"]) == {"estimate"}
     out_dir = tmp_path / "runs"
     code, out, _ = run_cli(
-        "gate", "--suite", str(suite), "--baseline", str(ref), "--out", str(out_dir)
+        "gate", "--suite", str(suite), "--baseline", str(ref), "--out", str(out_dir), "--verbose"
     )
     assert code == 0, out
     assert "gate passed" in out and "bytes_per_sample" in out
