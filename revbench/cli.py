@@ -1,10 +1,16 @@
-"""The `revbench` command line: run, list (plot and gate register here too)."""
+"""The `revbench` command line: run, list (plot and gate register here too).
+
+Exit codes, for every command: 0 done; 1 only from `gate`, a regression; 2 bad input (one
+line naming the bad value, nothing written); 3 an internal error (a bug in revbench: the
+traceback is printed); 130 interrupted (`run`: every finished cell is saved).
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 import sys
+import traceback
 
 from rich.console import Console
 
@@ -26,8 +32,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+INTERNAL_ERROR = 3
+
+
 def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError(f"{value!r} names nothing; give a comma-separated list")
+    return out
 
 
 def _ints(value: str) -> list[int]:
@@ -45,10 +57,16 @@ def _ints(value: str) -> list[int]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .methods import resolve_device
+    from .outputs import check_output_dir, check_output_file
     from .results import export_csv, load, per_sample_fit
     from .runner import run_suite
     from .suite import expand, load_suite
 
+    # Where it writes is checked first: a typo must not cost a run.
+    if args.resume is None:
+        check_output_dir(args.out, "--out", run_root=True)
+    if args.csv is not None:
+        check_output_file(args.csv, "--csv")
     console = _console()
     suite = load_suite(args.suite)
     method, fallback_note = resolve_device(args.device)
@@ -172,6 +190,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in builtin_suites():
             print(name)
         return 0
+    families = sorted({info.family for info in list_models()})
+    if args.family is not None and args.family not in families:
+        raise UsageError(f"family {args.family!r} is invalid; valid: {', '.join(families)}")
     table = Table(title="registered models")
     for col in (
         "name",
@@ -240,11 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--isolate",
         dest="isolate",
         action="store_true",
-        default=None,
-        help="one subprocess per cell (default for cuda)",
+        default=True,
+        help="run every cell in a worker process, under its timeout (the default)",
     )
     iso.add_argument(
-        "--no-isolate", dest="isolate", action="store_false", help="run cells in this process"
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="run cells in this process, without timeouts (for debugging)",
     )
     run.add_argument(
         "--memory-snapshot",
@@ -256,13 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the thop MAC count (a real CPU forward per model)",
     )
-    run.add_argument("--csv", help="also export the results as CSV to this path")
+    run.add_argument("--csv", help="also export the run's results as CSV to this file")
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list registered models (or suites)")
-    lst.add_argument("--kind", help="reversible | baseline")
-    lst.add_argument("--family")
+    lst.add_argument("--kind", choices=("reversible", "baseline"))
+    lst.add_argument("--family", help="one family, e.g. RevViT")
     lst.add_argument("--suites", action="store_true", help="list built-in suites instead")
     lst.set_defaults(func=cmd_list)
 
@@ -296,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug, not bad input: never exit 1, which `gate` gives a regression
+        traceback.print_exc()
+        print(f"revbench: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -1,27 +1,61 @@
-"""Cell launching: inline (in this process) or isolated (one subprocess per cell).
+"""Cell launching: in a warm worker process (the default) or inline (for debugging).
 
-Isolation gives each cell a clean CUDA allocator, so an out-of-memory cell cannot poison
-the next one, and lets a hung cell be killed at its timeout. Whatever happens, the
-launcher returns an outcome (status, message, measurement); it never raises for a failed
-cell. The batch size is never changed behind the user's back.
+A cell's measurement and its parameter and MAC counts run in a worker process, under the
+cell's timeout: a cell that hangs is killed at its timeout, one that segfaults or exits
+takes only its worker down, and either way the run gets a row and goes on. Whatever
+happens, a launcher returns an `Outcome`; it never raises for a failed cell. The batch
+size is never changed behind the user's back.
+
+Workers are started before they are needed and kept warm (`WorkerPool`): interpreter and
+torch start-up are never counted against a cell's timeout. A worker serves cell after cell
+(estimate, cpu) unless its method wants a clean process per cell (cuda: a fresh allocator,
+so an OOM or fragmentation cannot leak into the next cell's peaks); then the next worker
+starts while the current cell runs. A worker that crashed or timed out is replaced.
+
+A worker answers a request with the measurement's outcome first and the counts second,
+both within the cell's timeout: a model that crashes or hangs only when counted keeps its
+measurement, with its counts empty and the reason in its message.
+
+Workers die with the run: each lives in its own process group (a timeout kills the group,
+so children it spawned go too; Ctrl-C reaches only the parent, which then kills it) and
+asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG; elsewhere a watcher
+thread polls the parent's pid), so no orphan is left holding a GPU.
+
+    python -m revbench.launcher PARENT_PID   # a worker: JSON requests on stdin, answers
+                                             # on stdout (what models print goes to stderr)
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import logging
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import traceback
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-
-import torch
 
 from . import status
 from .cell import Cell
-from .measurement import Measurement
-from .methods import get_method
+from .errors import UsageError
+from .measurement import Counts, Measurement
+
+log = logging.getLogger(__name__)
+
+# Start-up (interpreter, torch, timm, the registry and plugins) is waited for separately
+# from the cell's timeout; a worker that is not ready by then is broken, not slow.
+STARTUP_TIMEOUT_S = 300.0
+STDERR_TAIL_LINES = 3  # of a dead worker's stderr, in its row's message
+MESSAGE_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -29,21 +63,41 @@ class Outcome:
     status: str  # one of revbench.status.STATUSES
     message: str = ""
     measurement: Measurement = Measurement()
+    counts: Counts | None = None  # None: not counted by this launch
 
     def to_json(self) -> str:
-        data = {"status": self.status, "message": self.message}
-        return json.dumps({**data, "measurement": asdict(self.measurement)})
+        return json.dumps(
+            {
+                "status": self.status,
+                "message": self.message,
+                "measurement": asdict(self.measurement),
+                "counts": None if self.counts is None else asdict(self.counts),
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Outcome:
         data = json.loads(text)
-        return cls(data["status"], data["message"], Measurement(**data["measurement"]))
+        counts = data.get("counts")
+        return cls(
+            data["status"],
+            data["message"],
+            Measurement(**data["measurement"]),
+            None if counts is None else Counts(**counts),
+        )
 
 
 def is_oom(exc: BaseException) -> bool:
+    import torch
+
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    # CUDA says "out of memory"; the CPU allocator "DefaultCPUAllocator: can't allocate
+    # memory: you tried to allocate ...".
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -51,52 +105,359 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
-def run_inline(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
+# ------------------------------------------------------------------- one cell, in-process
+
+
+def count(cell: Cell, thop: bool = True) -> Counts:
+    """Parameters and MACs of the cell's model at its resolution (batch 1).
+
+    Params and flop-counter MACs come from the meta device (free for any size); thop needs
+    a real forward on the CPU and is skipped with `thop=False`. Counts are extras: a model
+    that cannot be counted still runs, with the count missing.
+    """
+    import torch
+
+    from .counting import count_macs, count_macs_thop, count_params
+    from .scenario import build_model
+
+    params = macs = macs_thop = None
+    try:
+        with torch.device("meta"):
+            model = build_model(cell)
+        params = count_params(model)
+        macs = count_macs(model, cell.resolution)
+    except Exception as exc:
+        log.warning("could not count %s on the meta device: %s", cell.model, exc)
+    if thop:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                macs_thop = count_macs_thop(build_model(cell), cell.resolution)
+        except Exception as exc:
+            log.warning("thop could not count %s: %s", cell.model, exc)
+    return Counts(params=params, macs=macs, macs_thop=macs_thop)
+
+
+def run_inline(
+    cell: Cell, snapshot_path: Path | None = None, *, counts: bool = False, thop: bool = True
+) -> Outcome:
+    """Measure the cell in this process (no timeout: for debugging, `--no-isolate`), and
+    count its model when `counts` is set. A failing cell is the outcome's status."""
+    from .methods import get_method
+
     method = get_method(cell.method)
     try:
-        measurement = method.measure(cell, snapshot_path)
-    except Exception as exc:  # a failed cell becomes a row, never a crash of the run
+        outcome = Outcome(status.OK, measurement=method.measure(cell, snapshot_path))
+    except (Exception, SystemExit) as exc:  # a failed cell becomes a row, never a crash of the run
         failed = status.OOM if is_oom(exc) else status.ERROR
         if failed == status.ERROR and os.environ.get("REVBENCH_DEBUG"):
             traceback.print_exc()
-        return Outcome(failed, _first_line(exc))
+        outcome = Outcome(failed, _first_line(exc))
     finally:
         method.cleanup()
-    return Outcome(status.OK, measurement=measurement)
+    return replace(outcome, counts=count(cell, thop)) if counts else outcome
 
 
-def run_isolated(cell: Cell, snapshot_path: Path | None = None) -> Outcome:
-    """Run the cell in a fresh interpreter (`python -m revbench.launcher`), with its timeout."""
-    request = {"cell": cell.to_json(), "snapshot_path": snapshot_path and str(snapshot_path)}
+# -------------------------------------------------------------------------------- workers
+
+
+class WorkerDied(Exception):
+    """The worker exited (or was killed) before answering."""
+
+    oom = False  # killed by a SIGKILL revbench did not send: the kernel's OOM killer
+
+
+class WorkerTimeout(Exception):
+    """The worker did not answer within the deadline."""
+
+
+def _signal_name(code: int) -> str:
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "revbench.launcher"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=cell.timeout_s,
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _stderr_summary(text: str) -> str:
+    """What a dead worker's stderr says: faulthandler's fatal error and the innermost
+    frames when it crashed, else its last lines."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    fatal = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
+    if fatal:
+        i = fatal[-1]
+        frames = [line for line in lines[i + 1 :] if line.startswith("File ")]
+        return " | ".join([lines[i], *frames[: STDERR_TAIL_LINES - 1]])
+    return " | ".join(lines[-STDERR_TAIL_LINES:])
+
+
+class Worker:
+    """One worker process: `python -m revbench.launcher`, fed requests one line each."""
+
+    def __init__(self) -> None:
+        # Its stderr goes to an anonymous file: a crashed cell's row quotes its tail, and a
+        # chatty model cannot fill a pipe nobody reads.
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "revbench.launcher", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if os.environ.get("REVBENCH_DEBUG") else self._stderr,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return Outcome(status.TIMEOUT, f"cell exceeded its timeout of {cell.timeout_s:g} s")
-    # The worker's last stdout line is its outcome; anything else (a crash, a kill by
-    # the kernel's OOM killer) becomes a row with the tail of its stderr.
-    lines = proc.stdout.strip().splitlines()
-    if lines:
+        self._buffer = b""
+        self.ready = False
+        self.env = worker_env()
+
+    def _read_line(self, deadline: float | None) -> bytes:
+        """The next line on the worker's stdout; WorkerTimeout past `deadline`, WorkerDied
+        at end of file."""
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                raise WorkerTimeout
+            readable, _, _ = select.select([fd], [], [], wait)
+            if readable:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise self._death()
+                self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def wait_ready(self) -> None:
+        if self.ready:
+            return
         try:
-            return Outcome.from_json(lines[-1])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-    failed = status.OOM if proc.returncode in (-9, 137) else status.ERROR
-    return Outcome(failed, f"worker exited with code {proc.returncode}: {tail}"[:500])
+            line = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
+        except (WorkerDied, WorkerTimeout) as e:
+            self.kill()
+            raise UsageError(
+                f"the cell worker could not start ({e or 'no answer'}); "
+                "--no-isolate runs cells in this process"
+            ) from None
+        if json.loads(line).get("ready") != self.proc.pid:
+            self.kill()
+            raise UsageError(f"the cell worker said {line[:200]!r} instead of ready")
+        self.ready = True
+
+    def run(self, request: dict, timeout_s: float) -> Outcome:
+        """Send a request and wait for its outcome at most `timeout_s` seconds."""
+        self.wait_ready()
+        # Where this cell's stderr starts. Never seek the file: the worker shares its offset.
+        self._stderr_from = os.fstat(self._stderr.fileno()).st_size
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except OSError:  # a broken pipe: it died between cells
+            raise self._death() from None
+        deadline = time.monotonic() + timeout_s
+        line = self._read_line(deadline)
+        try:
+            outcome = Outcome.from_json(line.decode())
+        except (ValueError, KeyError, TypeError):
+            raise WorkerDied(f"worker answered {line[:200]!r}, not an outcome") from None
+        if not request["counts"]:
+            return outcome
+        # The counts come second, within the same deadline: a model that crashes or hangs
+        # only when counted keeps its measurement, and is not counted again.
+        try:
+            counts = Counts(**json.loads(self._read_line(deadline)))
+        except WorkerTimeout:
+            self.kill()
+            why = "counting exceeded the cell's timeout"
+        except WorkerDied as died:
+            why = f"counting failed: {died}"
+        else:
+            return replace(outcome, counts=counts)
+        message = "; ".join(filter(None, [outcome.message, why]))[:MESSAGE_CHARS]
+        return replace(outcome, message=message, counts=Counts())
+
+    _stderr_from = 0
+
+    def _death(self) -> WorkerDied:
+        """How the worker died, with the tail of what it wrote to stderr for this cell."""
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # it closed its stdout but lives on
+            self.kill()
+            code = self.proc.returncode
+        how = f"killed by {_signal_name(code)}" if code < 0 else f"exited with code {code}"
+        fd = self._stderr.fileno()
+        start = max(self._stderr_from, os.fstat(fd).st_size - (1 << 16))
+        tail = _stderr_summary(os.pread(fd, 1 << 16, start).decode(errors="replace"))
+        died = WorkerDied(f"worker {how}" + (f": {tail}" if tail else ""))
+        died.oom = code == -signal.SIGKILL and not self._killed
+        return died
+
+    _killed = False
+
+    def kill(self) -> None:
+        """Kill the worker and everything it started (its process group)."""
+        if self.proc.poll() is None:
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    close = kill  # an idle worker has nothing to finish
 
 
-def _worker() -> None:
-    request = json.loads(sys.stdin.read())
-    snapshot = request.get("snapshot_path")
-    outcome = run_inline(Cell.from_json(request["cell"]), Path(snapshot) if snapshot else None)
-    sys.stdout.write("\n" + outcome.to_json() + "\n")
+def worker_env() -> tuple:
+    """What a worker inherits that decides what it can run: a change means a new worker."""
+    names = ("REVBENCH_PLUGINS", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "REVBENCH_DEBUG")
+    return (sys.executable, os.getcwd(), *(os.environ.get(n) for n in names))
+
+
+class WorkerPool:
+    """Warm workers for one cell at a time.
+
+    `run` hands the cell to a ready worker (starting one if none is warm; that wait is not
+    the cell's) and waits at most the cell's timeout. A timed-out worker is killed with its
+    process group; a crashed one is reaped; either is replaced by the next `run`.
+    """
+
+    def __init__(self) -> None:
+        self._warm: list[Worker] = []
+
+    def _take(self) -> Worker:
+        while self._warm:
+            worker = self._warm.pop(0)
+            if worker.proc.poll() is None and worker.env == worker_env():
+                return worker
+            worker.kill()
+        return Worker()
+
+    def run(
+        self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True
+    ) -> Outcome:
+        from .methods import get_method
+
+        fresh = get_method(cell.method).fresh_worker_per_cell
+        worker = self._take()
+        try:
+            worker.wait_ready()
+        except BaseException:
+            worker.kill()
+            raise
+        if fresh and not self._warm:
+            self._warm.append(Worker())  # the next cell's worker starts while this one runs
+        request = {
+            "cell": cell.to_json(),
+            "snapshot_path": None if snapshot_path is None else str(snapshot_path),
+            "counts": counts,
+            "thop": thop,
+        }
+        try:
+            outcome = worker.run(request, cell.timeout_s)
+        except WorkerTimeout:
+            worker.kill()
+            return Outcome(status.TIMEOUT, f"cell exceeded its timeout of {cell.timeout_s:g} s")
+        except WorkerDied as died:
+            worker.kill()
+            return Outcome(status.OOM if died.oom else status.ERROR, str(died)[:MESSAGE_CHARS])
+        except BaseException:  # Ctrl-C while waiting: the cell dies with the run
+            worker.kill()
+            raise
+        if fresh:
+            worker.close()
+        else:
+            self._warm.insert(0, worker)
+        return outcome
+
+    def close(self) -> None:
+        while self._warm:
+            self._warm.pop().kill()
+
+
+_POOL: WorkerPool | None = None
+
+
+def shared_pool() -> WorkerPool:
+    """The process's worker pool, kept warm across runs (one interpreter start per process,
+    not per run) and closed at exit."""
+    global _POOL
+    if _POOL is None:
+        _POOL = WorkerPool()
+        atexit.register(_POOL.close)
+    return _POOL
+
+
+def run_isolated(
+    cell: Cell, snapshot_path: Path | None = None, *, counts: bool = False, thop: bool = True
+) -> Outcome:
+    """Measure (and count, with `counts`) the cell in a warm worker, under its timeout."""
+    return shared_pool().run(cell, snapshot_path, counts=counts, thop=thop)
+
+
+# --------------------------------------------------------------------- the worker process
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):  # not Linux: watch the parent instead
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the kernel was told
+        os._exit(1)
+
+
+def serve(parent: int) -> None:
+    """The worker loop: one JSON request per stdin line, one Outcome per stdout line."""
+    import faulthandler
+
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what models print goes to stderr, never into the protocol
+    _die_with_parent(parent)
+    faulthandler.enable()  # a segfault leaves its Python stack in the row's message
+
+    # Imported now, before "ready": none of it counts against a cell's timeout.
+    import torch  # noqa: F401
+
+    from revbench.models import UnknownModelError, get_info  # the registry and REVBENCH_PLUGINS
+
+    from . import counting, methods, scenario  # noqa: F401
+
+    protocol.write(json.dumps({"ready": os.getpid()}) + "\n")
+    protocol.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        cell = Cell.from_json(request["cell"])
+        snapshot = request.get("snapshot_path")
+        try:
+            get_info(cell.model)
+        except UnknownModelError:
+            known = False
+            outcome = Outcome(
+                status.ERROR,
+                f"model {cell.model!r} is not registered in the worker process: register it "
+                "from a module named in REVBENCH_PLUGINS, or run with --no-isolate",
+            )
+        else:
+            known = True
+            outcome = run_inline(cell, Path(snapshot) if snapshot else None)
+        protocol.write(outcome.to_json() + "\n")
+        protocol.flush()
+        if request["counts"]:  # second: the measurement is safe should counting crash
+            counts = count(cell, request["thop"]) if known else Counts()
+            protocol.write(json.dumps(asdict(counts)) + "\n")
+            protocol.flush()
 
 
 if __name__ == "__main__":
-    _worker()
+    serve(int(sys.argv[1]))

@@ -1,32 +1,34 @@
 """Running a suite's cells into a run directory: progress, resume, counts, snapshots.
 
 `run_suite` is the function behind `revbench run` and `revbench gate --suite`: it opens
-(or resumes) a run directory, records the invocation in its manifest and measures every
-cell, appending each record as soon as it is measured.
+(or resumes) a run directory, holds its lock, records the invocation in its manifest and
+measures every cell, appending each record as soon as it is measured.
+
+What each ending leaves behind: a finished cell is a record on disk (flushed, fsynced); a
+failed, crashed, hung or out-of-memory cell is a record with its status; Ctrl-C or a kill
+loses only the cell in flight (at most a torn last line, repaired by the next --resume);
+a killed parent takes its workers with it.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import status
-from .cell import Cell
-from .counting import count_macs, count_macs_thop, count_params
+from .cell import KEY_FIELDS, Cell
 from .errors import UsageError
 from .launcher import run_inline, run_isolated
 from .measurement import Counts
 from .methods import get_method
+from .outputs import check_output_dir
 from .results import Record, RunStore
-from .scenario import build_model
 from .suite import Suite, expand
 
 log = logging.getLogger(__name__)
@@ -40,48 +42,14 @@ class RunSummary:
     interrupted: bool = False
 
 
-class Counter:
-    """Parameters and MACs per (model, variant, resolution), computed once per run.
-
-    Params and flop-counter MACs come from the meta device (free for any size); thop
-    needs a real forward on the CPU and is skipped with `thop=False`.
-    """
-
-    def __init__(self, thop: bool = True):
-        self.thop = thop
-        self._cache: dict[tuple, Counts] = {}
-
-    def __call__(self, cell: Cell) -> Counts:
-        key = (cell.model, cell.variant, cell.resolution)
-        if key not in self._cache:
-            self._cache[key] = self._count(cell)
-        return self._cache[key]
-
-    def _count(self, cell: Cell) -> Counts:
-        params = macs = macs_thop = None
-        try:
-            with torch.device("meta"):
-                model = build_model(cell)
-            params = count_params(model)
-            macs = count_macs(model, cell.resolution)
-        except Exception as exc:  # counts are extras; a model that cannot run on meta still runs
-            log.warning("could not count %s on the meta device: %s", cell.model, exc)
-        if self.thop:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    macs_thop = count_macs_thop(build_model(cell), cell.resolution)
-            except Exception as exc:
-                log.warning("thop could not count %s: %s", cell.model, exc)
-        return Counts(params=params, macs=macs, macs_thop=macs_thop)
-
-
 def open_store(out: str | Path, suite: str, resume: str | Path | None = None) -> RunStore:
     """A new run directory under out/suite/, or the one to resume: "latest" or a path.
 
-    Checked before anything is written: nothing to resume is a UsageError.
+    Checked before anything is written: an unusable `out`, or nothing to resume, is a
+    UsageError.
     """
     if resume is None:
+        check_output_dir(out, "--out", run_root=True)
         return RunStore.create(Path(out), suite)
     latest = str(resume) == "latest"
     store = RunStore.latest(Path(out), suite) if latest else RunStore(Path(resume))
@@ -91,6 +59,42 @@ def open_store(out: str | Path, suite: str, resume: str | Path | None = None) ->
     return store
 
 
+def check_resume(store: RunStore, suite: str, method: str, cells: list[Cell]) -> None:
+    """Refuse to resume a run of another suite or method, a results file that is not
+    wholly valid, or cells whose stored timings were taken with other step counts.
+
+    Read-only: called with the lock held, before anything is written.
+    """
+    manifest = store.read_manifest() or {}
+    methods = [i.get("method") for i in manifest.get("invocations", []) if isinstance(i, dict)]
+    run_method = next((m for m in reversed(methods) if m), None)
+    run_suite = manifest.get("suite")
+    if run_suite != suite or run_method not in (None, method):
+        raise UsageError(
+            f"--resume {store.dir}: that run is suite {run_suite!r} with method "
+            f"{run_method!r}, this command suite {suite!r} with method {method!r}; resume "
+            "with the run's suite and --device, or start a new run"
+        )
+    stored = {
+        tuple(row.get(f) for f in KEY_FIELDS): row
+        for row in store.rows()  # every line validated
+        if row["status"] in status.FINAL
+    }
+    # Warm-up and measured steps are not part of the key (revbench.cell.KEY_FIELDS): a
+    # timed figure sampled over other steps is refused rather than mixed in.
+    for cell in cells:
+        row = stored.get(cell.key)
+        if row is None or row.get("step_time_ms_median") is None:
+            continue
+        for name in ("warmup_steps", "measure_steps"):
+            if row.get(name) is not None and row[name] != getattr(cell, name):
+                raise UsageError(
+                    f"--resume {store.dir}: {cell.label()} was timed with {name} "
+                    f"{row[name]}, this command asks {getattr(cell, name)}; start a new run "
+                    "to time it otherwise"
+                )
+
+
 def run_suite(
     suite: Suite,
     *,
@@ -98,7 +102,7 @@ def run_suite(
     cells: list[Cell] | None = None,
     out: str | Path = "results",
     resume: str | Path | None = None,
-    isolate: bool | None = None,
+    isolate: bool = True,
     memory_snapshot: bool = False,
     thop: bool = True,
     command: str = "",
@@ -108,33 +112,39 @@ def run_suite(
     """Measure `cells` (default: every cell of `suite`) into a run directory under `out`.
 
     `resume` continues a run ("latest" or a run directory), skipping its measured cells;
-    `isolate` runs one subprocess per cell (default: the method's own default); `note`
+    `isolate=False` runs cells in this process, without timeouts (for debugging); `note`
     is printed once the run directory is settled (the auto device's fallback).
     """
     console = console or Console(stderr=True)
     cells = expand(suite, method=method) if cells is None else cells
     store = open_store(out, suite.name, resume)
-    if note:
-        console.print(note)
-    store.write_manifest(
-        {
-            "suite": suite.name,
-            "method": method,
-            "command": command,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "cells": len(cells),
-        }
-    )
-    console.print(f"{suite.name}: {len(cells)} cell(s), method {method}, writing {store.dir}")
-    return run_cells(
-        cells,
-        store,
-        isolate=get_method(method).isolated_by_default if isolate is None else isolate,
-        resume=resume is not None,
-        memory_snapshot=memory_snapshot,
-        thop=thop,
-        console=console,
-    )
+    with store.lock():
+        if resume is not None:
+            check_resume(store, suite.name, method, cells)
+            repaired = store.repair()
+            if repaired:
+                console.print(escape(repaired), highlight=False)
+        if note:
+            console.print(note)
+        store.write_manifest(
+            {
+                "suite": suite.name,
+                "method": method,
+                "command": command,
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "cells": len(cells),
+            }
+        )
+        console.print(f"{suite.name}: {len(cells)} cell(s), method {method}, writing {store.dir}")
+        return run_cells(
+            cells,
+            store,
+            isolate=isolate,
+            resume=resume is not None,
+            memory_snapshot=memory_snapshot,
+            thop=thop,
+            console=console,
+        )
 
 
 def run_cells(
@@ -147,7 +157,11 @@ def run_cells(
     thop: bool = True,
     console: Console | None = None,
 ) -> RunSummary:
-    """Measure each cell and append its record as soon as it is measured."""
+    """Measure each cell and append its record as soon as it is measured.
+
+    The caller holds `store.lock()` (`run_suite` does). Each model's parameters and MACs are
+    counted once per (model, variant, resolution), by the launch of its first cell.
+    """
     console = console or Console(stderr=True)
     done = store.measured_keys() if resume else set()
     todo = [c for c in cells if c.key not in done]
@@ -159,7 +173,7 @@ def run_cells(
     # Snapshots are numbered by the record they belong to, counting the records earlier
     # invocations stored: a resumed run never overwrites an earlier snapshot.
     stored = len(store.rows())
-    counter = Counter(thop=thop)
+    counted: dict[tuple, Counts] = {}
     records: list[Record] = []
     launch = run_isolated if isolate else run_inline
     interrupted = False
@@ -180,12 +194,15 @@ def run_cells(
                 snapshot = None
                 if memory_snapshot and get_method(cell.method).records_snapshots:
                     snapshot = store.dir / f"snapshot-{stored + len(records):04d}.pickle"
-                outcome = launch(cell, snapshot)
+                model = (cell.model, cell.variant, cell.resolution)
+                outcome = launch(cell, snapshot, counts=model not in counted, thop=thop)
+                if outcome.counts is not None:
+                    counted[model] = outcome.counts
                 record = Record.for_cell(
                     cell,
                     status=outcome.status,
                     message=outcome.message,
-                    counts=counter(cell),
+                    counts=counted.get(model),
                     measurement=outcome.measurement,
                 )
                 store.append(record)

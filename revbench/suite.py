@@ -10,7 +10,9 @@ each model serves. CLI flags replace an axis in every group.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -51,6 +53,40 @@ BUILTIN_DEFAULTS = {
     "timeout_s": 600.0,
 }
 
+# A batch or a side beyond this overflows the 32-bit indexing of CUDA kernels and cuDNN.
+MAX_SIDE = 2**31 - 1
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_side(v) -> bool:
+    return _is_int(v) and 1 <= v <= MAX_SIDE
+
+
+# What each suite key holds: (check of one value, what the error says it must be). Axes
+# are checked item by item and must not be empty; a scalar is checked as a whole.
+_ITEM_CHECKS = {
+    "models": (lambda v: isinstance(v, str), "a model name (a string)"),
+    "resolutions": (lambda v: _is_side(v) or v == "native", f"'native' or 1..{MAX_SIDE}"),
+    "batch_sizes": (_is_side, f"an integer in 1..{MAX_SIDE}"),
+    "precisions": (lambda v: isinstance(v, str), "a precision name (a string)"),
+    "modes": (lambda v: isinstance(v, str), "a mode name (a string)"),
+}
+_SCALAR_CHECKS = {
+    "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),
+    "scenario": (lambda v: isinstance(v, str), "a scenario name (a string)"),
+    "task": (lambda v: isinstance(v, str), "a task name (a string)"),
+    "optimizer": (lambda v: isinstance(v, str), "an optimizer name (a string)"),
+    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "measure_steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "timeout_s": (
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
+        "a finite number of seconds > 0",
+    ),
+}
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -79,7 +115,10 @@ def load_suite(name_or_path: str) -> Suite:
         path = Path(name_or_path)
     else:
         raise UsageError(f"unknown suite {name_or_path!r}; valid: {', '.join(suites)}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"malformed suite file {path}: not UTF-8 text ({e.reason})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -90,6 +129,14 @@ def load_suite(name_or_path: str) -> Suite:
         message = re.sub(r"\s*\(at [^)]*\)", "", message)
         raise UsageError(f"malformed suite file {path}:{line}: {message}") from None
     _check_keys(path, text, data.keys(), TOP_KEYS, "suite")
+    if not isinstance(data.get("description", ""), str):
+        line = _line_of(text, "description")
+        raise UsageError(f"malformed suite file {path}:{line}: description must be a string")
+    if not isinstance(data.get("group", []), list):
+        line = _line_of(text, "group")
+        raise UsageError(
+            f"malformed suite file {path}:{line}: group must be an array of tables ([[group]])"
+        )
     defaults = dict(BUILTIN_DEFAULTS)
     defaults.update(_checked_table(path, text, data.get("defaults", {}), "defaults"))
     groups = []
@@ -115,15 +162,45 @@ def _checked_table(path: Path, text: str, table: dict, where: str) -> dict:
     )
     out = {}
     for key, value in table.items():
+        line = _key_line(text, where, key)
+        bad = f"malformed suite file {path}:{line}: {where}: {key}"
         if key in AXES and key != "overrides" and not isinstance(value, list):
             value = [value]
         if key == "overrides":
             if not isinstance(value, dict):
-                line = _line_of(text, "overrides")
-                raise UsageError(f"malformed suite file {path}:{line}: overrides must be a table")
+                raise UsageError(f"{bad} must be a table, e.g. {{ depth = [4, 8] }}")
             value = {k: v if isinstance(v, list) else [v] for k, v in value.items()}
+            for name, values in value.items():
+                if not values:
+                    raise UsageError(f"{bad}: {name} is empty; give at least one value")
+        elif key in _ITEM_CHECKS:
+            check, what = _ITEM_CHECKS[key]
+            if not value:
+                raise UsageError(f"{bad} is empty; give at least one value")
+            for item in value:
+                if not check(item):
+                    raise UsageError(f"{bad} holds {item!r}; each must be {what}")
+        elif key in _SCALAR_CHECKS:
+            check, what = _SCALAR_CHECKS[key]
+            if not check(value):
+                raise UsageError(f"{bad} = {value!r} is invalid; it must be {what}")
         out[key] = value
     return out
+
+
+def _key_line(text: str, where: str, key: str) -> int:
+    """The line of `key` in the table `where` ("defaults", "group 2"), or the table's line."""
+    if where == "defaults":
+        start = _line_of(text, "[defaults]")
+    elif where.startswith("group "):
+        start = _line_of(text, "[[group]]", occurrence=int(where.split()[1]) - 1)
+    else:
+        start = 1
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for n, line in enumerate(text.splitlines()[start - 1 :], start):
+        if pattern.search(line):
+            return n
+    return start
 
 
 def _check_keys(path: Path, text: str, keys, valid: set, where: str) -> None:
@@ -163,6 +240,16 @@ def expand(
     model the suite does not list runs with the suite's defaults.
     """
     _check_choice("method", method, method_names())
+    given = {
+        "models": models,
+        "resolutions": resolutions,
+        "batch_sizes": batch_sizes,
+        "precisions": precisions,
+        "modes": modes,
+    }
+    for axis, values in given.items():
+        if values is not None and len(values) == 0:
+            raise UsageError(f"{axis} is empty; give at least one value")
     cli = {
         "resolutions": resolutions,
         "batch_sizes": batch_sizes,
@@ -185,6 +272,8 @@ def expand(
         g.update({k: v for k, v in cli.items() if v is not None})
         for cell in _expand_group(suite, g, method):
             cells.setdefault(cell.key, cell)  # groups may overlap once the CLI replaces an axis
+    if not cells:
+        raise UsageError(f"suite {suite.name!r} expands to no cells; give it models to run")
     return list(cells.values())
 
 
@@ -198,8 +287,8 @@ def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
     for m in g["modes"]:
         _check_choice("mode", m, MODES)
     for b in g["batch_sizes"]:
-        if not isinstance(b, int) or isinstance(b, bool) or b < 1:
-            raise UsageError(f"batch size {b!r} is invalid; it must be a positive integer")
+        if not _is_side(b):
+            raise UsageError(f"batch size {b!r} is invalid; valid: an integer in 1..{MAX_SIDE}")
     override_names = sorted(g["overrides"])
     override_values = [g["overrides"][k] for k in override_names]
     out = []
@@ -242,6 +331,7 @@ def make_cell(
     task. `fields` are the other Cell fields (resolution, batch_size, ...)."""
     info = _info(model)
     overrides = overrides or {}
+    _check_override_types(info, overrides)
     return Cell(
         model=model,
         family=info.family,
@@ -251,6 +341,30 @@ def make_cell(
         overrides=overrides,
         **fields,
     )
+
+
+# Config field annotations whose values can be checked before the config is built (others,
+# such as `tuple[int, ...] | None`, are left to the config's own validation).
+_OVERRIDE_TYPES = {
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _check_override_types(info: ModelInfo, overrides: dict) -> None:
+    """Refuse an override value of the wrong type, or an integer too large for a tensor
+    dimension, before a config is built or a cell runs. Unknown names are the config's to
+    refuse (it lists the valid ones)."""
+    annotations = {f.name: str(f.type) for f in dataclasses.fields(info.config)}
+    for key, value in overrides.items():
+        label = f"{info.name}: override {key}={value!r} is invalid"
+        if _is_int(value) and abs(value) > MAX_SIDE:
+            raise UsageError(f"{label}: too large for a tensor dimension (max {MAX_SIDE})")
+        check = _OVERRIDE_TYPES.get(annotations.get(key, ""))
+        if check is not None and not check[0](value):
+            raise UsageError(f"{label}: {key} takes {check[1]}")
 
 
 def _info(model: str) -> ModelInfo:
@@ -287,6 +401,8 @@ def _resolution(value, info: ModelInfo, overrides: dict) -> int:
         raise UsageError(
             f"resolution {value!r} is invalid; valid: a positive integer or 'native'"
         ) from None
+    if not _is_side(resolution):
+        raise UsageError(f"resolution {value!r} is invalid; valid: 'native' or 1..{MAX_SIDE}")
     try:
         info.check_resolution(resolution, overrides)
     except ValueError as e:  # ResolutionError, or an override the model does not take

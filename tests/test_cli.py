@@ -91,33 +91,40 @@ def test_oom_cell_is_recorded_and_the_next_cell_still_runs(run_cli, tmp_path, ti
     assert (df.loc["test_tiny_cnn", "status"] == "ok").all()
 
 
-def test_isolate_flag_runs_every_cell_in_a_worker(run_cli, tmp_path, tiny_suite, monkeypatch):
-    # The worker itself is tested in test_harness; here only that --isolate reaches it.
-    isolated = []
+def test_every_method_isolates_cells_unless_no_isolate(run_cli, tmp_path, tiny_suite, monkeypatch):
+    # The workers themselves are tested in test_faults; here only which launcher runs.
+    launched = []
 
-    def fake_worker(cell, snapshot=None):
-        isolated.append(cell.key)
-        return Outcome("ok")
+    def fake(where):
+        def launch(cell, snapshot=None, **kwargs):
+            launched.append((where, cell.method))
+            return Outcome("ok")
 
-    monkeypatch.setattr(runner, "run_isolated", fake_worker)
-    args = ("run", "--suite", tiny_suite, "--device", "cpu", "--no-thop")
-    assert run_cli(*args, "--out", str(tmp_path / "a"), "--isolate")[0] == 0
-    assert len(isolated) == 4 and len(set(isolated)) == 4
-    assert run_cli(*args, "--out", str(tmp_path / "b"))[0] == 0  # cpu runs inline by default
-    assert len(isolated) == 4
+        return launch
+
+    monkeypatch.setattr(runner, "run_isolated", fake("worker"))
+    monkeypatch.setattr(runner, "run_inline", fake("inline"))
+    for device in ("cpu", "estimate"):
+        args = ("run", "--suite", tiny_suite, "--device", device, "--no-thop")
+        assert run_cli(*args, "--out", str(tmp_path / device))[0] == 0
+    assert launched == [("worker", "cpu")] * 4 + [("worker", "estimate")] * 4
+    launched.clear()
+    args = ("run", "--suite", tiny_suite, "--device", "cpu", "--no-thop", "--no-isolate")
+    assert run_cli(*args, "--out", str(tmp_path / "inline"))[0] == 0
+    assert launched == [("inline", "cpu")] * 4
 
 
 def test_interrupted_run_loses_no_row_and_resumes(run_cli, tmp_path, tiny_suite, monkeypatch):
-    real = launcher.run_inline
+    real = launcher.run_isolated
     calls = []
 
-    def interrupt_third(cell, snapshot=None):
+    def interrupt_third(cell, snapshot=None, **kwargs):
         calls.append(cell.label())
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(cell, snapshot)
+        return real(cell, snapshot, **kwargs)
 
-    monkeypatch.setattr(runner, "run_inline", interrupt_third)
+    monkeypatch.setattr(runner, "run_isolated", interrupt_third)
     code, _, err = run_cli(
         "run", "--suite", tiny_suite, "--device", "cpu", "--out", str(tmp_path), "--no-thop"
     )
@@ -125,7 +132,7 @@ def test_interrupted_run_loses_no_row_and_resumes(run_cli, tmp_path, tiny_suite,
     (run_dir,) = _runs(tmp_path)
     assert len(load(run_dir)) == 2  # both finished cells were flushed
 
-    monkeypatch.setattr(runner, "run_inline", real)
+    monkeypatch.setattr(runner, "run_isolated", real)
     code, _, err = run_cli(
         "run",
         "--suite",
@@ -233,7 +240,9 @@ def test_python_dash_m_works():
     proc = subprocess.run(
         [sys.executable, "-m", "revbench", "--help"], capture_output=True, text=True
     )
-    assert proc.returncode == 0 and "{run,list,plot,gate}" in proc.stdout
+    assert proc.returncode == 0
+    commands = proc.stdout.split("{", 1)[1].split("}", 1)[0].split(",")
+    assert {"run", "list", "plot", "gate"} <= set(commands)
 
 
 def test_csv_export_from_the_cli(run_cli, tmp_path, tiny_suite):

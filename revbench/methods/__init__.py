@@ -1,5 +1,6 @@
-"""Measurement methods, registered by name: cuda (real, isolated), estimate (fake tensors),
-cpu (real). `--device` names one of them, or `auto`."""
+"""Measurement methods, registered by name: cuda (real), estimate (fake tensors), cpu (real).
+`--device` names one of them, or `auto`. Every method's cells run in worker processes under
+their timeouts (`revbench.launcher`); cuda asks for a fresh worker per cell."""
 
 from __future__ import annotations
 

@@ -13,7 +13,9 @@ class Method(ABC):
     """One way to measure a cell; `--device NAME` picks it by its name."""
 
     name: str
-    isolated_by_default = False  # one subprocess per cell unless --no-isolate
+    # Every method runs its cells in worker processes unless --no-isolate (revbench.launcher);
+    # True: a new worker for every cell instead of a warm one serving cell after cell.
+    fresh_worker_per_cell = False
     records_snapshots = False  # whether --memory-snapshot applies
 
     @abstractmethod

@@ -66,7 +66,7 @@ def memory_history(path: Path | None) -> Iterator[None]:
 
 class CudaMethod(Method):
     name = "cuda"
-    isolated_by_default = True
+    fresh_worker_per_cell = True  # a clean allocator: no cell inherits another's segments
     records_snapshots = True
 
     def unavailable(self) -> str | None:
