@@ -10,6 +10,7 @@ the short side (the image height) and the width follows the 1333:800 aspect
 (`dense_image_shape`: 800 -> 800x1333, 64 -> 64x107). The targets are synthetic COCO-like
 annotations drawn from a fixed seed, the same on every machine: `BOXES_PER_IMAGE` boxes per
 image with labels (and instance masks for `segment`). Memory per sample is per image.
+`detect_square` is `detect` on R x R images, EfficientDet's convention.
 """
 
 from __future__ import annotations
@@ -110,13 +111,20 @@ def synthetic_targets(
 class Detect(Task):
     """Images and box targets to the detector's own training losses, summed.
 
-    The model is called on `(images, targets)`: images (B, 3, H, W) at `dense_image_shape`,
+    The model is called on `(images, targets)`: images (B, 3, H, W) at `image_shape`,
     targets one dict per image (torchvision's detection format). In training it returns a
     dict of losses (torchvision's and effdet's detectors both do); the loss is their sum.
+    `square`: images R x R (EfficientDet's native sizes) instead of MMDetection's 1333:800.
     """
 
-    name = "detect"
     masks = False
+
+    def __init__(self, name: str = "detect", square: bool = False):
+        self.name = name
+        self.square = square
+
+    def image_shape(self, resolution: int) -> tuple[int, int]:
+        return (resolution, resolution) if self.square else dense_image_shape(resolution)
 
     def make_batch(self, model, batch_size, resolution, device):
         num_classes = getattr(model, "num_classes", None)
@@ -125,7 +133,7 @@ class Detect(Task):
                 f"{type(model).__name__} has no num_classes of 2 or more; the {self.name} "
                 "task draws its target labels from it"
             )
-        height, width = dense_image_shape(resolution)
+        height, width = self.image_shape(resolution)
         g = torch.Generator().manual_seed(TARGET_SEED)
         images = torch.rand(batch_size, 3, height, width, generator=g)  # (B, 3, H, W) in [0, 1)
         targets = synthetic_targets(batch_size, height, width, num_classes, self.masks)
@@ -140,14 +148,17 @@ class Detect(Task):
 class Segment(Detect):
     """Detection plus instance masks (Mask R-CNN): targets carry (N, H, W) masks."""
 
-    name = "segment"
     masks = True
+
+    def __init__(self):
+        super().__init__("segment")
 
 
 def task_geometry(task: str, resolution: int) -> dict[str, int | None]:
     """What a record states about a cell's inputs: image height, width, boxes per image."""
-    if task in ("detect", "segment"):
-        height, width = dense_image_shape(resolution)
+    the_task = _TASKS.get(task)
+    if isinstance(the_task, Detect):
+        height, width = the_task.image_shape(resolution)
         return {"image_height": height, "image_width": width, "boxes_per_image": BOXES_PER_IMAGE}
     return {"image_height": resolution, "image_width": resolution, "boxes_per_image": None}
 
@@ -176,3 +187,4 @@ def task_names() -> tuple[str, ...]:
 register_task(Classify())
 register_task(Detect())
 register_task(Segment())
+register_task(Detect("detect_square", square=True))

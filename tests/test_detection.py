@@ -219,3 +219,56 @@ def test_dense_estimate_is_deterministic():
     a, b = _estimate("mask_rcnn_revbifpn_s0"), _estimate("mask_rcnn_revbifpn_s0")
     assert a == b
     assert a.by_category["activations"] > 0 and a.by_category["other"] > 0
+
+
+# ------------------------------------------------------------------------- EfficientDet
+
+EFFICIENTDET_PARAMS = [
+    3_880_067,
+    6_625_898,
+    8_097_039,
+    12_032_296,
+    20_723_675,
+    33_653_315,
+    51_871_782,
+    51_871_782,
+]  # effdet's counts (REFERENCE section 9)
+
+
+@pytest.mark.parametrize("d", range(8))
+def test_efficientdet_counts_and_native_size(d):
+    from revbench.models.published import read_published
+
+    name = f"tf_efficientdet_d{d}"
+    published = {
+        f.metric: f for f in read_published() if f.model == name and f.task == "efficientdet"
+    }
+    info = get_info(name)
+    assert info.native_resolution == published["params"].resolution
+    with torch.device("meta"):
+        model = create(name)
+    params = count_params(model)
+    assert params == EFFICIENTDET_PARAMS[d]
+    assert abs(params - published["params"].value_base) <= published["params"].rounding
+    assert count_macs(model, info.native_resolution) == pytest.approx(
+        published["macs"].value_base, rel=0.02
+    )
+
+
+def test_efficientdet_trains_one_step_on_its_own_losses():
+    torch.manual_seed(0)
+    model = create("tf_efficientdet_d0", img_size=128, num_classes=5)
+    step = build_step(
+        model,
+        task="detect_square",
+        scenario="train",
+        precision="fp32",
+        batch_size=2,
+        resolution=128,
+        device="cpu",
+    )
+    assert step.inputs[0].shape == (2, 3, 128, 128)
+    step.forward()
+    assert math.isfinite(float(step._loss.detach())) and float(step._loss.detach()) > 0
+    step.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

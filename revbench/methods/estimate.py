@@ -41,7 +41,7 @@ from ..scenario import build_model, build_step
 from .base import Method
 
 # Tasks whose models size tensors from data (NMS, sampling): estimated on real tensors.
-DENSE_TASKS = ("detect", "segment")
+DENSE_TASKS = ("detect", "segment", "detect_square")
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
 
 # MemTracker's reference types, in the names revbench records use.
