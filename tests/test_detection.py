@@ -272,3 +272,14 @@ def test_efficientdet_trains_one_step_on_its_own_losses():
     assert math.isfinite(float(step._loss.detach())) and float(step._loss.detach()) > 0
     step.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_published_detector_points_use_revbench_names():
+    from revbench.published import detector_points, load_published
+
+    points = detector_points(load_published()).set_index("model")
+    assert set(points.index) <= set(DETECTORS)
+    w18 = points.loc["faster_rcnn_hrnetv2p_w18"]
+    assert (w18["bytes_per_sample"], w18["macs"], w18["task"]) == (3.13e9, 196.2e9, "detect")
+    assert points.loc["mask_rcnn_revbifpn_s6", "bytes_per_sample"] == 3.71e9
+    assert points.loc["faster_rcnn_revbifpn_s3", "mode"] == "reversible"
