@@ -283,3 +283,59 @@ def test_published_detector_points_use_revbench_names():
     assert (w18["bytes_per_sample"], w18["macs"], w18["task"]) == (3.13e9, 196.2e9, "detect")
     assert points.loc["mask_rcnn_revbifpn_s6", "bytes_per_sample"] == 3.71e9
     assert points.loc["faster_rcnn_revbifpn_s3", "mode"] == "reversible"
+
+
+# ------------------------------------------------------------------------------- BiFPN
+
+
+def test_bifpn_fusion_weights_start_at_one_and_normalise():
+    from revbench.models.bifpn import EPS, FusionNode
+
+    node = FusionNode(4, 3)
+    assert torch.equal(node.weight.detach(), torch.ones(3))
+    node.conv = torch.nn.Identity()
+    x = [torch.full((1, 4, 2, 2), v) for v in (1.0, 2.0, 6.0)]
+    # (1 + 2 + 6) / (3 + eps)
+    torch.testing.assert_close(node(x), torch.full((1, 4, 2, 2), 9.0 / (3 + EPS)))
+
+
+def test_bifpn_keeps_five_levels_and_trains():
+    torch.manual_seed(0)
+    model = create("bifpn", img_size=128, width=8, num_layers=2, num_classes=5)
+    feats = []
+    x = torch.randn(2, 3, 128, 128)
+    for stage in model.stem:
+        x = stage(x)
+        feats.append(x)
+    levels = model.neck(feats[-3:])
+    assert [tuple(p.shape) for p in levels] == [
+        (2, 8, 128 // 2**k, 128 // 2**k) for k in range(3, 8)
+    ]
+    model(torch.randn(2, 3, 128, 128)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bifpn_memory_grows_per_layer_revsilo_stays_flat():
+    from revbench.methods.estimate import estimate_memory
+
+    def per_sample(model, resolution, **overrides):
+        a, b = (
+            estimate_memory(model, batch_size=n, resolution=resolution, **overrides).peak_bytes
+            for n in (2, 4)
+        )
+        return (b - a) / 2
+
+    # Each layer stores its activations: more per image with every layer (not exactly a
+    # layer's worth each, as the peak's moment shifts between stem and neck at this size).
+    bifpn = [per_sample("bifpn", 128, width=16, num_layers=n) for n in (1, 2, 3)]
+    assert bifpn[0] <= bifpn[1] <= bifpn[2] and bifpn[0] < bifpn[2]
+    tiny = dict(
+        channels=(16, 16, 16, 32),
+        head_channels=(16, 16, 16, 32),
+        fc_features=32,
+        blocks_per_stage=1,
+    )
+    rev = [
+        per_sample("revbifpn_s0", 128, num_ext_layers=n, mode="reversible", **tiny) for n in (0, 2)
+    ]
+    assert rev[0] == rev[1]
