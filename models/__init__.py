@@ -8,7 +8,7 @@ Each family lives in its own file and registers its models on import, through
 """
 
 # Importing a family module registers its models.
-from . import baselines, rev_mvit, revbifpn, revcol, revvit  # noqa: F401
+from . import baselines, bifpn, detection, efficientdet, rev_mvit, revbifpn, revcol, revvit  # noqa: F401
 from ._registry import (
     ModelConfig,
     ModelInfo,

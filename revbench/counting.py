@@ -26,12 +26,19 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def input_shape(model: nn.Module, resolution: int) -> tuple[int, int]:
+    """(height, width) of the model's input at `resolution`: square unless the model says
+    otherwise with `image_shape(resolution)` (detectors: 1333x800 at 800)."""
+    shape = getattr(model, "image_shape", None)
+    return shape(resolution) if shape is not None else (resolution, resolution)
+
+
 def count_macs(model: nn.Module, resolution: int, *, in_chans: int = 3) -> int:
     """Forward MACs at batch 1 in eval mode (on the model's device; meta is fine)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, in_chans, resolution, resolution, device=device)
+    x = torch.zeros(1, in_chans, *input_shape(model, resolution), device=device)
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
@@ -108,7 +115,7 @@ def count_macs_thop(model: nn.Module, resolution: int) -> int:
 
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, 3, resolution, resolution)
+    x = torch.zeros(1, 3, *input_shape(model, resolution))
     try:
         with torch.no_grad():
             macs, _ = thop.profile(

@@ -44,7 +44,7 @@ def register_cli(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .published import load_published, memory_points
+    from .published import detector_points, load_published, memory_points
     from .report import write_report
 
     # Everything is read and checked first: bad input writes nothing.
@@ -56,12 +56,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"unreadable manifest.json next to {', '.join(args.paths)}: {e}") from None
     command = shlex.join(["revbench", *getattr(args, "argv", ["plot", *args.paths])])
-    published = memory_points(load_published())
+    table = load_published()
+    # Each point carries the task it was measured on: a suite's figures overlay its own.
+    published = pd.concat(
+        [memory_points(table).assign(task="classify"), detector_points(table)], ignore_index=True
+    )
     figures = {}
     for suite, rows in df.groupby("suite", sort=True):
         ok = rows[rows["status"] == status.OK]
         if not ok.empty:
-            figures[suite] = render_suite(ok, published, out, _slug(suite), formats)
+            own = published[published["task"].isin(set(ok["task"]))]
+            figures[suite] = render_suite(ok, own, out, _slug(suite), formats)
     report = write_report(df, manifests, figures, published, out, command)
     print(report)
     return 0

@@ -18,7 +18,7 @@ import pandas as pd
 
 from revbench.models.published import COLUMNS, UNITS, read_published
 
-__all__ = ["COLUMNS", "UNITS", "load_published", "memory_points"]
+__all__ = ["COLUMNS", "UNITS", "detector_points", "load_published", "memory_points"]
 
 
 def load_published(path: str | Path | None = None) -> pd.DataFrame:
@@ -51,3 +51,26 @@ def memory_points(published: pd.DataFrame, task: str = "imagenet") -> pd.DataFra
     out["bytes_per_sample"] = rows["value_base"].to_numpy()
     out["macs"] = out["model"].map(macs)
     return out.reset_index(drop=True)
+
+
+# MMDetection's image height: the published detector figures are at 1333x800.
+DETECTOR_RESOLUTION = 800
+
+
+def detector_points(published: pd.DataFrame) -> pd.DataFrame:
+    """Published Faster / Mask R-CNN memory per image, as `memory_points` rows under
+    revbench's detector names (the table keys them by backbone and head: `hrnet_w18`,
+    task `faster_rcnn` is `faster_rcnn_hrnetv2p_w18`), at resolution 800, with the
+    revbench task they were measured on (detect, segment)."""
+    from revbench.models import get_info
+    from revbench.models.detection import HEADS, model_name
+
+    parts = []
+    for head in HEADS:
+        points = memory_points(published, task=head)
+        points["model"] = [model_name(head, m) for m in points["model"]]
+        points["family"] = [get_info(m).family for m in points["model"]]
+        points["resolution"] = DETECTOR_RESOLUTION
+        points["task"] = get_info(points["model"].iloc[0]).task if len(points) else head
+        parts.append(points)
+    return pd.concat(parts, ignore_index=True)

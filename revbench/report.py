@@ -207,6 +207,34 @@ def failed_cells(rows: pd.DataFrame) -> list[str]:
     return [*lines, ""]
 
 
+# The RevBiFPN paper's detection headline: (reversible model, baseline, published ratio).
+DETECTION_HEADLINE = ("faster_rcnn_revbifpn_s3", "faster_rcnn_hrnetv2p_w18")
+
+
+def detection_headline(rows: pd.DataFrame, published: pd.DataFrame) -> list[str]:
+    """The published headline beside ours, where a suite measured both detectors."""
+    fit = per_sample_fit(rows[rows["scenario"] == "train"])
+    ours, pub = {}, {}
+    for model in DETECTION_HEADLINE:
+        f = fit[(fit["model"] == model) & (fit["variant"] == "") & (fit["resolution"] == 800)]
+        p = published[published["model"] == model]
+        if f.empty or p.empty:
+            return []
+        # the reversible model in its published mode (reversible), the baseline in vanilla
+        f = f[f["mode"] == p["mode"].iloc[0]]
+        if f.empty:
+            return []
+        ours[model], pub[model] = f["bytes_per_sample"].iloc[0], p["bytes_per_sample"].iloc[0]
+    rev, base = DETECTION_HEADLINE
+    return [
+        f"Headline: Faster R-CNN with RevBiFPN-S3 uses {pub[base] / pub[rev]:.1f}x less "
+        f"memory per image than with HRNetV2p-W18 in the paper ({pub[rev] / 1e9:.2f} vs "
+        f"{pub[base] / 1e9:.2f} GB); here {ours[base] / ours[rev]:.1f}x "
+        f"({ours[rev] / 1e9:.2f} vs {ours[base] / 1e9:.2f} GB, {rows['method'].iloc[0]}).",
+        "",
+    ]
+
+
 def write_report(
     df: pd.DataFrame,
     manifests: list[dict],
@@ -250,6 +278,7 @@ def write_report(
             "",
             memory_table(ok, published),
             "",
+            *detection_headline(ok, published),
             "### Params and MACs vs published",
             "",
             counts_table(ok),

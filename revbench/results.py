@@ -33,6 +33,7 @@ from .cell import KEY_FIELDS, Cell, cell_label
 from .errors import UsageError
 from .measurement import Counts, Measurement
 from .status import FINAL, OK, STATUSES
+from .tasks import task_geometry
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ class Record:
     size: str
     task: str
     overrides: dict = field(default_factory=dict)
+    # the task's inputs (revbench.tasks.task_geometry): detection images are 1333x800 at 800
+    image_height: int | None = None
+    image_width: int | None = None
+    boxes_per_image: int | None = None
     # outcome
     status: str = OK
     message: str = ""
@@ -127,6 +132,7 @@ class Record:
             size=cell.size,
             task=cell.task,
             overrides=dict(cell.overrides),
+            **task_geometry(cell.task, cell.resolution),
             status=status,
             message=message,
             measured_at=_now(),

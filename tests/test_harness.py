@@ -403,7 +403,9 @@ def test_a_task_the_model_does_not_serve_is_refused_before_anything_runs(tmp_pat
     # Without a task in the suite the model's own is taken, and revbench cannot run it.
     with pytest.raises(UsageError, match=r"^revbifpn_s0\[features_only=True\] serves task "):
         expand(_suite(tmp_path, base + features), method="estimate")
-    with pytest.raises(UsageError, match="task 'detect' is invalid; valid: classify"):
+    with pytest.raises(UsageError, match="task 'pose' is invalid; valid: classify, detect, "):
+        expand(_suite(tmp_path, base + 'task = "pose"\n'), method="estimate")
+    with pytest.raises(UsageError, match="task 'detect' is invalid for revbifpn_s0: it serves"):
         expand(_suite(tmp_path, base + 'task = "detect"\n'), method="estimate")
     (cell,) = expand(_suite(tmp_path, base), method="estimate")
     assert cell.task == "classify"

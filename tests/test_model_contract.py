@@ -92,10 +92,15 @@ MEMORY_BATCH = 8
 def _layouts() -> list[list[str]]:
     """Registered reversible models grouped by their tiny config: one group per layout."""
     groups: dict[object, list[str]] = {}
-    for info in list_models(kind="reversible"):
+    for info in _classifiers(kind="reversible"):
         if info.family in FAMILIES:  # else test_every_reversible_family_has_an_entry fails
             groups.setdefault(info.configure(FAMILIES[info.family].tiny), []).append(info.name)
     return list(groups.values())
+
+
+def _classifiers(kind: str | None = None) -> list:
+    # Detectors (task detect/segment) have their own tests: tests/test_detection.py.
+    return [i for i in list_models(kind=kind) if i.task == "classify"]
 
 
 def _first_of_each_family(names: list[str]) -> list[str]:
@@ -111,14 +116,14 @@ def _has_batchnorm(name: str) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-REVERSIBLE = [info.name for info in list_models(kind="reversible")]
+REVERSIBLE = [info.name for info in _classifiers(kind="reversible")]
 LAYOUTS = _layouts()
 CHECKED_MODES = [m for m in MODES if m != "vanilla"]
 CASES = [(g, mode) for g in LAYOUTS for mode in CHECKED_MODES]
 FAMILY_FIRSTS = _first_of_each_family([g[0] for g in LAYOUTS])
 WITH_BATCHNORM = {get_info(n).family for n in FAMILY_FIRSTS if _has_batchnorm(n)}
 # One model per family: every model of a family is built by the same code.
-CLASSIFIERS = _first_of_each_family([i.name for i in list_models() if i.family != "Test"])
+CLASSIFIERS = _first_of_each_family([i.name for i in _classifiers() if i.family != "Test"])
 
 
 def by_layout(cases: list[tuple[list[str], str]]) -> list:

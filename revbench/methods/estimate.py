@@ -16,6 +16,8 @@ runs with CPU rules, whose op lists match CUDA's for the ops that dominate memor
 Attribution at the peak follows MemTracker: a gradient counts as `gradients` once it is
 accumulated into `.grad`; one still being produced when the peak occurs counts as a
 temporary. The total is exact either way.
+
+Detection and segmentation cells run on real CPU tensors instead (estimate_dense.py).
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
-from revbench.models import create
+from revbench.models import create, get_info
 
 from ..cell import Cell
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from .base import Method
 
+# Tasks whose models size tensors from data (NMS, sampling): estimated on real tensors.
+DENSE_TASKS = ("detect", "segment", "detect_square")
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
 
 # MemTracker's reference types, in the names revbench records use.
@@ -165,6 +169,20 @@ class EstimateMethod(Method):
     name = "estimate"
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
+        if cell.task in DENSE_TASKS:  # data-dependent detectors: real tensors, see the module
+            from .estimate_dense import estimate_dense_memory
+
+            est = estimate_dense_memory(
+                lambda: build_model(cell),
+                task=cell.task,
+                batch_size=cell.batch_size,
+                resolution=cell.resolution,
+                warmup_resolution=get_info(cell.model).min_resolution,
+                scenario=cell.scenario,
+                precision=cell.precision,
+                optimizer=cell.optimizer,
+            )
+            return _measurement(est)
         est = estimate_memory(
             lambda: build_model(cell),
             batch_size=cell.batch_size,
@@ -174,7 +192,11 @@ class EstimateMethod(Method):
             optimizer=cell.optimizer,
             task=cell.task,
         )
-        return Measurement(
-            peak_bytes=est.peak_bytes,
-            **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
-        )
+        return _measurement(est)
+
+
+def _measurement(est: MemoryEstimate) -> Measurement:
+    return Measurement(
+        peak_bytes=est.peak_bytes,
+        **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
+    )

@@ -1,0 +1,238 @@
+"""Faster R-CNN and Mask R-CNN (torchvision) on RevBiFPN, HRNetV2p and ResNet-FPN backbones.
+
+The RevBiFPN paper (Chiley et al., MLSys 2023) trains detectors whose backbone is RevBiFPN
+"as a drop-in replacement" for HRNet, fine-tuned with MMDetection's HRNet configs; this file
+builds the same detectors from torchvision's `FasterRCNN` / `MaskRCNN` classes (randomly
+initialised, nothing downloaded) so revbench can measure their training memory:
+
+- RevBiFPN S0-S6: the four neck maps of `create("revbifpn_sN", features_only=True)`
+  (strides 4-32) into an HRNetV2p neck. Reversible, vanilla and checkpoint modes on the
+  same weights, as for classification.
+- HRNetV2p-W18/W32/W48: timm's HRNet with `features_only` (the four branch outputs, strides
+  4-32) into the HRNetV2p neck.
+- ResNet-50/101-FPN: torchvision's `resnet_fpn_backbone` (frozen BatchNorm, stem and
+  layer1 frozen: torchvision's and MMDetection's default).
+
+HRNetV2p neck (Wang et al., TPAMI 2020; MMDetection's HRFPN), from branches x_k at stride
+4 * 2^k:
+
+    z   = conv1x1(concat(x_0, up(x_1), up(x_2), up(x_3)))   # up: bilinear to x_0's size
+    p_i = conv3x3(avgpool_{2^i}(z)),  i = 0..4                # five levels, strides 4-64
+
+The detector takes `(images, targets)` (see revbench.tasks.Detect): in training it returns
+torchvision's loss dict, in eval its detections. Called on a bare image tensor it runs the
+data-independent part for counting, as MMDetection's `get_flops` does: backbone, neck, RPN
+head, the box head on 1000 RoIs and (Mask R-CNN) the mask head on 100.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import ClassVar
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+from revbench.tasks import dense_image_shape
+
+from ._registry import ModelConfig, check_positive_ints, create, register_model
+from .reversible import MODES, check_mode
+
+HEADS = ("faster_rcnn", "mask_rcnn")
+COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals
+COUNT_MASK_ROIS = 100  # and the mask head on the first 100
+NECK_CHANNELS = 256
+NECK_LEVELS = 5
+
+
+class HRFPN(nn.Module):
+    """HRNetV2p neck: every branch upsampled to the finest, concatenated, reduced by a 1x1
+    conv, average-pooled to `num_levels` levels, a 3x3 conv per level."""
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        out_channels: int = NECK_CHANNELS,
+        num_levels: int = NECK_LEVELS,
+    ):
+        super().__init__()
+        self.reduce = nn.Conv2d(sum(in_channels), out_channels, 1)
+        self.convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in range(num_levels)
+        )
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        size = feats[0].shape[-2:]
+        ups = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
+        z = self.reduce(torch.cat([feats[0], *ups], dim=1))  # (B, 256, H/4, W/4)
+        levels = [z] + [F.avg_pool2d(z, 2**i, 2**i) for i in range(1, len(self.convs))]
+        return [conv(p) for conv, p in zip(self.convs, levels)]
+
+
+class PyramidBackbone(nn.Module):
+    """A trunk giving four maps at strides 4-32 and the HRNetV2p neck; torchvision's
+    backbone interface (`out_channels`, an OrderedDict of levels "0".."3", "pool")."""
+
+    def __init__(self, trunk: nn.Module, in_channels: list[int]):
+        super().__init__()
+        self.body = trunk
+        self.neck = HRFPN(in_channels)
+        self.out_channels = NECK_CHANNELS
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        levels = self.neck(list(self.body(x)))
+        names = [str(i) for i in range(len(levels) - 1)] + ["pool"]
+        return OrderedDict(zip(names, levels))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorConfig(ModelConfig):
+    """A two-stage detector: backbone, head, and torchvision's training sample sizes."""
+
+    img_size: int = 800  # the image height (short side); the width follows 1333:800
+    num_classes: int = 91  # torchvision's COCO label space (80 used, background 0)
+    backbone: str = "resnet50"
+    head: str = "faster_rcnn"
+    rpn_post_nms_top_n_train: int = 2000  # proposals kept per image after NMS
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head
+
+    @property
+    def resolution_multiple(self) -> int:
+        return 32  # the coarsest map's stride: the RevBiFPN and HRNet trunks need it
+
+    @property
+    def min_resolution(self) -> int:
+        return 64
+
+    @property
+    def task(self) -> str:
+        return "segment" if self.head == "mask_rcnn" else "detect"
+
+    def validate(self) -> None:
+        check_positive_ints(self, "rpn_post_nms_top_n_train", "box_batch_size_per_image")
+        if self.head not in HEADS:
+            raise ValueError(f"head {self.head!r} is invalid; valid: {', '.join(HEADS)}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes {self.num_classes} is invalid: it needs 2 or more")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RevDetectorConfig(DetectorConfig):
+    """A detector on a RevBiFPN backbone: every engine mode, on the same weights."""
+
+    mode: str = "reversible"
+    backbone: str = "revbifpn_s0"
+
+    modes: ClassVar[tuple[str, ...]] = MODES
+
+
+def _make_backbone(cfg: DetectorConfig) -> nn.Module:
+    if cfg.backbone.startswith("revbifpn"):
+        trunk = create(cfg.backbone, features_only=True, mode=cfg.mode, img_size=cfg.img_size)
+        return PyramidBackbone(trunk, [f["num_chs"] for f in trunk.feature_info])
+    if cfg.backbone.startswith("hrnet"):
+        trunk = timm.create_model(
+            cfg.backbone,
+            pretrained=False,
+            features_only=True,
+            feature_location="",
+            out_indices=(1, 2, 3, 4),
+        )
+        return PyramidBackbone(trunk, trunk.feature_info.channels())
+    return resnet_fpn_backbone(backbone_name=cfg.backbone, weights=None, trainable_layers=3)
+
+
+class Detector(nn.Module):
+    """A torchvision two-stage detector called on `(images, targets)`."""
+
+    def __init__(self, cfg: DetectorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.mode = cfg.mode
+        head = MaskRCNN if cfg.head == "mask_rcnn" else FasterRCNN
+        height, width = dense_image_shape(cfg.img_size)
+        # min/max sizes equal to the task's image: torchvision's transform keeps the scale
+        # (as MMDetection's resize to 1333x800 does) and pads to a multiple of 32.
+        self.detector = head(
+            _make_backbone(cfg),
+            num_classes=cfg.num_classes,
+            min_size=height,
+            max_size=width,
+            rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+            box_batch_size_per_image=cfg.box_batch_size_per_image,
+        )
+        self.detector.transform.size_divisible = 32
+
+    @staticmethod
+    def image_shape(resolution: int) -> tuple[int, int]:
+        """(height, width) of this model's input at `resolution` (counting reads it)."""
+        return dense_image_shape(resolution)
+
+    def set_mode(self, mode: str) -> Detector:
+        check_mode(mode, self.cfg.modes)
+        self.detector.backbone.body.set_mode(mode)
+        self.mode = mode
+        return self
+
+    def forward(self, batch):
+        if isinstance(batch, Tensor):
+            return self.forward_dummy(batch)
+        images, targets = batch
+        images = list(images.unbind(0))
+        if self.training:
+            return self.detector(images, targets)  # {loss name: scalar}
+        return self.detector(images)
+
+    def forward_dummy(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The data-independent compute of one forward, for counting (no NMS, no sampling)."""
+        det = self.detector
+        # Padded to a multiple of 32 at the bottom right, as torchvision's transform batches.
+        d = det.transform.size_divisible
+        h, w = images.shape[-2:]
+        images = F.pad(images, (0, -w % d, 0, -h % d))
+        feats = list(det.backbone(images).values())
+        objectness, deltas = det.rpn.head(feats)
+        rois = images.new_zeros(images.shape[0] * COUNT_BOX_ROIS, NECK_CHANNELS, 7, 7)
+        scores, boxes = det.roi_heads.box_predictor(det.roi_heads.box_head(rois))
+        out = (*objectness, *deltas, scores, boxes)
+        if det.roi_heads.has_mask():
+            rois = images.new_zeros(images.shape[0] * COUNT_MASK_ROIS, NECK_CHANNELS, 14, 14)
+            out += (det.roi_heads.mask_predictor(det.roi_heads.mask_head(rois)),)
+        return out
+
+
+# ---------------------------------------------------------------------------- registration
+
+# backbone: (family, size)
+BACKBONES: dict[str, tuple[str, str]] = {
+    **{f"revbifpn_s{i}": ("RevBiFPN", f"S{i}") for i in range(7)},
+    **{f"hrnet_w{w}": ("HRNetV2p", f"W{w}") for w in (18, 32, 48)},
+    "resnet50": ("ResNet-FPN", "R50"),
+    "resnet101": ("ResNet-FPN", "R101"),
+}
+
+
+def model_name(head: str, backbone: str) -> str:
+    """'faster_rcnn_revbifpn_s3', 'mask_rcnn_hrnetv2p_w18', 'faster_rcnn_r50_fpn'."""
+    if backbone.startswith("hrnet"):
+        short = backbone.replace("hrnet", "hrnetv2p")
+    elif backbone.startswith("resnet"):
+        short = f"r{backbone[len('resnet') :]}_fpn"
+    else:
+        short = backbone
+    return f"{head}_{short}"
+
+
+for _head in HEADS:
+    for _backbone, (_family, _size) in BACKBONES.items():
+        _rev = _backbone.startswith("revbifpn")
+        _config = (RevDetectorConfig if _rev else DetectorConfig)(backbone=_backbone, head=_head)
+        register_model(
+            model_name(_head, _backbone), _config, family=_family, size=_size, builder=Detector
+        )
