@@ -21,7 +21,9 @@ from typing import Any
 # warmup_steps and measure_steps change how a timed figure is sampled, not the step being
 # measured: records store them, and --resume and the gate refuse to mix step counts on the
 # methods that time steps (`revbench.runner`, `revbench.gate`) rather than treat the same
-# step as two cells.
+# step as two cells. budget_bytes and margin are the memory a cell may use (`run --budget`,
+# `revbench max-batch`): what fits one budget may not fit another, and a max-batch search
+# (batch_size 0: the batch is its answer) is identified by them; None on ordinary cells.
 KEY_FIELDS = (
     "model",
     "variant",
@@ -32,6 +34,8 @@ KEY_FIELDS = (
     "scenario",
     "optimizer",
     "method",
+    "budget_bytes",
+    "margin",
 )
 
 DEFAULT_OPTIMIZER = "sgd"  # labels name the optimizer only when it is another
@@ -81,11 +85,38 @@ def cell_label(item: Any, batch: str | None = None) -> str:
     except (KeyError, AttributeError):
         optimizer = DEFAULT_OPTIMIZER
     opt = f" {optimizer}" if optimizer not in (DEFAULT_OPTIMIZER, None) else ""
+    try:
+        budget, margin = get("budget_bytes"), get("margin")
+    except (KeyError, AttributeError):
+        budget = margin = None
+    within = ""
+    if _given(budget):
+        b = "max" if batch is None and int(get("batch_size")) == 0 else b
+        within = f" within {bytes_label(int(budget))}"
+        within += f"-{float(margin):.0%}" if _given(margin) and margin else ""
     return (
         f"{model_label(get('model'), get('variant'))} {get('mode')} "
-        f"{int(get('resolution'))}px b{b} {get('precision')} {get('scenario')}{opt} "
+        f"{int(get('resolution'))}px b{b} {get('precision')} {get('scenario')}{opt}{within} "
         f"({get('method')})"
     )
+
+
+def _given(value: Any) -> bool:
+    """Not None and not NaN (results rows carry NaN where a record has None)."""
+    return value is not None and value == value
+
+
+def bytes_label(n: int) -> str:
+    """A byte count as written on the command line ('16GiB', '16GB', '300MB'), else in GiB
+    or MiB to 2 decimals."""
+    units = (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20))
+    units += (("TB", 10**12), ("GB", 10**9), ("MB", 10**6))
+    for unit, size in units:
+        if n >= size and n % size == 0:
+            return f"{n // size}{unit}"
+    if n < 2**20:
+        return f"{n}B"
+    return f"{n / 2**30:.2f}GiB" if n >= 2**30 else f"{n / 2**20:.2f}MiB"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,9 +141,18 @@ class Cell:
     warmup_steps: int = 2
     measure_steps: int = 10
     timeout_s: float = 600.0
+    budget_bytes: int | None = None  # memory the cell may use; None: the whole device
+    margin: float | None = None  # fraction of the budget held back (max-batch searches)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
+
+    @property
+    def limit_bytes(self) -> int | None:
+        """The budget less its margin: what the cuda method caps the allocator at."""
+        if self.budget_bytes is None:
+            return None
+        return int(self.budget_bytes * (1.0 - (self.margin or 0.0)))
 
     @property
     def variant(self) -> str:

@@ -81,6 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         optimizer=args.optimizer,
     )
+    if args.budget is not None:  # cells predicted not to fit are skipped; cuda caps at it
+        from dataclasses import replace
+
+        from .maxbatch import resolve_budgets
+
+        budgets = resolve_budgets(args.budget)
+        if len(budgets) != 1:
+            raise UsageError(f"--budget {','.join(args.budget)}: run takes one budget")
+        cells = [replace(cell, budget_bytes=budgets[0]) for cell in cells]
     if args.dry_run:
         for cell in cells:
             print(cell.label())
@@ -282,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--csv", help="also export the run's results as CSV to this file")
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    run.add_argument(
+        "--budget",
+        type=_csv,
+        help="memory budget (16GiB, 24GB, bytes or auto): cells the estimator predicts above "
+        "it are skipped, and cuda cells run with the allocator capped at it",
+    )
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list registered models (or suites)")
@@ -299,7 +314,7 @@ def _extra_commands():
     # Commands that live in their own modules (plot, gate) register themselves here.
     import importlib
 
-    for name in ("revbench.plot", "revbench.gate"):
+    for name in ("revbench.plot", "revbench.gate", "revbench.maxbatch"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -40,6 +40,9 @@ class Measurement:
     forward_peak_bytes: int | None = None
     backward_peak_bytes: int | None = None
     optimizer_peak_bytes: int | None = None
+    # cuda: times the allocator freed its cache and retried an allocation (a cell that only
+    # ran after flushing the cache is at the edge of fitting); warm-up included
+    num_alloc_retries: int | None = None
     # the estimator's breakdown at the peak (MEMORY_CATEGORIES); sums to peak_bytes
     mem_parameters_bytes: int | None = None
     mem_buffers_bytes: int | None = None
@@ -55,6 +58,26 @@ class Measurement:
     throughput_samples_per_s: float | None = None
     measure_steps: int | None = None
     snapshot_file: str | None = None  # the allocator history, next to the results
+
+
+@dataclass(frozen=True)
+class MaxBatch:
+    """A max-batch search (`revbench.maxbatch`): the largest batch within the cell's budget.
+
+    The search's record has batch_size 0 and these columns; its memory columns stay empty,
+    so the largest batch's figures cannot be mistaken for a batch-0 cell's.
+    """
+
+    max_batch: int | None = None  # 0: batch 1 does not fit
+    max_batch_peak_bytes: int | None = None  # at max_batch: estimated, or allocated (cuda)
+    max_batch_reserved_bytes: int | None = None  # cuda: peak reserved at max_batch
+    max_batch_alloc_retries: int | None = None  # cuda: num_alloc_retries at max_batch
+    next_batch_peak_bytes: int | None = None  # estimate: the peak at max_batch + 1
+    first_failed_batch: int | None = None  # smallest batch tried that did not fit; None: capped
+    first_failed_status: str | None = None  # "oom" (cuda) or "over budget" (estimate)
+    estimated_max_batch: int | None = None  # cuda: the estimator's answer, the search's seed
+    estimated_peak_bytes: int | None = None  # cuda: the estimator's peak at max_batch
+    probes: int | None = None  # batches tried
 
 
 def timed(times_ms: list[float], batch_size: int) -> Measurement:

@@ -96,7 +96,8 @@ def read_results(paths: list[str]) -> pd.DataFrame:
             raise UsageError(
                 f"results file {bad['source_file'].iloc[0]} has a record without {column!r}"
             )
-    if not ((df["status"] == status.OK) & df["peak_bytes"].notna()).any():
+    measured = df["peak_bytes"].notna() | df["max_batch"].notna()  # max-batch searches too
+    if not ((df["status"] == status.OK) & measured).any():
         raise UsageError(
             f"no measured memory (ok records with peak_bytes) in {where}; "
             "plot needs a cuda or estimate run"
@@ -153,6 +154,14 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
             lambda: F.throughput_vs_memory(rows, fit),
         ),
     ]
+    if rows["max_batch"].notna().any():  # a max-batch run: its searches' answers
+
+        def max_batch():
+            from .published import load_published, max_batch_points
+
+            return F.max_batch_bars(rows, max_batch_points(load_published()))
+
+        specs.append(("max_batch", "Max batch within each budget", max_batch))
     return specs
 
 

@@ -18,7 +18,15 @@ import pandas as pd
 
 from revbench.models.published import COLUMNS, UNITS, read_published
 
-__all__ = ["COLUMNS", "UNITS", "detector_points", "load_published", "memory_points"]
+__all__ = [
+    "COLUMNS",
+    "UNITS",
+    "detector_points",
+    "load_published",
+    "max_batch_points",
+    "memory_points",
+    "published_card",
+]
 
 
 def load_published(path: str | Path | None = None) -> pd.DataFrame:
@@ -74,3 +82,38 @@ def detector_points(published: pd.DataFrame) -> pd.DataFrame:
         points["task"] = get_info(points["model"].iloc[0]).task if len(points) else head
         parts.append(points)
     return pd.concat(parts, ignore_index=True)
+
+
+# Published baselines revbench does not register, and the model and mode that stand in for
+# them: the RevViT paper's MViT-B is compared with Rev-MViT-B run in vanilla mode (the same
+# blocks under ordinary autograd), the nearest network revbench builds.
+STAND_INS = {"mvit_base": ("rev_mvit_base", "vanilla")}
+
+
+# The RevViT paper's table was measured on a GPU it does not name; its per-image memory
+# times max batch comes to 10-14 GB for every row, a 16 GB card, and in fp32 training
+# (REFERENCE 11).
+PUBLISHED_CARD_BYTES = (16 * 10**9, 16 * 2**30)
+
+
+def published_card(budget_bytes: float, precision: str, scenario: str) -> bool:
+    """Whether a search is comparable with the published max batches: fp32 training within
+    a budget of the paper's card (16 GB to 16 GiB)."""
+    on_card = PUBLISHED_CARD_BYTES[0] <= budget_bytes <= PUBLISHED_CARD_BYTES[1]
+    return on_card and precision == "fp32" and scenario == "train"
+
+
+def max_batch_points(published: pd.DataFrame) -> pd.DataFrame:
+    """Published largest training batches (the RevViT paper's table, on a GPU it does not
+    name; REFERENCE 11 infers 16 GB), one row per model and mode.
+
+    Columns: model, mode, published_model (the row's own model: differs for a stand-in),
+    max_batch, resolution, source.
+    """
+    rows = published[(published["task"] == "imagenet") & (published["metric"] == "max_batch")]
+    out = rows[["model", "mode", "resolution", "source"]].copy()
+    out["published_model"] = rows["model"].to_numpy()
+    out["max_batch"] = rows["value_base"].astype(int).to_numpy()
+    for name, (model, mode) in STAND_INS.items():
+        out.loc[out["model"] == name, ["model", "mode"]] = [model, mode]
+    return out.reset_index(drop=True)

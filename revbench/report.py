@@ -195,6 +195,76 @@ def runs_section(manifests: list[dict]) -> str:
     return _md_table(headers, table) + "\n"
 
 
+def max_batch_table(rows: pd.DataFrame) -> str | None:
+    """Max-batch searches: the answer, the peaks around it, the published batch where the
+    budget is the published card's, and on cuda the estimator's answer and its error."""
+    from .cell import bytes_label
+    from .published import load_published, max_batch_points, published_card
+
+    searches = rows[rows["max_batch"].notna()]
+    if searches.empty:
+        return None
+    published = {
+        (r["model"], r["mode"]): r for _, r in max_batch_points(load_published()).iterrows()
+    }
+    cuda = (searches["method"] == "cuda").any()
+    headers = "model|variant|mode|res|precision|method|budget|max batch|peak GB|next GB|"
+    headers += "first failed|probes|published (16 GB GPU)|measured / published"
+    headers += "|reserved GB|retries|estimate|estimate error at max" if cuda else ""
+    order = model_order(searches["model"].unique())
+    table = []
+    for _, r in sorted(
+        searches.iterrows(),
+        key=lambda ir: (
+            order[ir[1]["model"]],
+            natural_key(ir[1]["variant"]),
+            ir[1]["mode"],
+            ir[1]["precision"],
+            ir[1]["budget_bytes"],
+        ),
+    ):
+        p = published.get((r["model"], r["mode"]))
+        comparable = published_card(float(r["budget_bytes"]), r["precision"], r["scenario"])
+        if p is None or r["variant"] or not comparable:
+            p = None
+        failed = "-"
+        if not pd.isna(r["first_failed_batch"]):
+            failed = f"{int(r['first_failed_batch'])} ({r['first_failed_status']})"
+        margin = f"-{r['margin']:.0%}" if r["margin"] else ""
+        row = [
+            r["model"],
+            r["variant"] or "-",
+            r["mode"],
+            r["resolution"],
+            r["precision"],
+            r["method"],
+            bytes_label(int(r["budget_bytes"])) + margin,
+            f"{int(r['max_batch'])}" + ("+" if failed == "-" else ""),
+            _num(r["max_batch_peak_bytes"], 1e9, ".2f"),
+            _num(r["next_batch_peak_bytes"], 1e9, ".2f"),
+            failed,
+            _num(r["probes"], 1, ".0f"),
+            "-" if p is None else _published_batch(p, r["model"]),
+            "-" if p is None else _ratio(r["max_batch"], p["max_batch"]),
+        ]
+        if cuda:
+            error = _ratio(r["estimated_peak_bytes"], r["max_batch_peak_bytes"])
+            row += [
+                _num(r["max_batch_reserved_bytes"], 1e9, ".2f"),
+                _num(r["max_batch_alloc_retries"], 1, ".0f"),
+                _num(r["estimated_max_batch"], 1, ".0f"),
+                "-" if error == "-" else f"{float(error) - 1:+.1%}",
+            ]
+        table.append(row)
+    return _md_table(headers.split("|"), table)
+
+
+def _published_batch(p: pd.Series, model: str) -> str:
+    # A stand-in's published model is named: "89 (mvit_base)" on Rev-MViT-B's vanilla row.
+    stand_in = p["published_model"] != model
+    return f"{p['max_batch']}" + (f" ({p['published_model']})" if stand_in else "")
+
+
 def failed_cells(rows: pd.DataFrame) -> list[str]:
     """Markdown lines listing the cells that did not measure (oom, timeout, error)."""
     failed = rows[rows["status"] != status.OK]
@@ -287,6 +357,9 @@ def write_report(
         pairs = pairs_table(ok)
         if pairs:
             lines += ["### Estimated vs measured peak", "", pairs, ""]
+        searches = max_batch_table(ok)
+        if searches:
+            lines += ["### Max batch within each budget", "", searches, ""]
         lines += ["### Figures", ""]
         for item in figures.get(suite, []):
             heading = f"#### {item.title} ({item.facet})"

@@ -31,7 +31,7 @@ import pandas as pd
 
 from .cell import KEY_FIELDS, Cell, cell_label
 from .errors import UsageError
-from .measurement import Counts, Measurement
+from .measurement import Counts, MaxBatch, Measurement
 from .status import FINAL, OK, STATUSES
 from .tasks import task_geometry
 
@@ -66,6 +66,8 @@ class Record:
     size: str
     task: str
     overrides: dict = field(default_factory=dict)
+    budget_bytes: int | None = None  # memory the cell may use (run --budget, max-batch)
+    margin: float | None = None  # fraction of the budget held back (max-batch)
     # the task's inputs (revbench.tasks.task_geometry): detection images are 1333x800 at 800
     image_height: int | None = None
     image_width: int | None = None
@@ -83,6 +85,7 @@ class Record:
     forward_peak_bytes: int | None = None
     backward_peak_bytes: int | None = None
     optimizer_peak_bytes: int | None = None
+    num_alloc_retries: int | None = None
     mem_parameters_bytes: int | None = None
     mem_buffers_bytes: int | None = None
     mem_gradients_bytes: int | None = None
@@ -100,6 +103,17 @@ class Record:
     warmup_steps: int | None = None
     measure_steps: int | None = None
     snapshot_file: str | None = None
+    # a max-batch search (batch_size 0): the fields of `MaxBatch`
+    max_batch: int | None = None
+    max_batch_peak_bytes: int | None = None
+    max_batch_reserved_bytes: int | None = None
+    max_batch_alloc_retries: int | None = None
+    next_batch_peak_bytes: int | None = None
+    first_failed_batch: int | None = None
+    first_failed_status: str | None = None
+    estimated_max_batch: int | None = None
+    estimated_peak_bytes: int | None = None
+    probes: int | None = None
     schema_version: int = SCHEMA_VERSION
     measured_at: str = ""
 
@@ -112,6 +126,7 @@ class Record:
         message: str = "",
         counts: Counts | None = None,
         measurement: Measurement | None = None,
+        max_batch: MaxBatch | None = None,
     ) -> Record:
         measured = asdict(measurement or Measurement())
         measured["measure_steps"] = measured["measure_steps"] or cell.measure_steps
@@ -132,6 +147,8 @@ class Record:
             size=cell.size,
             task=cell.task,
             overrides=dict(cell.overrides),
+            budget_bytes=cell.budget_bytes,
+            margin=cell.margin,
             **task_geometry(cell.task, cell.resolution),
             status=status,
             message=message,
@@ -139,6 +156,7 @@ class Record:
             warmup_steps=cell.warmup_steps,
             **asdict(counts or Counts()),
             **measured,
+            **asdict(max_batch or MaxBatch()),
         )
 
     @property
@@ -370,12 +388,18 @@ def _nvidia_driver() -> str | None:
 # Record fields by type, for validation. Figures (counts, memory, time, steps) are finite
 # non-negative numbers or null: a NaN, an infinity, a negative or a string in a results file
 # would otherwise pass through comparisons (NaN compares false) and fake a verdict.
-_TEXT_FIELDS = (*(f for f in KEY_FIELDS if f not in ("resolution", "batch_size")), "status")
+_BUDGET_FIELDS = ("budget_bytes", "margin")  # key fields that are numbers or null
+_TEXT_FIELDS = (
+    *(f for f in KEY_FIELDS if f not in ("resolution", "batch_size", *_BUDGET_FIELDS)),
+    "status",
+)
 _SIDE_FIELDS = ("resolution", "batch_size")
 _FIGURE_FIELDS = (
     *(f.name for f in fields(Counts)),
     *(f.name for f in fields(Measurement) if f.name != "snapshot_file"),
     "warmup_steps",
+    *_BUDGET_FIELDS,
+    *(f.name for f in fields(MaxBatch) if f.name != "first_failed_status"),
 )
 
 
@@ -398,7 +422,9 @@ def check_record(row: object, where: str) -> dict:
             raise UsageError(f"{where}: record without {name!r} (a string): {row.get(name)!r}")
     for name in _SIDE_FIELDS:
         v = row.get(name)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        # batch_size 0 is a max-batch search: the batch is its answer (`max_batch`)
+        search = name == "batch_size" and v == 0 and row.get("budget_bytes") is not None
+        if not isinstance(v, int) or isinstance(v, bool) or (v < 1 and not search):
             raise UsageError(f"{where}: record without {name!r} (a positive integer): {v!r}")
     label = cell_label(row)
     if row["status"] not in STATUSES:
@@ -475,6 +501,8 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
             row["source_file"] = str(path)
             rows.append(row)
     df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "source_file"])
+    for name in _BUDGET_FIELDS:  # None, not NaN, where no budget: keys must equal Cell.key
+        df[name] = df[name].astype(object).where(df[name].notna(), None)
     if latest_only and not df.empty:
         df = df.drop_duplicates(subset=list(KEY_FIELDS), keep="last").reset_index(drop=True)
     return df

@@ -13,7 +13,7 @@ a killed parent takes its workers with it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,9 +22,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import status
-from .cell import KEY_FIELDS, Cell
+from .cell import KEY_FIELDS, Cell, bytes_label
 from .errors import UsageError
-from .launcher import run_inline, run_isolated
+from .launcher import Outcome, run_inline, run_isolated
 from .measurement import Counts
 from .methods import get_method
 from .outputs import check_output_dir
@@ -195,7 +195,9 @@ def run_cells(
                 if memory_snapshot and get_method(cell.method).records_snapshots:
                     snapshot = store.dir / f"snapshot-{stored + len(records):04d}.pickle"
                 model = (cell.model, cell.variant, cell.resolution)
-                outcome = launch(cell, snapshot, counts=model not in counted, thop=thop)
+                outcome = budget_outcome(cell, launch, counts=model not in counted, thop=thop)
+                if outcome is None:
+                    outcome = launch(cell, snapshot, counts=model not in counted, thop=thop)
                 if outcome.counts is not None:
                     counted[model] = outcome.counts
                 record = Record.for_cell(
@@ -222,3 +224,19 @@ def run_cells(
             "continue with --resume"
         )
     return RunSummary(store, records, skipped, interrupted)
+
+
+def budget_outcome(cell: Cell, launch, **kwargs) -> Outcome | None:
+    """The outcome of a cell with a budget that is not to be run: `skipped` when the
+    estimator predicts a peak above the budget, the estimate itself for an estimate cell.
+    None when the cell is to be run (it fits, or the estimator could not tell)."""
+    if cell.budget_bytes is None:
+        return None
+    estimate = cell.method == "estimate"
+    predicted = launch(replace(cell, method="estimate"), None, **(kwargs if estimate else {}))
+    peak = predicted.measurement.peak_bytes
+    if predicted.status == status.OK and peak is not None and peak > cell.limit_bytes:
+        message = f"over budget: estimated peak {peak / 1e9:.2f} GB > "
+        message += f"{cell.limit_bytes / 1e9:.2f} GB ({bytes_label(cell.budget_bytes)})"
+        return Outcome(status.SKIPPED, message, counts=predicted.counts)
+    return predicted if estimate else None

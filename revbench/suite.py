@@ -5,7 +5,8 @@ resolutions, batch_sizes, precisions, modes, overrides) is a list; a group expan
 product of its axes. `overrides` maps a model config field to a list of values and adds
 one axis per field (e.g. `{ depth = [4, 8, 12] }`). "native" as a resolution means each
 model's native resolution. `task` (default: each model's own) is checked against the task
-each model serves. CLI flags replace an axis in every group.
+each model serves. `budgets` ("16GiB", "80GB", "auto") is read by `revbench max-batch`.
+CLI flags replace an axis in every group.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .methods import method_names
 from .scenario import OPTIMIZERS, PRECISIONS, SCENARIOS
 from .tasks import task_names
 
-AXES = ("models", "resolutions", "batch_sizes", "precisions", "modes", "overrides")
+AXES = ("models", "resolutions", "batch_sizes", "precisions", "modes", "overrides", "budgets")
 SCALARS = ("scenario", "task", "optimizer", "warmup_steps", "measure_steps", "timeout_s")
 GROUP_KEYS = {"name", *AXES, *SCALARS}
 TOP_KEYS = {"description", "defaults", "group"}

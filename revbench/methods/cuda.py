@@ -76,6 +76,13 @@ class CudaMethod(Method):
         if not torch.cuda.is_available():
             raise RuntimeError("the cuda method needs a CUDA GPU; none is visible")
         device = torch.device("cuda", 0)
+        # A budget caps the allocator: a batch that would not fit a card of that size runs
+        # out of memory here too, whatever this card's size. Set for every cell, so a cell
+        # run in the same process after a capped one gets the whole card back.
+        total = torch.cuda.get_device_properties(device).total_memory
+        limit = cell.limit_bytes
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (limit or total) / total), device)
+        retries_before = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
         step = cell_step(cell, device)
         for _ in range(cell.warmup_steps):
             step.run()
@@ -105,6 +112,8 @@ class CudaMethod(Method):
             peak_bytes=max(phase_peak.values()),
             peak_reserved_bytes=reserved_peak,
             forward_peak_bytes=phase_peak["forward"],
+            num_alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
+            - retries_before,
             backward_peak_bytes=phase_peak["backward"] if train else None,
             optimizer_peak_bytes=phase_peak["optimizer"] if train else None,
             snapshot_file=snapshot_path.name if snapshot_path is not None else None,
