@@ -74,6 +74,8 @@ _ITEM_CHECKS = {
     "batch_sizes": (_is_side, f"an integer in 1..{MAX_SIDE}"),
     "precisions": (lambda v: isinstance(v, str), "a precision name (a string)"),
     "modes": (lambda v: isinstance(v, str), "a mode name (a string)"),
+    # Parsed (units, `auto`) by `revbench max-batch`, which alone uses them.
+    "budgets": (lambda v: isinstance(v, str), 'a budget string such as "16GiB", "80GB" or "auto"'),
 }
 _SCALAR_CHECKS = {
     "name": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string"),

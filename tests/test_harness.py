@@ -184,6 +184,7 @@ def test_builtin_suites_ship_with_the_package():
         ),
         ("description = 'x'\n", r"no \[\[group\]\] table"),
         ("[[group]]\nname = 'x'\n", r"s\.toml:1: group 1 names no models"),
+        ("[[group]]\nmodels = ['resnet50']\nbudgets = [16]\n", r"s\.toml:3: .*budgets.*16GiB"),
     ],
 )
 def test_malformed_suite_reports_file_and_line(tmp_path, text, message):
