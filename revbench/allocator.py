@@ -150,6 +150,25 @@ def segment_size(size: int) -> int:
     return -(-size // ROUND_LARGE) * ROUND_LARGE
 
 
+def peak_live_bytes(events: Iterable[Event]) -> int:
+    """The most bytes live tensors held at once, each rounded to 512 B: what a tracker of
+    tensors (MemTracker, the estimator's `peak_bytes`) counts. The allocator's allocated peak
+    (`simulate`) can be higher: a cached large-pool block is handed out whole when the rest
+    would be 1 MiB or less, and c10 counts all of it as allocated."""
+    sizes: dict[Any, int] = {}
+    live = peak = 0
+    for event in events:
+        if event.action == "alloc":
+            sizes[event.id] = round_size(event.size)
+            live += sizes[event.id]
+            peak = max(peak, live)
+        elif event.action == "free":
+            live -= sizes.pop(event.id)
+        elif event.action == "reset_peak":
+            peak = live
+    return peak
+
+
 def simulate(
     events: Iterable[Event],
     *,
