@@ -44,7 +44,7 @@ class Measurement:
     # reserved but not allocated at the reserved peak (estimate: the allocator model)
     fragmentation_bytes: int | None = None
     # process: the GPU memory NVML charges to the process (context, allocator's segments,
-    # libraries' workspaces: what nvidia-smi lists), sampled after each phase; cuda only
+    # libraries' workspaces: what nvidia-smi lists), sampled at each step's end; cuda only
     process_peak_bytes: int | None = None
     cuda_context_bytes: int | None = None  # cuda: process memory before any tensor exists
     forward_peak_bytes: int | None = None

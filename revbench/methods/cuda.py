@@ -13,8 +13,9 @@ the figure nvidia-smi lists: CUDA context, the allocator's segments and memory t
 libraries such as cuBLAS and cuDNN take outside the allocator). Process memory needs the
 optional `nvidia-ml-py` (`pip install revbench[gpu]`); without it, or where NVML cannot
 see this process, the column stays empty and the run's manifest says why (`nvml`).
-NVML is read on the host after each phase: segments are mapped by cudaMalloc calls, which
-return on the host, so no synchronisation is needed there either.
+NVML is read on the host at the end of each measured step, outside its CUDA events:
+segments are mapped by cudaMalloc calls, which return on the host, so no synchronisation is
+needed there either.
 """
 
 from __future__ import annotations
@@ -186,11 +187,14 @@ class CudaMethod(Method):
                         run()
                     phase_peak[phase] = max(phase_peak[phase], peak.allocated_bytes)
                     reserved_peak = max(reserved_peak, peak.reserved_bytes)
-                    used = process.read() if process else None
-                    if used is not None:
-                        process_peak = max(process_peak or 0, used)
                 end.record()
                 events.append((start, end))
+                # At the step's end, outside the timed events: segments are only added
+                # during a step (none is released without an OOM retry), so the process's
+                # memory is highest at its end.
+                used = process.read() if process else None
+                if used is not None:
+                    process_peak = max(process_peak or 0, used)
             torch.cuda.synchronize()
 
         train = cell.scenario == "train"
