@@ -48,9 +48,11 @@ records the events of a step run on CPU or fake tensors.
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import gc
 import pickle
+import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,6 +150,25 @@ def segment_size(size: int) -> int:
     if size < MIN_LARGE_ALLOC:
         return LARGE_BUFFER
     return -(-size // ROUND_LARGE) * ROUND_LARGE
+
+
+def peak_live_bytes(events: Iterable[Event]) -> int:
+    """The most bytes live tensors held at once, each rounded to 512 B: what a tracker of
+    tensors (MemTracker, the estimator's `peak_bytes`) counts. The allocator's allocated peak
+    (`simulate`) can be higher: a cached large-pool block is handed out whole when the rest
+    would be 1 MiB or less, and c10 counts all of it as allocated."""
+    sizes: dict[Any, int] = {}
+    live = peak = 0
+    for event in events:
+        if event.action == "alloc":
+            sizes[event.id] = round_size(event.size)
+            live += sizes[event.id]
+            peak = max(peak, live)
+        elif event.action == "free":
+            live -= sizes.pop(event.id)
+        elif event.action == "reset_peak":
+            peak = live
+    return peak
 
 
 def simulate(
@@ -640,6 +661,47 @@ def replay_snapshot(
     return simulated, real_reserved_from_snapshot(snap, device)
 
 
+def compare_snapshot(snapshot: dict | str | Path, device: int = 0) -> str:
+    """ "Simulated vs real reserved" on a recorded snapshot, as lines of text."""
+    simulated, real = replay_snapshot(snapshot, device)
+    diff = simulated.peak_reserved_bytes - real.peak_bytes
+    pct = f" ({100 * diff / real.peak_bytes:+.1f}%)" if real.peak_bytes else ""
+    return "\n".join(
+        [
+            f"real reserved peak       {_bytes(real.peak_bytes)}  (at start "
+            f"{_bytes(real.start_bytes)}, at end {_bytes(real.end_bytes)})",
+            f"simulated reserved peak  {_bytes(simulated.peak_reserved_bytes)}  "
+            f"difference {diff:+,d} B{pct}",
+            f"simulated allocated peak {_bytes(simulated.peak_allocated_bytes)}",
+            f"simulated fragmentation  {_bytes(simulated.fragmentation_bytes)}  "
+            "(reserved minus allocated at the reserved peak)",
+        ]
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n:>15,d} B = {n / 2**30:8.3f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m revbench.allocator SNAPSHOT`: replay a snapshot, simulated vs real."""
+    parser = argparse.ArgumentParser(
+        prog="python -m revbench.allocator",
+        description="Replay a PyTorch memory snapshot (revbench run --memory-snapshot, or "
+        "torch.cuda.memory._dump_snapshot) through the caching-allocator model: simulated "
+        "vs real reserved memory.",
+    )
+    parser.add_argument("snapshot", type=Path, help="a pickled memory snapshot")
+    parser.add_argument("--device", type=int, default=0, help="the device whose trace to replay")
+    args = parser.parse_args(argv)
+    try:
+        print(compare_snapshot(args.snapshot, args.device))
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        print(f"error: snapshot {str(args.snapshot)!r}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def events_to_snapshot(
     events: Iterable[Event],
     *,
@@ -809,3 +871,7 @@ def trace_step(
         recorder.track(*live)
         fn(*args, **kwargs)
     return recorder.events
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -34,15 +34,26 @@ class Counts:
 class Measurement:
     """One cell as a method measured it."""
 
-    # memory: peak over the step. cuda: allocator peaks; estimate: MemTracker's peak.
+    # memory: peak over the step, of three kinds (README, "Which memory number").
+    # allocated: bytes in live tensors, 512-byte blocks. cuda: max_memory_allocated;
+    # estimate: MemTracker's peak.
     peak_bytes: int | None = None
+    # reserved: segments the caching allocator holds. cuda: max_memory_reserved; estimate:
+    # the allocator model (revbench.allocator) replaying the step's allocations and frees.
     peak_reserved_bytes: int | None = None
+    # reserved but not allocated at the reserved peak (estimate: the allocator model)
+    fragmentation_bytes: int | None = None
+    # process: the GPU memory NVML charges to the process (context, allocator's segments,
+    # libraries' workspaces: what nvidia-smi lists), sampled at each step's end; cuda only
+    process_peak_bytes: int | None = None
+    cuda_context_bytes: int | None = None  # cuda: process memory before any tensor exists
     forward_peak_bytes: int | None = None
     backward_peak_bytes: int | None = None
     optimizer_peak_bytes: int | None = None
     # cuda: times the allocator freed its cache and retried an allocation (a cell that only
     # ran after flushing the cache is at the edge of fitting); warm-up included
     num_alloc_retries: int | None = None
+    num_ooms: int | None = None  # cuda: out-of-memory errors the allocator raised, warm-up included
     # the estimator's breakdown at the peak (MEMORY_CATEGORIES); sums to peak_bytes
     mem_parameters_bytes: int | None = None
     mem_buffers_bytes: int | None = None

@@ -79,13 +79,17 @@ class Record:
     params: int | None = None
     macs: int | None = None
     macs_thop: int | None = None
-    # memory: peak over the step. cuda: allocator peaks; estimate: MemTracker's peak.
+    # memory: peak over the step, by kind (allocated, reserved, process): see Measurement
     peak_bytes: int | None = None
     peak_reserved_bytes: int | None = None
+    fragmentation_bytes: int | None = None
+    process_peak_bytes: int | None = None
+    cuda_context_bytes: int | None = None
     forward_peak_bytes: int | None = None
     backward_peak_bytes: int | None = None
     optimizer_peak_bytes: int | None = None
     num_alloc_retries: int | None = None
+    num_ooms: int | None = None
     mem_parameters_bytes: int | None = None
     mem_buffers_bytes: int | None = None
     mem_gradients_bytes: int | None = None
@@ -348,6 +352,9 @@ def environment() -> dict:
         "gpu_memory_bytes": None,
         "driver": None,
     }
+    from .methods.cuda import cuda_settings
+
+    env.update(cuda_settings())
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         env["gpu"] = props.name

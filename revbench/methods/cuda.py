@@ -5,11 +5,23 @@ the next cell). Here: warm-up steps, then `empty_cache()`, then measured steps, 
 (forward, backward, optimizer) inside `cuda_peak`. The allocator keeps its statistics on
 the host at allocation time, so reading them needs no synchronisation and does not
 disturb the CUDA-event timing.
+
+Three kinds of memory come out (README, "Which memory number"): allocated (`peak_bytes`,
+the allocator's max_memory_allocated), reserved (`peak_reserved_bytes`,
+max_memory_reserved) and process (`process_peak_bytes`: what NVML charges to this process,
+the figure nvidia-smi lists: CUDA context, the allocator's segments and memory that
+libraries such as cuBLAS and cuDNN take outside the allocator). Process memory needs the
+optional `nvidia-ml-py` (`pip install revbench[gpu]`); without it, or where NVML cannot
+see this process, the column stays empty and the run's manifest says why (`nvml`).
+NVML is read on the host at the end of each measured step, outside its CUDA events:
+segments are mapped by cudaMalloc calls, which return on the host, so no synchronisation is
+needed there either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,6 +76,73 @@ def memory_history(path: Path | None) -> Iterator[None]:
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
+NVML_MISSING = (
+    "nvidia-ml-py is not installed (pip install revbench[gpu]): process memory not measured"
+)
+
+
+class ProcessMemory:
+    """This process's memory on one GPU as NVML reports it (nvidia-smi's per-process figure).
+
+    `open` returns a reader, or None and the reason it cannot read (`why`). NVML lists
+    processes by host PID: inside a container with its own PID namespace this process is
+    not found, and `read` returns None.
+    """
+
+    def __init__(self, nvml, handle, pid: int):
+        self._nvml, self._handle, self.pid = nvml, handle, pid
+
+    @classmethod
+    def open(cls, uuid: str | None, index: int) -> tuple[ProcessMemory | None, str | None]:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return None, NVML_MISSING
+        try:
+            nvml.nvmlInit()
+            handle = None
+            if uuid:
+                # torch prints the UUID without NVML's "GPU-" prefix
+                name = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+                handle = nvml.nvmlDeviceGetHandleByUUID(name)
+            else:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        except nvml.NVMLError as e:
+            return None, f"NVML unavailable ({e}): process memory not measured"
+        return cls(nvml, handle, os.getpid()), None
+
+    def read(self) -> int | None:
+        """Bytes NVML charges to this process on the GPU; None when it does not list it."""
+        try:
+            processes = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+        except self._nvml.NVMLError:
+            return None
+        for process in processes:
+            if process.pid == self.pid:
+                used = process.usedGpuMemory
+                return int(used) if used is not None else None  # None: hidden (MIG, WSL)
+        return None
+
+
+def cuda_settings() -> dict:
+    """What changes CUDA memory and speed besides the cell, for the run's manifest."""
+    settings = {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+    }
+    try:
+        import pynvml  # noqa: F401
+
+        settings["nvml"] = "nvidia-ml-py installed"
+    except ImportError:
+        settings["nvml"] = NVML_MISSING
+    return settings
+
+
 class CudaMethod(Method):
     name = "cuda"
     fresh_worker_per_cell = True  # a clean allocator: no cell inherits another's segments
@@ -82,7 +161,12 @@ class CudaMethod(Method):
         total = torch.cuda.get_device_properties(device).total_memory
         limit = cell.limit_bytes
         torch.cuda.set_per_process_memory_fraction(min(1.0, (limit or total) / total), device)
-        retries_before = torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
+        stats_before = torch.cuda.memory_stats(device)
+        process, _ = ProcessMemory.open(_uuid(device), device.index)
+        torch.cuda.synchronize(device)  # the context exists from here
+        context = process.read() if process else None
+        if context is not None:  # what the process holds less the allocator's segments
+            context = max(0, context - torch.cuda.memory_reserved(device))
         step = cell_step(cell, device)
         for _ in range(cell.warmup_steps):
             step.run()
@@ -91,6 +175,7 @@ class CudaMethod(Method):
 
         phase_peak = dict.fromkeys(PHASES, 0)
         reserved_peak = 0
+        process_peak: int | None = None
         events = []
         with memory_history(snapshot_path):
             for _ in range(cell.measure_steps):
@@ -104,16 +189,25 @@ class CudaMethod(Method):
                     reserved_peak = max(reserved_peak, peak.reserved_bytes)
                 end.record()
                 events.append((start, end))
+                # At the step's end, outside the timed events: segments are only added
+                # during a step (none is released without an OOM retry), so the process's
+                # memory is highest at its end.
+                used = process.read() if process else None
+                if used is not None:
+                    process_peak = max(process_peak or 0, used)
             torch.cuda.synchronize()
 
         train = cell.scenario == "train"
+        stats = torch.cuda.memory_stats(device)
         return replace(
             timed([s.elapsed_time(e) for s, e in events], cell.batch_size),
             peak_bytes=max(phase_peak.values()),
             peak_reserved_bytes=reserved_peak,
             forward_peak_bytes=phase_peak["forward"],
-            num_alloc_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0)
-            - retries_before,
+            process_peak_bytes=process_peak,
+            cuda_context_bytes=context,
+            num_alloc_retries=_delta(stats, stats_before, "num_alloc_retries"),
+            num_ooms=_delta(stats, stats_before, "num_ooms"),
             backward_peak_bytes=phase_peak["backward"] if train else None,
             optimizer_peak_bytes=phase_peak["optimizer"] if train else None,
             snapshot_file=snapshot_path.name if snapshot_path is not None else None,
@@ -122,3 +216,12 @@ class CudaMethod(Method):
     def cleanup(self) -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _delta(after: dict, before: dict, key: str) -> int:
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def _uuid(device: torch.device) -> str | None:
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return str(uuid) if uuid is not None else None

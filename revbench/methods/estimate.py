@@ -10,8 +10,16 @@ on every run and machine, so it can be gated exactly.
 Why fake CPU tensors rather than the meta device: autocast does not apply to meta
 tensors, so amp precisions could not be estimated there. Sizes are rounded as CUDA's
 caching allocator rounds them (512-byte blocks), so figures read as CUDA bytes. Autocast
-runs with CPU rules, whose op lists match CUDA's for the ops that dominate memory
-(convolution, linear, matmul, attention).
+makes CUDA's casts, not the CPU's (`revbench.autocast_policy`): layer and group norm,
+softmax and the losses run in float32 as on a GPU.
+
+Three memory kinds come out: the allocated peak (`peak_bytes`, MemTracker: bytes in live
+tensors), and, from the same step's allocation and free events replayed through the
+caching-allocator model (`revbench.allocator`), the reserved peak and the fragmentation at
+it. The two agree on the tensors: the largest sum of live blocks in the recorded events is
+`peak_bytes` exactly; the model's own allocated peak can be a little higher, because c10
+hands out a cached large block whole (and counts it allocated) when the rest would be
+1 MiB or less.
 
 Attribution at the peak follows MemTracker: a gradient counts as `gradients` once it is
 accumulated into `.grad`; one still being produced when the peak occurs counts as a
@@ -32,9 +40,12 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
+from torch.utils._pytree import tree_leaves
 
 from revbench.models import create, get_info
 
+from ..allocator import AllocationRecorder, AllocatorStats, Event, simulate
+from ..autocast_policy import cuda_cast_policy
 from ..cell import Cell
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
@@ -60,6 +71,18 @@ CATEGORIES = {
 class MemoryEstimate:
     peak_bytes: int
     by_category: dict[str, int]  # bytes per category at the moment of the peak; sums to peak
+    # The caching-allocator model (revbench.allocator) replaying the tracked step's
+    # allocations and frees; None where no trace was recorded.
+    reserved: AllocatorStats | None = None
+    events: tuple[Event, ...] = ()  # the tracked step's allocator events, live tensors first
+
+    @property
+    def peak_reserved_bytes(self) -> int | None:
+        return None if self.reserved is None else self.reserved.peak_reserved_bytes
+
+    @property
+    def fragmentation_bytes(self) -> int | None:
+        return None if self.reserved is None else self.reserved.fragmentation_bytes
 
     @property
     def activation_bytes(self) -> int:
@@ -109,13 +132,16 @@ def estimate_memory(
     precision: str = "fp32",
     optimizer: str = "sgd",
     task: str = "classify",
+    predict_reserved: bool = True,
     **overrides,
 ) -> MemoryEstimate:
     """Peak memory of one steady-state step of `model`, by category.
 
     `model` is a registered name (built with `img_size=resolution` and `overrides`) or a
     zero-argument factory returning a module that serves `task` (for classify: (B, 3, R, R)
-    images to logits, with a `num_classes` attribute).
+    images to logits, with a `num_classes` attribute). `predict_reserved` records the step's
+    allocations and frees and replays them through the caching-allocator model
+    (`revbench.allocator`) for the reserved peak; False skips it (allocated peak only).
     """
     if isinstance(model, str):
         name = model
@@ -132,7 +158,7 @@ def estimate_memory(
     # weights fake CPU storage.
     with torch.device("meta"):
         net = factory()
-    with FakeTensorMode(allow_non_fake_inputs=True), _cuda_rounding():
+    with FakeTensorMode(allow_non_fake_inputs=True), _cuda_rounding(), amp_policy(precision):
         net = net.to_empty(device="cpu")
         step = build_step(
             net,
@@ -147,11 +173,19 @@ def estimate_memory(
         step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
         tracker = _PeakTracker()
         # Registered after the warm-up: state created before track_external is not
-        # attributed to its category otherwise.
-        tracker.track_external(net, *([step.optimizer] if step.optimizer else []))
-        with tracker:
+        # attributed to its category otherwise. The batch (images, targets) lives on the
+        # GPU in a real run, so it counts ("other").
+        tracker.track_external(
+            net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
+        )
+        recorder = AllocationRecorder() if predict_reserved else contextlib.nullcontext()
+        with tracker, recorder:
+            if predict_reserved:
+                recorder.track(*live_tensors(net, step))
             step.run()
         snapshot = tracker.get_tracker_snapshot("peak")
+    events = tuple(recorder.events) if predict_reserved else ()
+    reserved = simulate(events) if predict_reserved else None
     (device_snapshot,) = snapshot.values()
     by_category = {name: 0 for name in CATEGORIES.values()}
     total = 0
@@ -160,7 +194,33 @@ def estimate_memory(
             total = int(nbytes)
         else:
             by_category[CATEGORIES[key.name]] = int(nbytes)
-    return MemoryEstimate(peak_bytes=total, by_category=by_category)
+    return MemoryEstimate(
+        peak_bytes=total, by_category=by_category, reserved=reserved, events=events
+    )
+
+
+def amp_policy(precision: str) -> contextlib.AbstractContextManager:
+    """CUDA's autocast casts for an amp precision on CPU tensors; nothing for fp32."""
+    return cuda_cast_policy() if precision != "fp32" else contextlib.nullcontext()
+
+
+def live_tensors(net: nn.Module, step) -> list[torch.Tensor]:
+    """What a GPU holds when a steady-state step starts, in the order a real run allocated
+    it: each module's parameters and buffers (construction order), the batch, then the
+    optimizer state (created in the first step, parameter by parameter)."""
+    tensors: list[torch.Tensor] = []
+    for module in net.modules():
+        tensors.extend(module.parameters(recurse=False))
+        tensors.extend(module.buffers(recurse=False))
+    tensors.extend(
+        t for t in tree_leaves((step.inputs, step.targets)) if isinstance(t, torch.Tensor)
+    )
+    if step.optimizer is not None:
+        for group in step.optimizer.param_groups:
+            for p in group["params"]:
+                state = step.optimizer.state.get(p, {})
+                tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+    return tensors
 
 
 class EstimateMethod(Method):
@@ -172,16 +232,17 @@ class EstimateMethod(Method):
         if cell.task in DENSE_TASKS:  # data-dependent detectors: real tensors, see the module
             from .estimate_dense import estimate_dense_memory
 
-            est = estimate_dense_memory(
-                lambda: build_model(cell),
-                task=cell.task,
-                batch_size=cell.batch_size,
-                resolution=cell.resolution,
-                warmup_resolution=get_info(cell.model).min_resolution,
-                scenario=cell.scenario,
-                precision=cell.precision,
-                optimizer=cell.optimizer,
-            )
+            with amp_policy(cell.precision):
+                est = estimate_dense_memory(
+                    lambda: build_model(cell),
+                    task=cell.task,
+                    batch_size=cell.batch_size,
+                    resolution=cell.resolution,
+                    warmup_resolution=get_info(cell.model).min_resolution,
+                    scenario=cell.scenario,
+                    precision=cell.precision,
+                    optimizer=cell.optimizer,
+                )
             return _measurement(est)
         est = estimate_memory(
             lambda: build_model(cell),
@@ -198,5 +259,7 @@ class EstimateMethod(Method):
 def _measurement(est: MemoryEstimate) -> Measurement:
     return Measurement(
         peak_bytes=est.peak_bytes,
+        peak_reserved_bytes=est.peak_reserved_bytes,
+        fragmentation_bytes=est.fragmentation_bytes,
         **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
     )
