@@ -25,6 +25,9 @@ from . import status
 from .cell import cell_label
 
 
+BAR_WIDTH = 20
+
+
 def clock(seconds: float) -> str:
     """Elapsed time as h:mm:ss (m:ss under an hour)."""
     s = int(seconds)
@@ -88,7 +91,7 @@ class CellProgress:
         if self.live and self.total:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(bar_width=20),
+                BarColumn(bar_width=BAR_WIDTH),
                 MofNCompleteColumn(),
                 _ElapsedColumn(),
                 _LeftColumn(),
@@ -121,7 +124,14 @@ class CellProgress:
     def start(self, cell) -> None:
         """`cell` (anything with .label()) is now being measured."""
         if self._bar is not None:
-            self._bar.update(self._task, cell=escape(cell.label()))
+            # The bar stays one line: the cell's label gets the width the counts leave.
+            n = len(str(self.total))
+            used = len(self.title) + BAR_WIDTH + 2 * n + 1 + len("0:00:00 ~999 min left") + 6
+            label = cell.label()
+            room = max(10, self.console.width - used)
+            if len(label) > room:
+                label = label[: room - 1] + "…"
+            self._bar.update(self._task, cell=escape(label))
 
     def done(self, record) -> None:
         """`record` (a Record) is stored: print its line, advance the counts."""
