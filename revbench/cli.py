@@ -119,29 +119,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         console=console,
     )
     if summary.records:
-        console.print(_summary_table(summary.records))
+        console.print(_summary_table(summary.records, console.width))
     store = summary.store
     df = load(store.results_path) if store.results_path.is_file() else None
     if df is not None and not df.empty:
         fit = per_sample_fit(df)
         if not fit.empty and summary.records:
-            console.print(_fit_table(fit))
+            console.print(_fit_table(fit, console.width))
         if args.csv:
             export_csv(df, args.csv)
-    console.print(f"results: {store.results_path}", highlight=False)
+    # soft_wrap: a path stays whole on one line, to be copied
+    console.print(f"results: {store.results_path}", highlight=False, soft_wrap=True)
     return 130 if summary.interrupted else 0
 
 
 EMPTY = "-"
+MIN_TEXT_WIDTH = 12  # the narrowest a wrapped label or description gets
 # Columns that say what a row is rather than what was measured: when every row has the
 # same value, it moves to the caption and the table keeps its width for the figures.
 FOLDABLE = ("mode", "res", "batch", "prec", "status")
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...]):
-    """A rich table narrow enough for an 80-column terminal: columns empty on every row
-    are left out (step times on estimator runs), and a column with one value on every
-    row is said once in the caption."""
+def _table(
+    title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...], width: int
+):
+    """A rich table no wider than `width` (an 80-column terminal included): columns empty
+    on every row are left out (step times on estimator runs), a column with one value on
+    every row is said once in the caption, and when the rest is still too wide, the
+    widest text column (a model label, a description) wraps; figures never do."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -157,30 +162,35 @@ def _table(title: str, columns: list[str], rows: list[list[str]], left: tuple[st
         caption.append(f"no {', '.join(empty)}: empty on every row")
     hidden = set(empty) | {c for c, _ in folded}
     keep = [k for k, c in enumerate(columns) if c not in hidden]
+    natural = {k: max([len(columns[k])] + [len(r[k]) for r in rows]) for k in keep}
+    gaps = 2 * (len(keep) - 1)  # the divider (a space) and one space of padding
+    over = sum(natural.values()) + gaps - width
+    text = [k for k in keep if columns[k] in left]
+    if over > 0 and text:
+        widest = max(text, key=lambda k: natural[k])
+        natural[widest] = max(MIN_TEXT_WIDTH, natural[widest] - over)
     table = Table(
         title=title,
         caption=escape("; ".join(caption)) or None,
         box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),
         pad_edge=False,
         show_edge=False,
     )
     for k in keep:
         name = columns[k]
-        # The first column names the row and figures are never cut: those keep their
-        # width while text columns wrap. A label that cannot fit folds onto a second line.
-        text = name in left
         table.add_column(
             name,
-            justify="left" if text else "right",
-            overflow="fold" if text else "ellipsis",
-            no_wrap=k == keep[0] or not text,
+            justify="left" if name in left else "right",
+            width=natural[k],
+            overflow="fold",  # a label too long for its column goes on, never loses its end
         )
     for r in rows:
         table.add_row(*(escape(r[k]) for k in keep))
     return table
 
 
-def _summary_table(records):
+def _summary_table(records, width: int):
     from .cell import model_label
 
     columns = [
@@ -192,9 +202,7 @@ def _summary_table(records):
         "status",
         "peak MB",
         "ms/step",
-        "samples/s",
-        "params M",
-        "GMACs",
+        "img/s",
     ]
     rows = [
         [
@@ -207,22 +215,28 @@ def _summary_table(records):
             _fmt(r.peak_bytes, 1e6, ".1f"),
             _fmt(r.step_time_ms_median, 1, ".1f"),
             _fmt(r.throughput_samples_per_s, 1, ".1f"),
-            _fmt(r.params, 1e6, ".2f"),
-            _fmt(r.macs, 1e9, ".2f"),
         ]
         for r in records
     ]
-    return _table("revbench results", columns, rows, left=("model", "mode", "status", "prec"))
+    left = ("model", "mode", "status", "prec")
+    return _table("revbench results", columns, rows, left, width)
 
 
-def _fmt(value, scale: float, spec: str) -> str:
-    return EMPTY if value is None else format(value / scale, spec)
+def _fmt(value, scale: float, spec: str, unit: str = "") -> str:
+    return EMPTY if value is None else format(value / scale, spec) + unit
 
 
-def _fit_table(fit):
+def _given(value):
+    """None for a missing figure (pandas gives NaN)."""
+    return None if value is None or value != value else value
+
+
+def _fit_table(fit, width: int):
     from .cell import model_label
 
+    # Parameters and MACs belong to the model, not the cell: said once per line here.
     columns = ["model", "mode", "res", "prec", "MB/sample", "fixed MB", "batches"]
+    columns += ["params", "GMACs"]
     rows = [
         [
             model_label(r["model"], r["variant"]),
@@ -232,11 +246,13 @@ def _fit_table(fit):
             f"{r['bytes_per_sample'] / 1e6:.1f}",
             f"{r['fixed_bytes'] / 1e6:.1f}",
             r["batch_sizes"],
+            _fmt(_given(r["params"]), 1e6, ".2f", "M"),
+            _fmt(_given(r["macs"]), 1e9, ".2f"),
         ]
         for _, r in fit.iterrows()
     ]
     title = "memory per sample (least-squares slope over batch size)"
-    return _table(title, columns, rows, left=("model", "mode", "prec", "batches"))
+    return _table(title, columns, rows, ("model", "mode", "prec", "batches"), width)
 
 
 # ------------------------------------------------------------------------------ list
@@ -244,7 +260,8 @@ def _fit_table(fit):
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.suites:
-        _console(stderr=False).print(_suites_table())
+        console = _console(stderr=False)
+        console.print(_suites_table(console.width))
         return 0
     from revbench.models import list_models
 
@@ -266,19 +283,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         ]
         for info in list_models(kind=args.kind, family=args.family)
     ]
-    table = _table("registered models", columns, rows, left=("name", "family", "modes"))
+    console = _console(stderr=False)
+    table = _table("registered models", columns, rows, ("name", "family", "modes"), console.width)
     table.caption = (
         "res: native resolution; modes: r reversible, v vanilla, c checkpoint; params "
         "(millions), GMACs, top-1: published (sources in revbench/data/published.csv)"
     )
-    _console(stderr=False).print(table)
+    console.print(table)
     return 0
 
 
 MODE_LETTERS = {"reversible": "r", "vanilla": "v", "checkpoint": "c"}
 
 
-def _suites_table():
+def _suites_table(width: int):
     """Every built-in suite: cells, the time a run takes on the estimator, what it is for.
 
     Read from the suite files and revbench/data/suites.csv alone (no model is imported:
@@ -290,7 +308,7 @@ def _suites_table():
     columns = ["suite", "cells", "time (estimator)", "description"]
     rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
     title = "built-in suites (revbench run --suite NAME)"
-    return _table(title, columns, rows, left=("suite", "description"))
+    return _table(title, columns, rows, ("suite", "description"), width)
 
 
 # ------------------------------------------------------------------------------ main
