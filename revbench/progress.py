@@ -24,7 +24,6 @@ from rich.text import Text
 from . import status
 from .cell import cell_label
 
-
 BAR_WIDTH = 20
 
 
