@@ -308,7 +308,12 @@ def _suites_table(width: int):
     columns = ["suite", "cells", "time (estimator)", "description"]
     rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
     title = "built-in suites (revbench run --suite NAME)"
-    return _table(title, columns, rows, ("suite", "description"), width)
+    table = _table(title, columns, rows, ("suite", "description"), width)
+    table.caption = (
+        "time: the wall time of a timed run on a shared 2-core machine where there is one, "
+        "else a per-cell cost model (revbench/catalog.py); a guide, not a promise"
+    )
+    return table
 
 
 # ------------------------------------------------------------------------------ main

@@ -358,6 +358,9 @@ def test_estimated_time_is_rounded_to_what_the_model_knows():
     assert hundred.startswith("~") and hundred.endswith((" min", " h"))
     low, high = estimate_time(SuiteCells(cells=4, dense_cells=4)).split(" ")[0].split("-")
     assert int(low) < int(high)
+    # a timed run's wall time wins over the model, rounded the same way
+    assert estimate_time(SuiteCells(cells=100, dense_cells=0, measured_minutes=47.0)) == "~45 min"
+    assert estimate_time(SuiteCells(cells=10, dense_cells=0, measured_minutes=1.4)) == "~1 min"
 
 
 # ------------------------------------------------------------ tables, progress, resume
