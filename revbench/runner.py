@@ -127,7 +127,7 @@ def run_suite(
             measured = store.measured_keys()
             if all(c.key in measured for c in cells):
                 done = f"nothing to resume: all {len(cells)} cell(s) are in {store.dir}"
-                console.print(escape(done), highlight=False)
+                console.print(escape(done), highlight=False, soft_wrap=True)
                 return RunSummary(store, [], len(cells))  # and no invocation recorded
         if note:
             console.print(note)
