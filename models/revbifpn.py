@@ -33,7 +33,9 @@ stride 4 * 2^k and C_k channels.
   none). Drop path in stage k is max_drop * k / (3 + E), except on branches that create
   a new scale.
 * Neck (one MBConv per scale to the head widths), gradient-checkpointed in reversible
-  mode: it stores only the stack's outputs, which the stack keeps anyway. Head (ordinary
+  mode: it stores only the stack's outputs, which the stack keeps anyway. The override
+  `recompute_neck=False` keeps its activations instead (the official code's
+  `disable_recomp=True`): same outputs and gradients, more memory per sample. Head (ordinary
   autograd): from the finest neck map, a stride-2 MBConv per level plus the next coarser
   map, a 1x1 conv to the fc width, mean pool, dropout, Linear.
 
@@ -519,6 +521,10 @@ class RevBiFPNConfig(ReversibleConfig):
     drop_rate: float = 0.25  # head dropout
     drop_path_rate: float = 0.0  # reached in the last stage
     features_only: bool | str = False  # True: neck maps; "stack": raw stack outputs
+    # False: autograd keeps the neck's activations instead of recomputing them in backward
+    # (the official code's disable_recomp=True), as the published memory figures may have
+    # been measured (../REFERENCE.md section 11). No effect in vanilla mode.
+    recompute_neck: bool = True
 
     @property
     def resolution_multiple(self) -> int:
@@ -567,6 +573,10 @@ class RevBiFPNConfig(ReversibleConfig):
             )
         check_rate(self.drop_rate, "drop_rate")
         check_rate(self.drop_path_rate, "drop_path_rate")
+        if not isinstance(self.recompute_neck, bool):
+            raise ValueError(
+                f"recompute_neck={self.recompute_neck!r} is invalid; valid: True, False"
+            )
         if not (isinstance(self.features_only, bool) or self.features_only == "stack"):
             raise ValueError(
                 f"features_only={self.features_only!r} is invalid; valid: False, True, 'stack'"
@@ -631,7 +641,8 @@ class RevBiFPN(ReversibleModel):
         feats = self.forward_stack(x)
         if self.features_only == "stack":
             return feats
-        return self.rev_stack.recomp_op(feats, checkpoint=self.mode != "vanilla")
+        recompute = self.mode != "vanilla" and self.cfg.recompute_neck
+        return self.rev_stack.recomp_op(feats, checkpoint=recompute)
 
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         feats = self.forward_features(x)  # 4 x (B, C_k, H_k, W_k)

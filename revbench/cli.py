@@ -1,26 +1,37 @@
-"""The `revbench` command line: run, list (plot and gate register here too).
+"""revbench: memory-profiling benchmark suite for reversible vision networks.
 
 Exit codes, for every command: 0 done; 1 only from `gate`, a regression; 2 bad input (one
 line naming the bad value, nothing written); 3 an internal error (a bug in revbench: the
 traceback is printed); 130 interrupted (`run`: every finished cell is saved).
 """
 
+# Imports stay light at module level: `revbench --help`, `--version` and `list --suites`
+# must answer at once, so torch, timm, pandas and matplotlib are imported by the command
+# that needs them, inside its function.
+
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import traceback
 
 from rich.console import Console
 
+from . import __version__
 from .errors import UsageError
 
+LOG_WIDTH = 160  # table width when the output is neither a terminal nor COLUMNS-sized
 
-def _console() -> Console:
-    """Status and tables go to stderr; wide enough for the tables when not on a terminal."""
-    c = Console(stderr=True)
-    return c if c.is_terminal else Console(stderr=True, width=160)
+
+def _console(stderr: bool = True) -> Console:
+    """A console at the terminal's width (or $COLUMNS). Written to a file or a pipe with
+    no COLUMNS set, wide enough that labels do not wrap in the log."""
+    console = Console(stderr=stderr)
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        return console
+    return Console(stderr=stderr, width=LOG_WIDTH)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,28 +118,82 @@ def cmd_run(args: argparse.Namespace) -> int:
         note=fallback_note,
         console=console,
     )
-    console.print(_summary_table(summary.records))
+    if summary.records:
+        console.print(_summary_table(summary.records, console.width))
     store = summary.store
     df = load(store.results_path) if store.results_path.is_file() else None
     if df is not None and not df.empty:
         fit = per_sample_fit(df)
-        if not fit.empty:
-            console.print(_fit_table(fit))
+        if not fit.empty and summary.records:
+            console.print(_fit_table(fit, console.width))
         if args.csv:
             export_csv(df, args.csv)
-    console.print(f"results: {store.results_path}")
+    # soft_wrap: a path stays whole on one line, to be copied
+    console.print(f"results: {store.results_path}", highlight=False, soft_wrap=True)
     return 130 if summary.interrupted else 0
 
 
-def _summary_table(records):
+EMPTY = "-"
+MIN_TEXT_WIDTH = 12  # the narrowest a wrapped label or description gets
+# Columns that say what a row is rather than what was measured: when every row has the
+# same value, it moves to the caption and the table keeps its width for the figures.
+FOLDABLE = ("mode", "res", "batch", "prec", "status")
+
+
+def _table(
+    title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...], width: int
+):
+    """A rich table no wider than `width` (an 80-column terminal included): columns empty
+    on every row are left out (step times on estimator runs), a column with one value on
+    every row is said once in the caption, and when the rest is still too wide, the
+    widest text column (a model label, a description) wraps; figures never do."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
+    empty = [c for k, c in enumerate(columns) if rows and all(r[k] == EMPTY for r in rows)]
+    folded = [
+        (c, rows[0][k])
+        for k, c in enumerate(columns)
+        if c in FOLDABLE and len(rows) > 1 and len({r[k] for r in rows}) == 1
+    ]
+    caption = [f"{c} {v}" for c, v in folded]
+    if empty:
+        caption.append(f"no {', '.join(empty)}: empty on every row")
+    hidden = set(empty) | {c for c, _ in folded}
+    keep = [k for k, c in enumerate(columns) if c not in hidden]
+    natural = {k: max([len(columns[k])] + [len(r[k]) for r in rows]) for k in keep}
+    gaps = 2 * (len(keep) - 1)  # the divider (a space) and one space of padding
+    over = sum(natural.values()) + gaps - width
+    text = [k for k in keep if columns[k] in left]
+    if over > 0 and text:
+        widest = max(text, key=lambda k: natural[k])
+        natural[widest] = max(MIN_TEXT_WIDTH, natural[widest] - over)
+    table = Table(
+        title=title,
+        caption=escape("; ".join(caption)) or None,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),
+        pad_edge=False,
+        show_edge=False,
+    )
+    for k in keep:
+        name = columns[k]
+        table.add_column(
+            name,
+            justify="left" if name in left else "right",
+            width=natural[k],
+            overflow="fold",  # a label too long for its column goes on, never loses its end
+        )
+    for r in rows:
+        table.add_row(*(escape(r[k]) for k in keep))
+    return table
+
+
+def _summary_table(records, width: int):
     from .cell import model_label
 
-    table = Table(title="revbench results", show_lines=False)
-    left = ("model", "mode", "status", "prec")
-    for col in (
+    columns = [
         "model",
         "mode",
         "res",
@@ -137,14 +202,11 @@ def _summary_table(records):
         "status",
         "peak MB",
         "ms/step",
-        "samples/s",
-        "params M",
-        "GMACs",
-    ):
-        table.add_column(col, justify="left" if col in left else "right")
-    for r in records:
-        table.add_row(
-            escape(model_label(r.model, r.variant)),
+        "img/s",
+    ]
+    rows = [
+        [
+            model_label(r.model, r.variant),
             r.mode,
             str(r.resolution),
             str(r.batch_size),
@@ -153,93 +215,143 @@ def _summary_table(records):
             _fmt(r.peak_bytes, 1e6, ".1f"),
             _fmt(r.step_time_ms_median, 1, ".1f"),
             _fmt(r.throughput_samples_per_s, 1, ".1f"),
-            _fmt(r.params, 1e6, ".2f"),
-            _fmt(r.macs, 1e9, ".2f"),
-        )
-    return table
+        ]
+        for r in records
+    ]
+    left = ("model", "mode", "status", "prec")
+    return _table("revbench results", columns, rows, left, width)
 
 
-def _fmt(value, scale: float, spec: str) -> str:
-    return "-" if value is None else format(value / scale, spec)
+def _fmt(value, scale: float, spec: str, unit: str = "") -> str:
+    return EMPTY if value is None else format(value / scale, spec) + unit
 
 
-def _fit_table(fit):
-    from rich.markup import escape
-    from rich.table import Table
+def _given(value):
+    """None for a missing figure (pandas gives NaN)."""
+    return None if value is None or value != value else value
 
+
+def _fit_table(fit, width: int):
     from .cell import model_label
 
-    table = Table(title="memory per sample (least-squares slope over batch size)")
-    for col in ("model", "mode", "res", "prec", "MB/sample", "fixed MB", "batches"):
-        table.add_column(col)
-    for _, r in fit.iterrows():
-        table.add_row(
-            escape(model_label(r["model"], r["variant"])),
+    # Parameters and MACs belong to the model, not the cell: said once per line here.
+    columns = ["model", "mode", "res", "prec", "MB/sample", "fixed MB", "batches"]
+    columns += ["params", "GMACs"]
+    rows = [
+        [
+            model_label(r["model"], r["variant"]),
             r["mode"],
             str(r["resolution"]),
             r["precision"],
             f"{r['bytes_per_sample'] / 1e6:.1f}",
             f"{r['fixed_bytes'] / 1e6:.1f}",
             r["batch_sizes"],
-        )
-    return table
+            _fmt(_given(r["params"]), 1e6, ".2f", "M"),
+            _fmt(_given(r["macs"]), 1e9, ".2f"),
+        ]
+        for _, r in fit.iterrows()
+    ]
+    title = "memory per sample (least-squares slope over batch size)"
+    return _table(title, columns, rows, ("model", "mode", "prec", "batches"), width)
 
 
 # ------------------------------------------------------------------------------ list
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
+    if args.suites:
+        console = _console(stderr=False)
+        console.print(_suites_table(console.width))
+        return 0
     from revbench.models import list_models
 
-    from .suite import builtin_suites
-
-    if args.suites:
-        for name in builtin_suites():
-            print(name)
-        return 0
     families = sorted({info.family for info in list_models()})
     if args.family is not None and args.family not in families:
         raise UsageError(f"family {args.family!r} is invalid; valid: {', '.join(families)}")
-    table = Table(title="registered models")
-    for col in (
-        "name",
-        "family",
-        "kind",
-        "size",
-        "native",
-        "modes",
-        "params (pub.)",
-        "GMACs (pub.)",
-        "top-1",
-        "source",
-    ):
-        table.add_column(col)
-    for info in list_models(kind=args.kind, family=args.family):
-        table.add_row(
+    # The published figures' sources are long citations: published.csv has them, and
+    # leaving them out keeps the table inside an 80-column terminal.
+    columns = ["name", "family", "res", "modes", "params", "GMACs", "top-1"]
+    rows = [
+        [
             info.name,
             info.family,
-            info.kind,
-            info.size,
             str(info.native_resolution),
-            ",".join(info.modes),
-            f"{info.published_params:,}" if info.published_params else "-",
-            f"{info.published_macs / 1e9:.2f}" if info.published_macs else "-",
-            f"{info.published_top1:.1f}" if info.published_top1 else "-",
-            info.source,
-        )
-    Console(width=200).print(table)
+            ",".join(MODE_LETTERS.get(m, m) for m in info.modes),
+            _fmt(info.published_params, 1e6, ".2f"),
+            _fmt(info.published_macs, 1e9, ".2f"),
+            _fmt(info.published_top1, 1, ".1f"),
+        ]
+        for info in list_models(kind=args.kind, family=args.family)
+    ]
+    console = _console(stderr=False)
+    table = _table("registered models", columns, rows, ("name", "family", "modes"), console.width)
+    table.caption = (
+        "res: native resolution; modes: r reversible, v vanilla, c checkpoint; params "
+        "(millions), GMACs, top-1: published (sources in revbench/data/published.csv)"
+    )
+    console.print(table)
     return 0
+
+
+MODE_LETTERS = {"reversible": "r", "vanilla": "v", "checkpoint": "c"}
+
+
+def _suites_table(width: int):
+    """Every built-in suite: cells, the time a run takes on the estimator, what it is for.
+
+    Read from the suite files and revbench/data/suites.csv alone (no model is imported:
+    counting cells needs the registry, which imports torch); tests/test_cli.py checks the
+    counts against the suites' expansion.
+    """
+    from .catalog import builtin_suite_entries
+
+    columns = ["suite", "cells", "time (estimator)", "description"]
+    rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
+    title = "built-in suites (revbench run --suite NAME)"
+    table = _table(title, columns, rows, ("suite", "description"), width)
+    table.caption = (
+        "time: the wall time of a timed run on a shared 2-core machine where there is one, "
+        "else a per-cell cost model (revbench/catalog.py); a guide, not a promise"
+    )
+    return table
 
 
 # ------------------------------------------------------------------------------ main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="revbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+# Commands defined in their own modules, which import pandas, torch or matplotlib. Only
+# the invoked command's module is imported (`revbench --help` must stay instant); the
+# others are listed with this help line, which tests/test_cli.py keeps equal to theirs.
+MODULE_COMMANDS = {
+    "plot": ("revbench.plot", "figures and a Markdown report from results"),
+    "gate": ("revbench.gate", "compare results against a baseline; exit 1 on a regression"),
+    "max-batch": ("revbench.maxbatch", "the largest training batch that fits a memory budget"),
+}
 
+
+def build_parser(load: str | None = "all") -> argparse.ArgumentParser:
+    """The full parser. `load` names the one module-defined command to import and define
+    in full ("all": every one, None: none); the rest are listed by name and help only."""
+    parser = _Parser(
+        prog="revbench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"revbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_list(sub)
+    for name, (module, help_line) in MODULE_COMMANDS.items():
+        if load in ("all", name):
+            import importlib
+
+            importlib.import_module(module).register_cli(sub)
+        else:
+            sub.add_parser(name, help=help_line, add_help=False)
+    return parser
+
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="measure a suite's cells")
     run.add_argument("--suite", required=True, help="built-in suite name or path to a .toml file")
     run.add_argument(
@@ -299,35 +411,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
+
+def _add_list(sub) -> None:
     lst = sub.add_parser("list", help="list registered models (or suites)")
     lst.add_argument("--kind", choices=("reversible", "baseline"))
     lst.add_argument("--family", help="one family, e.g. RevViT")
     lst.add_argument("--suites", action="store_true", help="list built-in suites instead")
     lst.set_defaults(func=cmd_list)
 
-    for register in _extra_commands():
-        register(sub)
-    return parser
 
-
-def _extra_commands():
-    # Commands that live in their own modules (plot, gate) register themselves here.
-    import importlib
-
-    for name in ("revbench.plot", "revbench.gate", "revbench.maxbatch"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        yield module.register_cli
+def _command_in(argv: list[str]) -> str | None:
+    # The top-level options take no value: the first other word is the command.
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args = build_parser().parse_args(argv)
+        if not argv:  # bare `revbench`: what it is and the commands
+            build_parser(load=None).print_help()
+            return 0
+        args = build_parser(load=_command_in(argv)).parse_args(argv)
         args.argv = argv
         return args.func(args)
     except UsageError as e:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import status
 from .cell import KEY_FIELDS, Cell, bytes_label
@@ -28,6 +27,7 @@ from .launcher import Outcome, run_inline, run_isolated
 from .measurement import Counts
 from .methods import get_method
 from .outputs import check_output_dir
+from .progress import CellProgress
 from .results import Record, RunStore
 from .suite import Suite, expand
 
@@ -124,6 +124,11 @@ def run_suite(
             repaired = store.repair()
             if repaired:
                 console.print(escape(repaired), highlight=False)
+            measured = store.measured_keys()
+            if all(c.key in measured for c in cells):
+                done = f"nothing to resume: all {len(cells)} cell(s) are in {store.dir}"
+                console.print(escape(done), highlight=False, soft_wrap=True)
+                return RunSummary(store, [], len(cells))  # and no invocation recorded
         if note:
             console.print(note)
         store.write_manifest(
@@ -177,20 +182,10 @@ def run_cells(
     records: list[Record] = []
     launch = run_isolated if isolate else run_inline
     interrupted = False
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[cell]}"),
-        console=console,
-        transient=False,
-    )
-    with progress:
-        task = progress.add_task(store.dir.parent.name, total=len(todo), cell="")
+    with CellProgress(console, total=len(todo), title=store.dir.parent.name) as progress:
         try:
             for cell in todo:
-                progress.update(task, cell=escape(cell.label()))
+                progress.start(cell)
                 snapshot = None
                 if memory_snapshot and get_method(cell.method).records_snapshots:
                     snapshot = store.dir / f"snapshot-{stored + len(records):04d}.pickle"
@@ -209,13 +204,7 @@ def run_cells(
                 )
                 store.append(record)
                 records.append(record)
-                style = status.STYLE.get(record.status, "red")
-                # Labels and messages carry brackets ("[depth=4]"): not rich markup.
-                note = f" ({record.message})" if record.message else ""
-                progress.console.print(
-                    f"[{style}]{record.status:>7}[/] " + escape(cell.label() + note)
-                )
-                progress.advance(task)
+                progress.done(record)
         except KeyboardInterrupt:
             interrupted = True
     if interrupted:

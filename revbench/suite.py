@@ -16,7 +16,6 @@ import itertools
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import tomllib
@@ -29,6 +28,7 @@ from revbench.models import (
     list_models,
 )
 
+from .catalog import builtin_suites
 from .cell import Cell, model_label, variant_label
 from .errors import UsageError
 from .methods import method_names
@@ -98,15 +98,6 @@ class Suite:
     description: str
     defaults: dict  # [defaults] resolved against the built-in defaults
     groups: list[dict]  # each group fully resolved against the defaults
-
-
-def builtin_suites() -> dict[str, Path]:
-    root = resources.files("revbench.suites")
-    return {
-        Path(str(p)).stem: Path(str(p))
-        for p in sorted(root.iterdir(), key=lambda p: p.name)
-        if p.name.endswith(".toml")
-    }
 
 
 def load_suite(name_or_path: str) -> Suite:

@@ -1,16 +1,26 @@
-"""The `revbench` command line end to end: run, list, bad input, OOM rows, --resume."""
+"""The `revbench` command line end to end: run, list, bad input, OOM rows, --resume; startup
+cost, help, tables at 80 columns, progress."""
 
 from __future__ import annotations
 
+import io
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from rich.console import Console
 
+import revbench
 from revbench import launcher, runner
+from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_cells
+from revbench.cli import MODULE_COMMANDS, build_parser
 from revbench.launcher import Outcome
+from revbench.methods.estimate import DENSE_TASKS
 from revbench.results import load
+from revbench.suite import expand, load_suite
 
 TINY_SUITE = """
 description = "tiny"
@@ -262,3 +272,174 @@ def test_csv_export_from_the_cli(run_cli, tmp_path, tiny_suite):
         "--no-thop",
     )
     assert code == 0 and csv.read_text().startswith("model,")
+
+
+# ------------------------------------------------------------------ startup, help, list
+
+HEAVY = ("torch", "timm", "pandas", "matplotlib")
+
+
+def _imports_of(argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run `revbench *argv` in a fresh interpreter: exit code, stdout, and which heavy
+    modules it imported."""
+    probe = (
+        "import sys\n"
+        "from revbench.cli import main\n"
+        "try:\n"
+        f"    code = main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('EXIT', code, 'HEAVY', ','.join(heavy), file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    last = proc.stderr.strip().splitlines()[-1].split()
+    assert last[0] == "EXIT", proc.stderr
+    heavy = last[3].split(",") if len(last) > 3 else []
+    return int(last[1]), proc.stdout, heavy
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["--version"], ["list", "--suites"]])
+def test_help_version_and_suites_import_no_torch(argv):
+    code, _, heavy = _imports_of(argv)
+    assert code == 0
+    assert heavy == []
+
+
+def test_bare_revbench_prints_usage_and_the_commands():
+    code, out, _ = _imports_of([])
+    assert code == 0 and out.startswith("usage: revbench")
+    for command, _help in _command_help(build_parser(load="all")).items():
+        assert command in out
+
+
+def test_version_is_the_package_version():
+    code, out, _ = _imports_of(["--version"])
+    assert code == 0 and out.strip() == f"revbench {revbench.__version__}"
+
+
+def _command_help(parser) -> dict[str, str]:
+    (subparsers,) = (a for a in parser._actions if a.dest == "command")
+    return {a.dest: a.help for a in subparsers._choices_actions}
+
+
+def test_commands_listed_without_import_have_their_own_help_line():
+    # `revbench --help` lists plot, gate and max-batch without importing them: the help
+    # line it shows is the one each module registers.
+    for name, (_module, help_line) in MODULE_COMMANDS.items():
+        assert _command_help(build_parser(load=name))[name] == help_line
+
+
+def test_suite_cell_counts_match_the_suites():
+    counts = suite_cells()
+    assert set(counts) == set(builtin_suites())
+    for name in builtin_suites():
+        cells = expand(load_suite(name), method="estimate")
+        dense = sum(c.task in DENSE_TASKS for c in cells)
+        assert (counts[name].cells, counts[name].dense_cells) == (len(cells), dense), name
+
+
+def test_list_suites_shows_description_cells_and_time(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli("list", "--suites")
+    assert code == 0
+    (row,) = (line for line in out.splitlines() if line.startswith("imagenet-train-mem "))
+    assert " 100 " in row and "min" in row and "ImageNet training memory" in row
+
+
+def test_estimated_time_is_rounded_to_what_the_model_knows():
+    assert estimate_time(SuiteCells(cells=1, dense_cells=0)) == "<1 min"
+    hundred = estimate_time(SuiteCells(cells=100, dense_cells=0))
+    assert hundred.startswith("~") and hundred.endswith((" min", " h"))
+    low, high = estimate_time(SuiteCells(cells=4, dense_cells=4)).split(" ")[0].split("-")
+    assert int(low) < int(high)
+    # a timed run's wall time wins over the model, rounded the same way
+    assert estimate_time(SuiteCells(cells=100, dense_cells=0, measured_minutes=47.0)) == "~45 min"
+    assert estimate_time(SuiteCells(cells=10, dense_cells=0, measured_minutes=1.4)) == "~1 min"
+
+
+# ------------------------------------------------------------ tables, progress, resume
+
+
+def test_tables_fit_an_80_column_terminal(run_cli, tmp_path, tiny_suite, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code, _, err = run_cli(
+        "run", "--suite", tiny_suite, "--device", "estimate", "--out", str(tmp_path), "--no-thop"
+    )
+    assert code == 0, err
+    table = err[err.index("revbench results") : err.index("results: ")]
+    assert max(len(line) for line in table.splitlines()) <= 80
+    # The estimator times no step: those columns are left out, and the caption says so.
+    assert "ms/step" not in table.splitlines()[1]
+    assert "no ms/step, img/s: empty on every row" in " ".join(table.split())
+    assert "test_tiny_cnn" in table and "…" not in table  # no label cut short
+    code, out, _ = run_cli("list")
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 80
+    assert "tf_efficientnet_b7" in out and "…" not in out
+    code, out, _ = run_cli("list", "--suites")
+    assert code == 0 and max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_progress_off_a_terminal_is_one_line_per_cell(run_cli, tmp_path, tiny_suite):
+    code, _, err = run_cli(
+        "run", "--suite", tiny_suite, "--device", "cpu", "--out", str(tmp_path), "--no-thop"
+    )
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if re.match(r"\[\d/4 ", line)]
+    assert [line[:5] for line in lines] == ["[1/4 ", "[2/4 ", "[3/4 ", "[4/4 "]
+    assert all(" left] " in line and "(cpu)" in line for line in lines)
+    assert "oom test_oom_probe" in lines[1]  # each cell's status on its line
+    assert "4/4 cell(s) in " in err
+    assert "\r" not in err and "\x1b" not in err  # nothing redrawn, no colour codes
+
+
+def test_progress_on_a_terminal_draws_a_bar_and_keeps_the_cell_lines():
+    from revbench.cell import Cell
+    from revbench.progress import CellProgress
+    from revbench.results import Record
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=80)
+    cell = Cell(
+        model="test_tiny_cnn", family="Test", kind="baseline", size="T", task="classify",
+        resolution=32, batch_size=1, method="cpu",
+    )  # fmt: skip
+    with CellProgress(console, total=2, title="tiny") as progress:
+        assert progress.live
+        for _ in range(2):
+            progress.start(cell)
+            progress.done(Record.for_cell(cell, status="ok"))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())
+    assert text.count("ok test_tiny_cnn vanilla 32px b1 fp32 train (cpu)") == 2
+    assert "2/2 cell(s) in " in text
+
+
+def test_time_left_is_the_mean_pace_rounded():
+    from revbench.progress import clock, time_left
+
+    assert time_left(0.0, 0, 10) == "?"
+    assert time_left(30.0, 1, 2) == "<1 min"
+    assert time_left(120.0, 1, 3) == "~4 min"
+    assert time_left(3600.0, 1, 4) == "~3.0 h"
+    assert time_left(5.0, 4, 4) == "0s"
+    assert clock(59) == "0:59" and clock(3723) == "1:02:03"
+
+
+def test_resume_with_nothing_left_says_so_and_records_nothing(run_cli, tmp_path, tiny_suite):
+    args = ("run", "--suite", tiny_suite, "--device", "cpu", "--out", str(tmp_path), "--no-thop")
+    assert run_cli(*args)[0] == 0
+    (run_dir,) = _runs(tmp_path)
+    manifest = (run_dir / "manifest.json").read_text()
+    results = (run_dir / "results.jsonl").read_text()
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert f"nothing to resume: all 4 cell(s) are in {run_dir}" in err
+    assert "revbench results" not in err  # no table of nothing
+    assert (run_dir / "manifest.json").read_text() == manifest  # no new invocation
+    assert (run_dir / "results.jsonl").read_text() == results
+    assert _runs(tmp_path) == [run_dir]

@@ -207,7 +207,7 @@ def test_a_whole_last_record_without_its_newline_is_kept(run_cli, measured_run):
     code, _, err = run_cli(*argv, "--resume", str(run_dir))
     assert code == 0, err
     assert "completed its last record's line" in err
-    assert "2 cell(s) already measured, 0 to go" in err
+    assert "nothing to resume: all 2 cell(s) are in" in err
     assert len(read_records(results)) == 2
 
 
@@ -290,7 +290,7 @@ def test_a_second_writer_is_refused_and_names_the_holder(run_cli, measured_run):
     assert snapshot(run_dir) == before
     # The manifest still names that pid, but the lock went with its holder: not stale.
     code, _, err = run_cli(*argv, "--resume", str(run_dir))
-    assert code == 0 and "2 cell(s) already measured, 0 to go" in err
+    assert code == 0 and "nothing to resume: all 2 cell(s) are in" in err
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):

@@ -378,3 +378,53 @@ def test_pretrained_true_downloads_published_url(tmp_path, monkeypatch):
     assert urls == [
         "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/revbifpn_s0.pth.tar"
     ]
+
+
+# ------------------------------------------------------------------- recompute_neck
+
+WIDTHS = {k: v for k, v in NARROW.items() if k != "img_size"}
+
+
+@pytest.mark.parametrize("mode", ["reversible", "checkpoint"])
+def test_neck_kept_or_recomputed_gives_the_same_step(mode):
+    # recompute_neck=False only changes what autograd keeps: the same weights give the same
+    # loss, input gradient, parameter gradients and BatchNorm statistics, bit for bit.
+    recomputed = _s0(drop_path_rate=0.2, **WIDTHS)
+    kept = _s0(drop_path_rate=0.2, recompute_neck=False, **WIDTHS)
+    kept.load_state_dict(recomputed.state_dict())
+    x = torch.randn(2, 3, RES, RES)
+    ref, dx_ref, loss_ref = _step(recomputed, mode, x)
+    got, dx, loss = _step(kept, mode, x)
+    assert torch.equal(loss, loss_ref)
+    assert torch.equal(dx, dx_ref)
+    refs = dict(ref.named_parameters())
+    for name, p in got.named_parameters():
+        assert torch.equal(p.grad, refs[name].grad), name
+    for (name, a), b in zip(got.named_buffers(), ref.buffers()):
+        assert torch.equal(a, b), name
+
+
+def test_neck_kept_costs_more_memory():
+    from revbench.methods.estimate import estimate_memory
+
+    # A shallow stack under a wide neck, so the step's peak falls where the neck's
+    # activations are alive (at S0's own widths and 64 px the optimizer step is the peak).
+    shape = dict(
+        channels=(16, 16, 16, 32),
+        head_channels=(64,) * 4,
+        fc_features=32,
+        blocks_per_stage=1,
+        num_ext_layers=0,
+    )
+
+    def activations(**overrides) -> int:
+        return estimate_memory(
+            "revbifpn_s0", batch_size=4, resolution=RES, **shape, **overrides
+        ).activation_bytes
+
+    assert activations(recompute_neck=False) > activations()
+
+
+def test_recompute_neck_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"recompute_neck='no' is invalid; valid: True, False"):
+        create("revbifpn_s0", recompute_neck="no")
