@@ -243,16 +243,17 @@ def _draw_macs_series(ax, points: pd.DataFrame, scale: float, label_main: bool) 
         ].sort_values("x")
         colour = family_colour(family)
         style = _series_style(kind, mode, variant)
+        twin = style["fillstyle"] == "bottom"
         curve = len(g) >= MIN_CURVE_POINTS
         ax.plot(
             g["x"] / 1e9,
             g["bytes_per_sample"] / scale,
             color=colour,
             marker=family_marker(family),
-            markersize=6,
+            markersize=7 if twin else 6,
             linewidth=1.6,
             markerfacecoloralt="white",
-            zorder=2.5 if style["fillstyle"] == "bottom" else 2.0,  # a twin stays visible
+            zorder=3.0 if twin else 2.0,  # a twin on its baseline stays visible
             label=_series_label(family, kind, mode, variant, len(g)),
             **{**style, "linestyle": style["linestyle"] if curve else "none"},
         )
@@ -286,7 +287,8 @@ def _draw_published(ax, pub: pd.DataFrame, scale: float, label: bool) -> list[La
     return labels
 
 
-def _published_handle() -> Line2D:
+def _published_handle(labelled: bool) -> Line2D:
+    text = "published, at its paper's MACs" + (" (italic; ~ read off a plot)" if labelled else "")
     return Line2D(
         [],
         [],
@@ -295,7 +297,7 @@ def _published_handle() -> Line2D:
         linestyle="none",
         markerfacecolor="white",
         markeredgewidth=1.4,
-        label="published, at its paper's MACs (italic; ~ read off a plot)",
+        label=text,
     )
 
 
@@ -335,7 +337,7 @@ def headline(
     method = method_word(str(points["method"].iloc[0]))
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(
-        handles=[*handles, _published_handle()],
+        handles=[*handles, _published_handle(labelled=True)],
         loc="upper left",
         frameon=True,
         framealpha=0.9,
@@ -383,7 +385,7 @@ def macs_panels(
         ax.set_ylabel(per_sample_label(kind, "MB"))
         handles, _ = ax.get_legend_handles_labels()
         if not pub.empty:
-            handles.append(_published_handle())
+            handles.append(_published_handle(labelled=False))
         ax.legend(
             handles=handles,
             loc="upper left",
@@ -410,7 +412,7 @@ def _defer_labels(fig: Figure, ax, labels: list[Label]) -> None:
 def finish(fig: Figure, title: str) -> Figure:
     """Title the figure, settle its layout, then place its point labels so none overlap
     (`revbench.labels`): every figure goes through here before it is saved."""
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=11)
     pending = getattr(fig, "pending_labels", [])
     if pending:
         freeze_layout(fig)

@@ -160,12 +160,12 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
     specs = [
         (
             "headline",
-            "RevBiFPN vs EfficientNet: memory per sample vs MACs (the RevBiFPN paper's figure)",
+            "RevBiFPN vs EfficientNet, the RevBiFPN paper's figure",
             lambda: F.headline(fit, pub, native, kind),
         ),
         (
             "mem_vs_macs",
-            "Memory per sample vs MACs, each reversible family beside its twin and baselines",
+            "Memory per sample vs MACs by reversible family",
             lambda: F.macs_panels(fit, pub, native, kind),
         ),
         ("mem_vs_batch", "Peak memory vs batch size", lambda: F.memory_vs_batch(rows, fit, kind)),
@@ -288,7 +288,7 @@ def render_suite(
                 item.skipped = str(e)
                 rendered.append(item)
                 continue
-            F.finish(fig, f"{title} ({suite_dir}: {facet})")
+            F.finish(fig, f"{title}\n{suite_dir}: {facet}")
             (out / suite_dir).mkdir(parents=True, exist_ok=True)
             for fmt in formats:
                 rel = f"{suite_dir}/{name}.{fmt}"

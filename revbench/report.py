@@ -379,7 +379,7 @@ def max_batch_rows(rows: pd.DataFrame) -> Table | None:
             r["mode"],
             r["resolution"],
             r["precision"],
-            r["method"],
+            method_word(r["method"]),
             bytes_label(int(r["budget_bytes"])) + margin,
             f"{int(r['max_batch'])}" + ("+" if failed == "-" else ""),
             _num(r["max_batch_peak_bytes"], 1e9, ".2f"),

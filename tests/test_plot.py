@@ -7,6 +7,7 @@ ratio in the report, is known in advance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,6 +33,11 @@ PER_SAMPLE = {  # bytes per sample of each synthetic configuration
     ("revvit_small", "reversible"): 9e6,
     ("revvit_small", "vanilla"): 50e6,
 }
+NECK_KEPT, NECK_OVERRIDE, NECK_KEPT_PER_SAMPLE = (
+    "recompute_neck=False",
+    {"recompute_neck": False},
+    100e6,
+)
 
 
 def _cell(model: str, resolution: int, batch: int, **fields) -> Cell:
@@ -98,6 +104,12 @@ def _imagenet_records() -> list[Record]:
                 step_time_ms_median=10.0,
             )
         )
+    # The RevBiFPN neck kept instead of recomputed (C2's recompute_neck override): a variant
+    # the figures and the published comparison show beside the model as released.
+    for b in (4, 8):
+        cell = _cell("revbifpn_s4", 320, b, mode="reversible", suite=suite)
+        record = _record(cell, NECK_KEPT_PER_SAMPLE)
+        records.append(dataclasses.replace(record, variant=NECK_KEPT, overrides=NECK_OVERRIDE))
     oom = _cell("tf_efficientnet_b5", 456, 64, suite=suite)
     records.append(Record.for_cell(oom, status="oom", message="CUDA out of memory"))
     return records
@@ -192,6 +204,8 @@ def test_memory_table_ratio_is_measured_over_published(rendered):
     checked = 0
     for _, row in table.iterrows():
         per_sample = PER_SAMPLE.get((row["model"], row["mode"]))
+        if row["variant"] == NECK_KEPT:
+            per_sample = NECK_KEPT_PER_SAMPLE
         if row["method"] == "measured on cuda":  # never "measured" for an estimate
             per_sample *= 1.05
         else:
@@ -211,7 +225,14 @@ def test_memory_table_ratio_is_measured_over_published(rendered):
             checked += 1
         else:
             assert row["ours / published"] == "-" and row["note"] == ""
-    assert checked == 4  # revbifpn_s4 reversible, b5, ViT-S estimate and cuda
+    # revbifpn_s4 reversible as released and with its neck kept, b5, ViT-S estimate and cuda
+    assert checked == 5
+    # The gap of the model as released is explained beside it, with the variant's ratio.
+    pub_s4 = published["revbifpn_s4"]
+    footnote = next(ln for ln in report.splitlines() if ln.startswith("[RevBiFPN]"))
+    assert f"ours is {PER_SAMPLE[('revbifpn_s4', 'reversible')] / pub_s4:.2f}" in footnote
+    assert "official RevBiFPN code" in footnote
+    assert f"{NECK_KEPT}): {NECK_KEPT_PER_SAMPLE / pub_s4:.2f} of published" in footnote
 
 
 def test_counts_and_pairs_tables(rendered):
@@ -276,6 +297,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "no memory figures": [str(tmp / "cpu.jsonl")],
         "unknown format": [str(run), "--format", "png,gif"],
         "empty format": [str(run), "--format", ","],
+        "unknown memory kind": [str(run), "--memory", "virtual"],
     }
 
 
@@ -290,6 +312,7 @@ BAD_CASES = [
     "no memory figures",
     "unknown format",
     "empty format",
+    "unknown memory kind",
 ]
 
 
@@ -489,3 +512,71 @@ def test_unknown_family_gets_a_stable_palette_colour():
     assert family_colour("SomeNewNet") == family_colour("SomeNewNet")
     assert family_colour("SomeNewNet") in TOL_MUTED
     assert len(set(FAMILY_COLOURS.values())) == len(FAMILY_COLOURS)
+
+
+def test_headline_table_sets_each_claim_beside_ours(tmp_path):
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.report import headline_table
+    from revbench.results import load
+
+    per_sample = {
+        ("revbifpn_s6", "reversible", ""): 0.115e9,
+        ("revbifpn_s6", "reversible", NECK_KEPT): 0.235e9,
+        ("tf_efficientnet_b7", "vanilla", ""): 3.9e9,
+        ("revvit_large", "reversible", ""): 17e6,
+        ("vit_large_patch16_224", "vanilla", ""): 314e6,
+    }
+    records = []
+    for (model, mode, variant), value in per_sample.items():
+        for b in (2, 4, 8):
+            record = _record(_cell(model, get_info(model).native_resolution, b, mode=mode), value)
+            if variant:
+                record = dataclasses.replace(record, variant=variant, overrides=NECK_OVERRIDE)
+            records.append(record)
+    run = _write_run(tmp_path, "imagenet-train-mem", records)
+    df = load(run)
+    df["variant"] = df["variant"].fillna("")
+    published = memory_points(load_published())
+    table = headline_table(df, published, MEMORY_KINDS["allocated"])
+    rows = {r[0].split(",")[0]: dict(zip(table.headers, r)) for r in table.rows}
+    revbifpn = rows["RevBiFPN-S6 vs EfficientNet-B7"]
+    ours = 3.9e9 / 0.115e9
+    assert revbifpn["published"].startswith("19.8x (5.05 vs 0.25 GB")
+    assert revbifpn["ours"].startswith(f"{ours:.1f}x (3.9 vs 0.115 GB")
+    assert revbifpn["method"].startswith("estimated (allocated memory")
+    assert revbifpn["ours / published"] == f"{ours / 19.8:.2f}"
+    known = revbifpn["what is known"]
+    assert known.startswith("differs by more than 25%")
+    assert f"our RevBiFPN-S6 is {0.115e9 / 0.25e9:.2f} of its published figure" in known
+    assert "official RevBiFPN code" in known and "EfficientNet:" not in known  # B7 is within
+    assert f"takes 0.235 GB per sample, {0.235 / 0.25:.2f} of published" in known
+    assert f"the ratio is {3.9 / 0.235:.1f}x" in known
+    revvit = rows["RevViT-L vs ViT-L"]
+    assert revvit["ours / published"] == f"{314 / 17 / 15.5:.2f}" and revvit["what is known"] == "-"
+    detection = rows["Faster R-CNN"]
+    assert detection["ours"] == "-" and "revbench run --suite coco-det-mem" in detection["method"]
+
+
+def test_memory_kind_selects_the_column_and_a_kind_without_data_is_skipped(tmp_path, run_cli):
+    # Reserved memory: the allocated peak plus 64 MB of cache per sample.
+    records = []
+    for b in (1, 2, 4):
+        record = _record(_cell("test_tiny_cnn", 32, b, suite="smoke"), 1e6)
+        records.append(
+            dataclasses.replace(record, peak_reserved_bytes=record.peak_bytes + b * 64e6)
+        )
+    run = _write_run(tmp_path / "res", "smoke", records)
+    code, out, err = run_cli("plot", str(run), "--out", str(tmp_path / "r"), "--memory", "reserved")
+    assert code == 0, err
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Memory kind: **reserved**" in report
+    table = _table(report, "### Memory per sample vs published")
+    assert float(table["reserved MB/sample"].iloc[0]) == pytest.approx(65.0)
+    assert "smoke/mem_vs_batch.png" in out.split("figures skipped")[0]
+    code, out, err = run_cli("plot", str(run), "--out", str(tmp_path / "p"), "--memory", "process")
+    assert code == 0, err
+    skipped = out.split("figures skipped")[1]
+    reason = "no process memory: no estimate record has process_peak_bytes"
+    assert f"smoke/mem_vs_batch (train, fp32, estimate): {reason}" in skipped
+    assert "smoke/mem_by_category" not in skipped  # the breakdown is allocated memory
+    assert not (tmp_path / "p" / "smoke" / "mem_vs_batch.png").exists()
