@@ -667,18 +667,19 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         ax.set_ylim(-0.6, len(fam) - 0.4)
         ax.grid(axis="y", visible=False)
         ax.set_title(family, loc="left", fontsize=10)
-    axes[-1].set_xlabel(
+    xlabel = (
         f"allocated memory at the peak, batch {batch} (GB = 10⁹ bytes; each panel its own scale)"
     )
+    if not absent.empty:  # say who is left out rather than mixing batch sizes
+        names = ", ".join(sorted({_label(r) for _, r in absent.iterrows()}, key=natural_key))
+        xlabel += f"\nnot measured at batch {batch}: {names}"
+    axes[-1].set_xlabel(xlabel)
     fig.legend(
         handles=list(drawn.values()),
         loc="outside lower center",
         ncols=min(4, len(drawn)),
         frameon=False,
     )
-    if not absent.empty:  # say who is left out rather than mixing batch sizes
-        names = ", ".join(sorted({_label(r) for _, r in absent.iterrows()}, key=natural_key))
-        fig.supxlabel(f"not measured at batch {batch}: {names}", fontsize=8, wrap=True)
     return fig
 
 
