@@ -434,14 +434,21 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
     rows = rows[rows["peak_bytes"].notna()]
     if rows["batch_size"].nunique() < 2:
         raise NoData("every cell has the same batch size")
-    families = sorted(rows["family"].unique())
-    ncols = min(2, len(families))
-    nrows = math.ceil(len(families) / ncols)
-    fig = new_figure(6.2 * ncols, 3.6 * nrows)
+    # A reversible family's modes get a panel each: its vanilla twin can take 100x the
+    # memory of the reversible model, which on one linear axis would flatten the latter.
+    panels = []
+    for family in sorted(rows["family"].unique()):
+        fam = rows[rows["family"] == family]
+        modes = sorted(fam["mode"].unique(), key=lambda m: (m != "reversible", m))
+        split = fam["kind"].iloc[0] == "reversible" and len(modes) > 1
+        panels += [(f"{family}, {m}", fam[fam["mode"] == m]) for m in modes] if split else []
+        panels += [] if split else [(family, fam)]
+    ncols = min(3 if len(panels) > 6 else 2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = new_figure(5.6 * ncols, 3.4 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     fits = {tuple(r[k] for k in FIT_GROUP): r for _, r in fit.iterrows()}
-    for ax, family in zip(axes, families):
-        fam = rows[rows["family"] == family]
+    for ax, (title, fam) in zip(axes, panels):
         show_mode = fam["mode"].nunique() > 1
         show_res = fam.groupby("model")["resolution"].nunique().max() > 1
         order = model_order(fam["model"].unique())
@@ -476,13 +483,13 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
                     linewidth=1.2,
                     linestyle=_linestyle(first["mode"], show_mode),
                 )
-        ax.set_title(family, loc="left")
+        ax.set_title(title, loc="left")
         ax.set_xlabel("batch size (samples)")
         ax.set_ylabel(f"{kind.name} peak memory (GB = 10⁹ bytes)")
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         _legend_outside(ax, fontsize=8)
-    for ax in axes[len(families) :]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     method = method_word(str(rows["method"].iloc[0]))
     fig.supxlabel(
