@@ -428,6 +428,20 @@ def finish(fig: Figure, title: str) -> Figure:
 # ------------------------------------------------------------- memory vs batch size
 
 
+def _mode_panels(rows: pd.DataFrame, families: list[str]) -> list[tuple[str, pd.Index]]:
+    """(title, row index) per panel: one per family, and one per mode for a reversible
+    family, whose vanilla twin can take 100x the memory and would flatten it on one axis."""
+    panels = []
+    for family in families:
+        fam = rows[rows["family"] == family]
+        modes = sorted(fam["mode"].unique(), key=lambda m: (m != "reversible", m))
+        if fam["kind"].iloc[0] == "reversible" and len(modes) > 1:
+            panels += [(f"{family}, {m}", fam.index[fam["mode"] == m]) for m in modes]
+        else:
+            panels.append((family, fam.index))
+    return panels
+
+
 def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> Figure:
     """Peak memory vs batch size, one panel per family: every measured batch a point, the
     least-squares line through them (its slope is the memory per sample)."""
@@ -436,13 +450,9 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
         raise NoData("every cell has the same batch size")
     # A reversible family's modes get a panel each: its vanilla twin can take 100x the
     # memory of the reversible model, which on one linear axis would flatten the latter.
-    panels = []
-    for family in sorted(rows["family"].unique()):
-        fam = rows[rows["family"] == family]
-        modes = sorted(fam["mode"].unique(), key=lambda m: (m != "reversible", m))
-        split = fam["kind"].iloc[0] == "reversible" and len(modes) > 1
-        panels += [(f"{family}, {m}", fam[fam["mode"] == m]) for m in modes] if split else []
-        panels += [] if split else [(family, fam)]
+    panels = [
+        (title, rows.loc[idx]) for title, idx in _mode_panels(rows, sorted(rows["family"].unique()))
+    ]
     ncols = min(3 if len(panels) > 6 else 2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = new_figure(5.6 * ncols, 3.4 * nrows)
@@ -637,14 +647,14 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         rows["family"].unique(),
         key=lambda f: min(order[m] for m in rows.loc[rows["family"] == f, "model"]),
     )
-    counts = [int((rows["family"] == f).sum()) for f in families]
+    panels = [(title, rows.loc[idx]) for title, idx in _mode_panels(rows, families)]
+    counts = [len(fam) for _, fam in panels]
     fig = new_figure(7.5, 0.9 + sum(0.24 * n + 0.75 for n in counts))
     axes = fig.subplots(
-        len(families), 1, squeeze=False, height_ratios=[n + 2.5 for n in counts]
+        len(panels), 1, squeeze=False, height_ratios=[n + 2.5 for n in counts]
     ).ravel()
     drawn = {}
-    for ax, family in zip(axes, families):
-        fam = rows[rows["family"] == family]
+    for ax, (title, fam) in zip(axes, panels):
         fam = fam.sort_values(
             ["model", "mode", "variant", "resolution"],
             key=lambda col: col.map(order) if col.name == "model" else col.map(natural_key),
@@ -653,7 +663,7 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         labels = []
         for _, r in fam.iterrows():
             text = model_label(str(r["size"]), NAMED_VARIANTS.get(r["variant"], r["variant"]))
-            text += f" {r['mode']}" if r["kind"] == "reversible" else ""
+            text += f" {r['mode']}" if fam["mode"].nunique() > 1 else ""
             labels.append(text + (f" {r['resolution']}px" if several_res else ""))
         y = np.arange(len(fam))[::-1]  # registry order top to bottom
         left = np.zeros(len(fam))
@@ -673,7 +683,7 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         ax.set_yticks(y, labels)
         ax.set_ylim(-0.6, len(fam) - 0.4)
         ax.grid(axis="y", visible=False)
-        ax.set_title(family, loc="left", fontsize=10)
+        ax.set_title(title, loc="left", fontsize=10)
     xlabel = (
         f"allocated memory at the peak, batch {batch} (GB = 10⁹ bytes; each panel its own scale)"
     )
