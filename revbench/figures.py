@@ -177,7 +177,7 @@ def _native_only(fit: pd.DataFrame, native: dict[str, int]) -> pd.DataFrame:
 # Each reversible family's panel: the baselines its paper compares it with (revbench builds
 # no ConvNeXt or MViT, so RevCol stands beside ResNet, Rev-MViT beside ViT).
 PANEL_BASELINES = {
-    "RevBiFPN": ("EfficientNet", "HRNet"),
+    "RevBiFPN": ("EfficientNet", "HRNet", "HRNetV2p"),  # HRNetV2p: the detectors' backbone
     "RevViT": ("ViT",),
     "Rev-MViT": ("ViT",),
     "RevCol": ("ResNet",),
@@ -380,7 +380,8 @@ def macs_panels(
         pub = published[published["family"].isin((family, *baselines)) & published["macs"].notna()]
         _draw_published(ax, pub, MB, label=False)
         _log_log(ax)
-        ax.set_title(f"{family} beside {', '.join(baselines)}", loc="left")
+        shown = [b for b in baselines if b in set(points["family"])]
+        ax.set_title(f"{family} beside {', '.join(shown)}" if shown else family, loc="left")
         ax.set_xlabel(macs_label(xcol))
         ax.set_ylabel(per_sample_label(kind, "MB"))
         handles, _ = ax.get_legend_handles_labels()
@@ -388,7 +389,7 @@ def macs_panels(
             handles.append(_published_handle(labelled=False))
         ax.legend(
             handles=handles,
-            loc="upper left",
+            loc="best",  # clear of the points, published ones included
             frameon=True,
             framealpha=0.9,
             edgecolor="0.8",
