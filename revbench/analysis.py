@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -46,3 +47,77 @@ def estimate_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     pairs = est[cols].merge(cuda[[*keys, "peak_bytes"]], on=keys, suffixes=("_est", "_cuda"))
     pairs["ratio"] = pairs["peak_bytes_est"] / pairs["peak_bytes_cuda"]
     return pairs
+
+
+# ----------------------------------------------------------------- memory kinds
+
+
+@dataclass(frozen=True)
+class MemoryKind:
+    """One of the memory numbers users confuse, and the record column that holds it."""
+
+    name: str  # allocated | reserved | process
+    column: str
+    what: str  # how it is read, for captions
+
+
+MEMORY_KINDS = {
+    k.name: k
+    for k in (
+        MemoryKind(
+            "allocated",
+            "peak_bytes",
+            "peak of the tensors' memory (cuda: max_memory_allocated; estimate: its peak)",
+        ),
+        MemoryKind(
+            "reserved",
+            "peak_reserved_bytes",
+            "peak the caching allocator reserved (cuda: max_memory_reserved; estimate: a "
+            "simulated caching allocator)",
+        ),
+        MemoryKind(
+            "process",
+            "process_peak_bytes",
+            "peak GPU memory of the process from NVML, CUDA context included (cuda only)",
+        ),
+    )
+}
+
+
+def with_memory_kind(rows: pd.DataFrame, kind: MemoryKind) -> pd.DataFrame:
+    """`rows` with `peak_bytes` holding `kind`'s figure (NaN where a record has none), so
+    every fit, figure and table downstream reads the chosen kind."""
+    values = rows[kind.column] if kind.column in rows else pd.Series(float("nan"), rows.index)
+    return rows.assign(peak_bytes=values)
+
+
+# ------------------------------------------------------------------ MAC conventions
+
+# Published MAC counts that follow thop's convention (the RevBiFPN paper's own counts, from
+# its official code): measured against them, and plotted beside them, with `macs_thop`.
+THOP_FAMILIES = frozenset({"RevBiFPN"})
+
+
+def mac_column(family: str) -> str:
+    """The record column whose MAC count follows `family`'s published convention."""
+    return "macs_thop" if family in THOP_FAMILIES else "macs"
+
+
+def mac_convention(column: str) -> str:
+    return {
+        "macs_thop": "thop convention, as the RevBiFPN paper",
+        "macs": "torch flop counter / 2",
+    }[column]
+
+
+# ------------------------------------------------------------------- wording
+
+# Model overrides shown beside the unmodified model (figures, and the published comparison),
+# with a readable name: the RevBiFPN neck stored instead of recomputed (REFERENCE.md 11).
+NAMED_VARIANTS = {"recompute_neck=False": "neck not recomputed"}
+
+
+def method_word(method: str) -> str:
+    """How a figure was obtained: 'estimated' on the estimator, 'measured' only on a device."""
+    words = {"estimate": "estimated", "cuda": "measured on cuda", "cpu": "measured on cpu"}
+    return words.get(method, method)

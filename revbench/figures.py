@@ -24,8 +24,18 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .analysis import estimate_pairs, model_order, natural_key
+from .analysis import (
+    NAMED_VARIANTS,
+    MemoryKind,
+    estimate_pairs,
+    mac_column,
+    mac_convention,
+    method_word,
+    model_order,
+    natural_key,
+)
 from .cell import bytes_label, model_label, variant_label
+from .labels import Label, freeze_layout, place_labels
 from .measurement import MEMORY_CATEGORIES
 from .published import published_card
 from .results import FIT_GROUP
@@ -153,11 +163,6 @@ def _linestyle(mode: str, several_modes: bool) -> str:
     return MODE_LINESTYLES.get(mode, "-") if several_modes else "-"
 
 
-def _x_macs(fit: pd.DataFrame) -> pd.Series:
-    # The flop-counter count; the thop count only where the flop counter failed.
-    return fit["macs"].astype(float).fillna(fit["macs_thop"].astype(float))
-
-
 def _native_only(fit: pd.DataFrame, native: dict[str, int]) -> pd.DataFrame:
     """Per model: its native-resolution rows when there are any, else all its rows."""
     keep = []
@@ -169,54 +174,103 @@ def _native_only(fit: pd.DataFrame, native: dict[str, int]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------- memory vs MACs
 
+# Each reversible family's panel: the baselines its paper compares it with (revbench builds
+# no ConvNeXt or MViT, so RevCol stands beside ResNet, Rev-MViT beside ViT).
+PANEL_BASELINES = {
+    "RevBiFPN": ("EfficientNet", "HRNet", "HRNetV2p"),  # HRNetV2p: the detectors' backbone
+    "RevViT": ("ViT",),
+    "Rev-MViT": ("ViT",),
+    "RevCol": ("ResNet",),
+}
+# A series with fewer points is drawn as markers only: two sizes are not a curve.
+MIN_CURVE_POINTS = 3
 
-def memory_vs_macs(fit: pd.DataFrame, published: pd.DataFrame, native: dict[str, int]) -> Figure:
-    """Memory per sample vs GMACs, log-log: one line per (family, mode), published hollow."""
-    if fit.empty:
-        raise NoData("no configuration was measured at two batch sizes (memory per sample)")
-    fit = fit[fit["variant"].fillna("") == ""].copy()
-    if fit.empty:
-        raise NoData(
-            "every cell overrides its model's config; this figure compares unmodified models"
-        )
-    fit["x"] = _x_macs(fit)
+
+def per_sample_label(kind: MemoryKind, unit: str = "GB") -> str:
+    scale = {"GB": "10⁹", "MB": "10⁶"}[unit]
+    return (
+        f"{kind.name} memory per sample ({unit} = {scale} bytes)\n"
+        "slope of the peak over batch sizes"
+    )
+
+
+def macs_label(column: str) -> str:
+    return f"forward GMACs per image ({mac_convention(column)})"
+
+
+def _macs_rows(fit: pd.DataFrame, native: dict[str, int], xcol: str) -> pd.DataFrame:
+    """Unmodified models and named variants at native resolution, x = `xcol`, with a
+    memory per sample: the points of the MACs figures."""
+    fit = fit[fit["variant"].fillna("").isin(["", *NAMED_VARIANTS])].copy()
+    fit["x"] = fit[xcol].astype(float)
     fit = fit[fit["x"].notna() & (fit["bytes_per_sample"] > 0)]
-    if fit.empty:
-        raise NoData("no model has both a memory per sample and a MAC count")
-    fit = _native_only(fit, native)
-    fig = new_figure(8.5, 5.5)
-    ax = fig.add_subplot()
-    modes_per_family = fit.groupby("family")["mode"].nunique()
-    handles = []
-    for (family, mode), g in fit.groupby(["family", "mode"], sort=True):
-        g = g.sort_values("x")
+    return _native_only(fit, native) if not fit.empty else fit
+
+
+def _series_label(family: str, kind: str, mode: str, variant: str, n: int) -> str:
+    if variant:
+        text = f"{family} ({NAMED_VARIANTS.get(variant, variant)})"
+    elif kind == "reversible" and mode != "reversible":
+        text = f"{family} {mode}"
+    else:
+        text = family
+    if n == 1:
+        return text + " (one size)"
+    return text + (f" ({n} sizes: points, not a curve)" if n < MIN_CURVE_POINTS else "")
+
+
+def _series_style(kind: str, mode: str, variant: str) -> dict:
+    """Line and marker fill per series: the model as released solid and filled; a named
+    variant dashed; a reversible model's vanilla or checkpoint twin dotted, half-filled."""
+    if variant:
+        return {"linestyle": "--", "fillstyle": "full"}
+    if kind == "reversible" and mode != "reversible":
+        return {"linestyle": ":" if mode == "vanilla" else "-.", "fillstyle": "bottom"}
+    return {"linestyle": "-", "fillstyle": "full"}
+
+
+def _draw_macs_series(ax, points: pd.DataFrame, scale: float, label_main: bool) -> list[Label]:
+    """One line per (family, mode, variant); returns the size labels of each family's main
+    series (its twins and variants share its MACs, so their sizes read off the same x)."""
+    labels = []
+    keys = sorted(
+        points.groupby(["family", "kind", "mode", "variant"]).groups,
+        key=lambda k: (k[1] != "reversible", k[0], k[3] != "", k[2] != "reversible", k[3]),
+    )
+    for family, kind, mode, variant in keys:
+        g = points[
+            (points["family"] == family) & (points["mode"] == mode) & (points["variant"] == variant)
+        ].sort_values("x")
         colour = family_colour(family)
-        label = family if modes_per_family[family] == 1 else f"{family} ({mode})"
-        (line,) = ax.plot(
+        style = _series_style(kind, mode, variant)
+        twin = style["fillstyle"] == "bottom"
+        curve = len(g) >= MIN_CURVE_POINTS
+        ax.plot(
             g["x"] / 1e9,
-            g["bytes_per_sample"] / GB,
+            g["bytes_per_sample"] / scale,
             color=colour,
             marker=family_marker(family),
-            linestyle=_linestyle(mode, modes_per_family[family] > 1),
-            markersize=6,
+            markersize=7 if twin else 6,
             linewidth=1.6,
-            label=label,
+            markerfacecoloralt="white",
+            zorder=3.0 if twin else 2.0,  # a twin on its baseline stays visible
+            label=_series_label(family, kind, mode, variant, len(g)),
+            **{**style, "linestyle": style["linestyle"] if curve else "none"},
         )
-        handles.append(line)
-        for _, r in g.iterrows():  # measured labels right, published left: they share x
-            ax.annotate(
-                r["size"],
-                (r["x"] / 1e9, r["bytes_per_sample"] / GB),
-                fontsize=8,
-                xytext=(6, 0),
-                textcoords="offset points",
-                color=colour,
-                va="center",
-            )
-    pub = published[published["family"].isin(set(fit["family"])) & published["macs"].notna()]
+        main = not variant and (mode == "reversible" or kind != "reversible")
+        if label_main and main:
+            labels += [
+                Label(r["x"] / 1e9, r["bytes_per_sample"] / scale, str(r["size"]), colour)
+                for _, r in g.iterrows()
+            ]
+    return labels
+
+
+def _draw_published(ax, pub: pd.DataFrame, scale: float, label: bool) -> list[Label]:
+    labels = []
     for _, r in pub.iterrows():
         colour = family_colour(r["family"])
-        xy = (r["macs"] / 1e9, r["bytes_per_sample"] / GB)
+        xy = (r["macs"] / 1e9, r["bytes_per_sample"] / scale)
         ax.plot(
             *xy,
             linestyle="none",
@@ -224,60 +278,188 @@ def memory_vs_macs(fit: pd.DataFrame, published: pd.DataFrame, native: dict[str,
             markersize=8,
             markerfacecolor="white",
             markeredgecolor=colour,
-            markeredgewidth=1.6,
+            markeredgewidth=1.4,
+            zorder=1.5,
         )
-        text = ("~" if r["approximate"] else "") + str(r["size"])
-        ax.annotate(
-            text,
-            xy,
-            fontsize=8,
-            xytext=(-7, 0),
-            textcoords="offset points",
-            color=colour,
-            fontstyle="italic",
-            ha="right",
-            va="center",
-        )
+        if label:
+            text = ("~" if r["approximate"] else "") + str(r["size"])
+            labels.append(Label(*xy, text, colour, style="italic"))
+    return labels
+
+
+def _published_handle(labelled: bool) -> Line2D:
+    text = "published, at its paper's MACs" + (" (italic; ~ read off a plot)" if labelled else "")
+    return Line2D(
+        [],
+        [],
+        color="grey",
+        marker="o",
+        linestyle="none",
+        markerfacecolor="white",
+        markeredgewidth=1.4,
+        label=text,
+    )
+
+
+def _log_log(ax) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.margins(0.08)  # room for the size labels at the edges
+    ax.margins(0.12)  # room for the size labels at the edges
     _plain_log_axis(ax.xaxis)
     _plain_log_axis(ax.yaxis)
-    ax.set_xlabel("forward GMACs per image")
-    ax.set_ylabel("memory per sample (GB)")
-    handles += [
-        Line2D([], [], color="grey", marker="o", linestyle="none", label="measured"),
-        Line2D(
-            [],
-            [],
-            color="grey",
-            marker="o",
-            linestyle="none",
-            markerfacecolor="white",
-            markeredgewidth=1.6,
-            label="published (~ read off a plot)",
-        ),
-    ]
-    _legend_outside(ax, handles)
+
+
+def headline(
+    fit: pd.DataFrame, published: pd.DataFrame, native: dict[str, int], kind: MemoryKind
+) -> Figure:
+    """The RevBiFPN paper's figure: RevBiFPN against EfficientNet, memory per sample vs MACs
+    (both in thop's convention, the paper's), log-log, the published points hollow; a
+    RevBiFPN variant such as the neck not recomputed dashed beside the model as released."""
+    families = ("RevBiFPN", "EfficientNet")
+    if fit.empty:
+        raise NoData("no configuration was measured at two batch sizes (memory per sample)")
+    own = fit[fit["family"].isin(families)]
+    if set(own["family"]) != set(families):
+        raise NoData("needs a memory per sample of both RevBiFPN and EfficientNet")
+    points = _macs_rows(own, native, "macs_thop")
+    if set(points["family"]) != set(families):
+        raise NoData("needs thop MAC counts of RevBiFPN and EfficientNet (the run used --no-thop?)")
+    # The paper's figure: RevBiFPN as trained (reversible); its vanilla twin is in its panel.
+    points = points[(points["kind"] != "reversible") | (points["mode"] == "reversible")]
+    fig = new_figure(7.5, 5.4)
+    ax = fig.add_subplot()
+    labels = _draw_macs_series(ax, points, GB, label_main=True)
+    pub = published[published["family"].isin(families) & published["macs"].notna()]
+    labels += _draw_published(ax, pub, GB, label=True)
+    _log_log(ax)
+    ax.set_xlabel(macs_label("macs_thop"))
+    ax.set_ylabel(per_sample_label(kind, "GB"))
+    method = method_word(str(points["method"].iloc[0]))
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(
+        handles=[*handles, _published_handle(labelled=True)],
+        loc="upper left",
+        frameon=True,
+        framealpha=0.9,
+        edgecolor="0.8",
+        fontsize=8,
+        title=f"filled: ours, {method}",
+        title_fontsize=8,
+    )
+    _defer_labels(fig, ax, labels)
+    return fig
+
+
+def macs_panels(
+    fit: pd.DataFrame, published: pd.DataFrame, native: dict[str, int], kind: MemoryKind
+) -> Figure:
+    """One panel per reversible family: the family as released, its vanilla twin, named
+    variants and the baselines its paper compares it with, memory per sample vs MACs.
+    Each panel counts MACs in its reversible family's published convention, for every
+    series on it."""
+    if fit.empty:
+        raise NoData("no configuration was measured at two batch sizes (memory per sample)")
+    panels = []
+    for family, baselines in PANEL_BASELINES.items():
+        xcol = mac_column(family)
+        own = fit[fit["family"] == family]
+        if own.empty:
+            continue
+        points = _macs_rows(fit[fit["family"].isin((family, *baselines))], native, xcol)
+        if not points[points["family"] == family].empty:
+            panels.append((family, baselines, xcol, points))
+    if not panels:
+        raise NoData("no reversible family has a memory per sample and a MAC count")
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = new_figure(6.0 * ncols, 4.6 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    method = method_word(str(fit["method"].iloc[0]))
+    for ax, (family, baselines, xcol, points) in zip(axes, panels):
+        labels = _draw_macs_series(ax, points, MB, label_main=True)
+        pub = published[published["family"].isin((family, *baselines)) & published["macs"].notna()]
+        _draw_published(ax, pub, MB, label=False)
+        _log_log(ax)
+        shown = [b for b in baselines if b in set(points["family"])]
+        ax.set_title(f"{family} beside {', '.join(shown)}" if shown else family, loc="left")
+        ax.set_xlabel(macs_label(xcol))
+        ax.set_ylabel(per_sample_label(kind, "MB"))
+        handles, _ = ax.get_legend_handles_labels()
+        if not pub.empty:
+            handles.append(_published_handle(labelled=False))
+        ax.legend(
+            handles=handles,
+            loc="best",  # clear of the points, published ones included
+            frameon=True,
+            framealpha=0.9,
+            edgecolor="0.8",
+            fontsize=7,
+            title=f"filled: ours, {method}",
+            title_fontsize=7,
+        )
+        _defer_labels(fig, ax, labels)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    return fig
+
+
+def _defer_labels(fig: Figure, ax, labels: list[Label]) -> None:
+    """Labels are placed by `finish`, once the title is in and the layout final."""
+    if not hasattr(fig, "pending_labels"):
+        fig.pending_labels = []
+    fig.pending_labels.append((ax, labels))
+
+
+def finish(fig: Figure, title: str) -> Figure:
+    """Title the figure, settle its layout, then place its point labels so none overlap
+    (`revbench.labels`): every figure goes through here before it is saved."""
+    fig.suptitle(title, fontsize=11)
+    pending = getattr(fig, "pending_labels", [])
+    if pending:
+        freeze_layout(fig)
+        renderer = fig.canvas.get_renderer()
+        for ax, labels in pending:
+            legend = ax.get_legend()
+            avoid = [legend.get_window_extent(renderer)] if legend is not None else []
+            place_labels(ax, labels, avoid=avoid)
+        fig.pending_labels = []
     return fig
 
 
 # ------------------------------------------------------------- memory vs batch size
 
 
-def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
-    """Peak memory vs batch size with the fitted line, one panel per family."""
+def _mode_panels(rows: pd.DataFrame, families: list[str]) -> list[tuple[str, pd.Index]]:
+    """(title, row index) per panel: one per family, and one per mode for a reversible
+    family, whose vanilla twin can take 100x the memory and would flatten it on one axis."""
+    panels = []
+    for family in families:
+        fam = rows[rows["family"] == family]
+        modes = sorted(fam["mode"].unique(), key=lambda m: (m != "reversible", m))
+        if fam["kind"].iloc[0] == "reversible" and len(modes) > 1:
+            panels += [(f"{family}, {m}", fam.index[fam["mode"] == m]) for m in modes]
+        else:
+            panels.append((family, fam.index))
+    return panels
+
+
+def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> Figure:
+    """Peak memory vs batch size, one panel per family: every measured batch a point, the
+    least-squares line through them (its slope is the memory per sample)."""
     rows = rows[rows["peak_bytes"].notna()]
     if rows["batch_size"].nunique() < 2:
         raise NoData("every cell has the same batch size")
-    families = sorted(rows["family"].unique())
-    ncols = min(2, len(families))
-    nrows = math.ceil(len(families) / ncols)
-    fig = new_figure(6.2 * ncols, 3.6 * nrows)
+    # A reversible family's modes get a panel each: its vanilla twin can take 100x the
+    # memory of the reversible model, which on one linear axis would flatten the latter.
+    panels = [
+        (title, rows.loc[idx]) for title, idx in _mode_panels(rows, sorted(rows["family"].unique()))
+    ]
+    ncols = min(3 if len(panels) > 6 else 2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = new_figure(5.6 * ncols, 3.4 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     fits = {tuple(r[k] for k in FIT_GROUP): r for _, r in fit.iterrows()}
-    for ax, family in zip(axes, families):
-        fam = rows[rows["family"] == family]
+    for ax, (title, fam) in zip(axes, panels):
         show_mode = fam["mode"].nunique() > 1
         show_res = fam.groupby("model")["resolution"].nunique().max() > 1
         order = model_order(fam["model"].unique())
@@ -288,7 +470,9 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
         for i, (key, g) in enumerate(groups):
             colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
             first = g.iloc[0]
-            label = model_label(str(first["size"]), first["variant"])
+            label = model_label(
+                str(first["size"]), NAMED_VARIANTS.get(first["variant"], first["variant"])
+            )
             label += (f" {first['mode']}" if show_mode else "") + (
                 f" {first['resolution']}px" if show_res else ""
             )
@@ -310,27 +494,33 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
                     linewidth=1.2,
                     linestyle=_linestyle(first["mode"], show_mode),
                 )
-        ax.set_title(family)
+        ax.set_title(title, loc="left")
         ax.set_xlabel("batch size (samples)")
-        ax.set_ylabel("peak memory (GB)")
+        ax.set_ylabel(f"{kind.name} peak memory (GB = 10⁹ bytes)")
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         _legend_outside(ax, fontsize=8)
-    for ax in axes[len(families) :]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
+    method = method_word(str(rows["method"].iloc[0]))
+    fig.supxlabel(
+        f"points: every batch size {method}; lines: least-squares fit through them, "
+        "drawn from batch 0 (slope = memory per sample, intercept = fixed memory)",
+        fontsize=8,
+    )
     return fig
 
 
 # ------------------------------------------------------------- memory vs resolution
 
 
-def memory_vs_resolution(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
+def memory_vs_resolution(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> Figure:
     """Memory per sample (or peak at the largest batch) vs input side, one line per model."""
     keys = ["model", "variant", "mode"]
     fit_series = [g for _, g in fit.groupby(keys, sort=True) if g["resolution"].nunique() > 1]
     if fit_series:
         series = [(g, "bytes_per_sample") for g in fit_series]
-        ylabel, scale = "memory per sample (MB)", MB
+        ylabel, scale = per_sample_label(kind, "MB"), MB
     else:
         series = []
         for _, g in rows[rows["peak_bytes"].notna()].groupby(keys, sort=True):
@@ -339,7 +529,7 @@ def memory_vs_resolution(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
                 series.append((g, "peak_bytes"))
         if not series:
             raise NoData("no model was measured at two or more resolutions")
-        ylabel, scale = "peak memory at the largest batch (GB)", GB
+        ylabel, scale = f"{kind.name} peak at the largest batch (GB = 10⁹ bytes)", GB
     fig = new_figure(8.0, 4.8)
     ax = fig.add_subplot()
     several_modes = len({g["mode"].iloc[0] for g, _ in series}) > 1
@@ -375,7 +565,7 @@ def numeric_override_keys(rows: pd.DataFrame) -> list[str]:
     return sorted(k for k, vs in values.items() if len(vs) > 1)
 
 
-def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str) -> Figure:
+def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str, kind: MemoryKind) -> Figure:
     """Memory vs one numeric override (the depth-scaling suite: depth), one line per mode."""
     rows = rows[rows["overrides"].map(lambda ov: key in (ov or {}))].copy()
     rows["x"] = rows["overrides"].map(lambda ov: ov[key])
@@ -390,12 +580,12 @@ def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str) -> Figur
         fit["x"] = fit["variant"].map(x_of_variant)
         fit["rest"] = fit["variant"].map(rest_of_variant)
         data, column, scale = fit, "bytes_per_sample", MB
-        ylabel = "memory per sample (MB)"
+        ylabel = per_sample_label(kind, "MB")
     else:
         data = rows[rows["peak_bytes"].notna()]
         data = data[data["batch_size"] == data["batch_size"].max()]
         column, scale = "peak_bytes", GB
-        ylabel = f"peak memory at batch {int(data['batch_size'].max())} (GB)"
+        ylabel = f"{kind.name} peak at batch {int(data['batch_size'].max())} (GB = 10⁹ bytes)"
     fig = new_figure(8.0, 4.8)
     ax = fig.add_subplot()
     groups = sorted(
@@ -430,48 +620,91 @@ def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str) -> Figur
 # ------------------------------------------------------------ memory by category
 
 
+def category_batch(rows: pd.DataFrame) -> int:
+    """The batch size the breakdown figure shows: the one measured by the most
+    configurations (the largest on a tie), so bars compare at one batch."""
+    per_batch = rows.groupby("batch_size")["model"].size()
+    configs = rows.drop_duplicates(["model", "variant", "mode", "resolution", "batch_size"])
+    counts = configs.groupby("batch_size").size()
+    return int(max(counts.index, key=lambda b: (counts[b], per_batch[b], b)))
+
+
 def memory_by_category(rows: pd.DataFrame) -> Figure:
-    """The estimator's breakdown at the peak, stacked, one bar per cell (largest batch)."""
+    """The estimator's breakdown of allocated memory at the peak, stacked, at one batch size,
+    one panel per family (each on its own linear scale, so small reversible bars read)."""
     cols = [f"mem_{c}_bytes" for c in MEMORY_CATEGORIES]
     rows = rows[rows[cols].notna().any(axis=1)]
     if rows.empty:
         raise NoData("no per-category breakdown (the estimate method records one)")
-    keep = rows.groupby(["model", "variant", "mode", "resolution"], dropna=False)[
-        "batch_size"
-    ].transform("max")
-    rows = rows[rows["batch_size"] == keep].copy()
+    batch = category_batch(rows)
+    config = ["model", "variant", "mode", "resolution"]
+    everyone = rows.drop_duplicates(config)
+    rows = rows[rows["batch_size"] == batch].copy()
+    absent = everyone.merge(rows[config], on=config, how="left", indicator=True)
+    absent = absent[absent["_merge"] == "left_only"]
     rows["total"] = rows[cols].fillna(0).sum(axis=1)
-    rows = rows.sort_values("total")
-    fig = new_figure(9.0, 1.4 + 0.32 * len(rows))
-    ax = fig.add_subplot()
-    labels = [f"{_label(r)} {r['resolution']}px b{r['batch_size']}" for _, r in rows.iterrows()]
-    y = np.arange(len(rows))
-    left = np.zeros(len(rows))
-    for category, col in zip(MEMORY_CATEGORIES, cols):
-        width = rows[col].fillna(0).to_numpy(dtype=float) / GB
-        if not width.any():
-            continue
-        ax.barh(
-            y,
-            width,
-            left=left,
-            color=CATEGORY_COLOURS[category],
-            height=0.7,
-            label=category.replace("_", " "),
+    order = model_order(rows["model"].unique())
+    families = sorted(
+        rows["family"].unique(),
+        key=lambda f: min(order[m] for m in rows.loc[rows["family"] == f, "model"]),
+    )
+    panels = [(title, rows.loc[idx]) for title, idx in _mode_panels(rows, families)]
+    counts = [len(fam) for _, fam in panels]
+    fig = new_figure(7.5, 0.9 + sum(0.24 * n + 0.75 for n in counts))
+    axes = fig.subplots(
+        len(panels), 1, squeeze=False, height_ratios=[n + 2.5 for n in counts]
+    ).ravel()
+    drawn = {}
+    for ax, (title, fam) in zip(axes, panels):
+        fam = fam.sort_values(
+            ["model", "mode", "variant", "resolution"],
+            key=lambda col: col.map(order) if col.name == "model" else col.map(natural_key),
         )
-        left += width
-    ax.set_yticks(y, labels)
-    ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.grid(axis="y", visible=False)
-    ax.set_xlabel("memory at the peak (GB)")
-    _legend_outside(ax)
+        several_res = fam.groupby("model")["resolution"].nunique().max() > 1
+        labels = []
+        for _, r in fam.iterrows():
+            text = model_label(str(r["size"]), NAMED_VARIANTS.get(r["variant"], r["variant"]))
+            text += f" {r['mode']}" if fam["mode"].nunique() > 1 else ""
+            labels.append(text + (f" {r['resolution']}px" if several_res else ""))
+        y = np.arange(len(fam))[::-1]  # registry order top to bottom
+        left = np.zeros(len(fam))
+        for category, col in zip(MEMORY_CATEGORIES, cols):
+            width = fam[col].fillna(0).to_numpy(dtype=float) / GB
+            if not width.any():
+                continue
+            drawn[category] = ax.barh(
+                y,
+                width,
+                left=left,
+                color=CATEGORY_COLOURS[category],
+                height=0.7,
+                label=category.replace("_", " "),
+            )
+            left += width
+        ax.set_yticks(y, labels)
+        ax.set_ylim(-0.6, len(fam) - 0.4)
+        ax.grid(axis="y", visible=False)
+        ax.set_title(title, loc="left", fontsize=10)
+    xlabel = (
+        f"allocated memory at the peak, batch {batch} (GB = 10⁹ bytes; each panel its own scale)"
+    )
+    if not absent.empty:  # say who is left out rather than mixing batch sizes
+        names = ", ".join(sorted({_label(r) for _, r in absent.iterrows()}, key=natural_key))
+        xlabel += f"\nnot measured at batch {batch}: {names}"
+    axes[-1].set_xlabel(xlabel)
+    fig.legend(
+        handles=list(drawn.values()),
+        loc="outside lower center",
+        ncols=min(4, len(drawn)),
+        frameon=False,
+    )
     return fig
 
 
 # ------------------------------------------------------- throughput vs memory
 
 
-def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
+def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> Figure:
     """Throughput at the largest batch vs memory per sample, one point per configuration."""
     timed = rows[rows["throughput_samples_per_s"].notna()]
     if timed.empty:
@@ -483,6 +716,7 @@ def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
         raise NoData("no configuration has both a throughput and a memory per sample")
     fig = new_figure(8.0, 5.0)
     ax = fig.add_subplot()
+    labels = []
     for (family, mode), g in data.groupby(["family", "mode"], sort=True):
         colour = family_colour(family)
         ax.plot(
@@ -493,22 +727,18 @@ def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
             color=colour,
             label=f"{family} ({mode})",
         )
-        for _, r in g.iterrows():
-            ax.annotate(
-                r["size"],
-                (r["bytes_per_sample"] / MB, r["throughput_samples_per_s"]),
-                fontsize=8,
-                xytext=(5, 3),
-                textcoords="offset points",
-                color=colour,
-            )
+        labels += [
+            Label(r["bytes_per_sample"] / MB, r["throughput_samples_per_s"], str(r["size"]), colour)
+            for _, r in g.iterrows()
+        ]
+    _defer_labels(fig, ax, labels)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.margins(0.1)
     _plain_log_axis(ax.xaxis)
     _plain_log_axis(ax.yaxis)
-    ax.set_xlabel("memory per sample (MB)")
-    ax.set_ylabel("throughput (samples/s)")
+    ax.set_xlabel(per_sample_label(kind, "MB"))
+    ax.set_ylabel("throughput at the largest batch (samples/s)")
     _legend_outside(ax)
     return fig
 
@@ -516,7 +746,7 @@ def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame) -> Figure:
 # ---------------------------------------------------- estimated vs measured peak
 
 
-def estimated_vs_measured(rows: pd.DataFrame) -> Figure:
+def estimated_vs_measured(rows: pd.DataFrame, kind: MemoryKind) -> Figure:
     """Estimated vs measured peak, log-log, with the y = x line and a +-10% band."""
     pairs = estimate_pairs(rows)
     if pairs.empty:
@@ -543,8 +773,8 @@ def estimated_vs_measured(rows: pd.DataFrame) -> Figure:
     ax.set_ylim(lo, hi)
     _plain_log_axis(ax.xaxis)
     _plain_log_axis(ax.yaxis)
-    ax.set_xlabel("measured peak, cuda (GB)")
-    ax.set_ylabel("estimated peak (GB)")
+    ax.set_xlabel(f"measured {kind.name} peak, cuda (GB = 10⁹ bytes)")
+    ax.set_ylabel(f"estimated {kind.name} peak (GB = 10⁹ bytes)")
     _legend_outside(ax)
     return fig
 

@@ -1,12 +1,14 @@
 """`revbench plot`: figures and a Markdown report from stored results.
 
-    revbench plot results/imagenet-train-mem --out reports/ --format png,svg
+    revbench plot results/imagenet-train-mem --out reports/ --format png,svg --memory reserved
 
 Reads results files or run directories (`revbench.results.load`), renders every figure of
-`revbench.figures` per suite and per facet (scenario, precision, method), and writes
-`<out>/report.md` (`revbench.report`) with every figure embedded by relative link. A
-figure without data is skipped with its reason in the report. Bad input is a UsageError
-before anything is written.
+`revbench.figures` per suite and per facet (scenario, precision, method) for one memory
+kind (`--memory`: allocated, reserved or process), and writes `<out>/report.md`
+(`revbench.report`) with every figure embedded by relative link, and `<out>/report.html`
+(`revbench.report_html`), the same report in one self-contained file. A figure without
+data is skipped with its reason, in the report and in the list printed at the end. Bad
+input is a UsageError before anything is written.
 """
 
 from __future__ import annotations
@@ -40,16 +42,25 @@ def register_cli(sub) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="results file(s) or run directories")
     p.add_argument("--out", default="reports", help="output directory (default: reports/)")
     p.add_argument("--format", default="png", help=f"comma-separated: {', '.join(FORMATS)}")
+    p.add_argument(
+        "--memory",
+        default="allocated",
+        help="memory kind of every figure and table: allocated (peak_bytes, the default), "
+        "reserved (peak_reserved_bytes) or process (process_peak_bytes, NVML; cuda only)",
+    )
     p.set_defaults(func=cmd_plot)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from .analysis import with_memory_kind
     from .published import detector_points, load_published, memory_points
     from .report import write_report
+    from .report_html import write_html
 
     # Everything is read and checked first: bad input writes nothing.
     out = check_output_dir(args.out, "--out")
     formats = parse_formats(args.format)
+    kind = parse_memory_kind(args.memory)
     df = read_results(args.paths)
     try:
         manifests = load_manifests(*args.paths)
@@ -61,15 +72,40 @@ def cmd_plot(args: argparse.Namespace) -> int:
     published = pd.concat(
         [memory_points(table).assign(task="classify"), detector_points(table)], ignore_index=True
     )
+    df = with_memory_kind(df, kind)
     figures = {}
     for suite, rows in df.groupby("suite", sort=True):
         ok = rows[rows["status"] == status.OK]
         if not ok.empty:
             own = published[published["task"].isin(set(ok["task"]))]
-            figures[suite] = render_suite(ok, own, out, _slug(suite), formats)
-    report = write_report(df, manifests, figures, published, out, command)
-    print(report)
+            figures[suite] = render_suite(ok, own, out, _slug(suite), formats, kind)
+    document = write_report(df, manifests, figures, published, out, command, kind)
+    html = write_html(document, out)
+    print_rendered(figures)
+    print(f"report: {out / 'report.md'}")
+    print(f"report: {html}")
     return 0
+
+
+def print_rendered(figures: dict[str, list[Rendered]]) -> None:
+    """The figures written, then those skipped with the reason, one line each."""
+    items = [item for suite in sorted(figures) for item in figures[suite]]
+    written = [item for item in items if not item.skipped]
+    skipped = [item for item in items if item.skipped]
+    print(f"figures written: {len(written)}")
+    for item in written:
+        print(f"  {', '.join(item.files) or item.name}")
+    print(f"figures skipped: {len(skipped)}")
+    for item in skipped:
+        print(f"  {item.suite}/{item.name} ({item.facet}): {item.skipped}")
+
+
+def parse_memory_kind(value: str):
+    from .analysis import MEMORY_KINDS
+
+    if value not in MEMORY_KINDS:
+        raise UsageError(f"memory kind {value!r} is invalid; valid: {', '.join(MEMORY_KINDS)}")
+    return MEMORY_KINDS[value]
 
 
 def parse_formats(value: str) -> list[str]:
@@ -115,19 +151,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "unnamed"
 
 
-def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame, native):
+def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame, native, kind):
     """(name, title, draw) for every figure of one facet; draw() returns a Figure."""
     from . import figures as F
 
     train = rows["scenario"].iloc[0] == "train"
+    pub = published if train else published.iloc[:0]
     specs = [
         (
-            "mem_vs_macs",
-            "Memory per sample vs MACs",
-            lambda: F.memory_vs_macs(fit, published if train else published.iloc[:0], native),
+            "headline",
+            "RevBiFPN vs EfficientNet, the RevBiFPN paper's figure",
+            lambda: F.headline(fit, pub, native, kind),
         ),
-        ("mem_vs_batch", "Peak memory vs batch size", lambda: F.memory_vs_batch(rows, fit)),
-        ("mem_vs_resolution", "Memory vs resolution", lambda: F.memory_vs_resolution(rows, fit)),
+        (
+            "mem_vs_macs",
+            "Memory per sample vs MACs by reversible family",
+            lambda: F.macs_panels(fit, pub, native, kind),
+        ),
+        ("mem_vs_batch", "Peak memory vs batch size", lambda: F.memory_vs_batch(rows, fit, kind)),
+        (
+            "mem_vs_resolution",
+            "Memory vs resolution",
+            lambda: F.memory_vs_resolution(rows, fit, kind),
+        ),
     ]
     keys = F.numeric_override_keys(rows)
     for key in keys:
@@ -135,7 +181,7 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
             (
                 f"mem_vs_{_slug(key)}",
                 f"Memory vs {key}",
-                lambda key=key: F.memory_vs_override(rows, fit, key),
+                lambda key=key: F.memory_vs_override(rows, fit, key, kind),
             )
         )
     if not keys:
@@ -147,11 +193,15 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
             )
         )
     specs += [
-        ("mem_by_category", "Memory by category at the peak", lambda: F.memory_by_category(rows)),
+        (
+            "mem_by_category",
+            "Allocated memory by category at the peak",
+            lambda: F.memory_by_category(rows),
+        ),
         (
             "throughput_vs_memory",
             "Throughput vs memory per sample",
-            lambda: F.throughput_vs_memory(rows, fit),
+            lambda: F.throughput_vs_memory(rows, fit, kind),
         ),
     ]
     if rows["max_batch"].notna().any():  # a max-batch run: its searches' answers
@@ -186,15 +236,25 @@ def _facets(rows: pd.DataFrame, keys: list[str]) -> list[tuple[str, str, pd.Data
 
 
 def render_suite(
-    rows: pd.DataFrame, published: pd.DataFrame, out: Path, suite_dir: str, formats: list[str]
+    rows: pd.DataFrame,
+    published: pd.DataFrame,
+    out: Path,
+    suite_dir: str,
+    formats: list[str],
+    kind=None,
 ) -> list[Rendered]:
-    """Every figure of one suite's `ok` rows, saved under out/suite_dir/."""
+    """Every figure of one suite's `ok` rows, saved under out/suite_dir/; each figure's SVG
+    is also kept in memory for the HTML report. `rows` carry `kind`'s figure in
+    `peak_bytes` (`revbench.analysis.with_memory_kind`)."""
+    import io
+
     import matplotlib
 
     from . import figures as F
-    from .analysis import native_resolutions
+    from .analysis import MEMORY_KINDS, native_resolutions
     from .report import Rendered
 
+    kind = kind or MEMORY_KINDS["allocated"]
     rendered: list[Rendered] = []
     native = native_resolutions(rows["model"].unique())
     jobs = []
@@ -202,32 +262,51 @@ def render_suite(
         fit = per_sample_fit(g)
         if fit.empty:  # keep the columns the figures select on
             fit = pd.DataFrame(columns=[*g.columns, "bytes_per_sample", "fixed_bytes"])
-        for name, title, draw in _figure_specs(g, fit, published, native):
+        no_kind = _kind_missing(g, kind)
+        for name, title, draw in _figure_specs(g, fit, published, native, kind):
+            if no_kind and name != "mem_by_category":  # the breakdown is allocated memory
+                draw = _no_data(no_kind)
             jobs.append((name + suffix, title, facet, draw))
     for suffix, facet, g in _facets(rows, ["scenario", "precision"]):
+        no_kind = _kind_missing(g, kind)
         jobs.append(
             (
                 f"estimated_vs_measured{suffix}",
                 "Estimated vs measured peak",
                 facet,
-                lambda g=g: F.estimated_vs_measured(g),
+                _no_data(no_kind) if no_kind else lambda g=g: F.estimated_vs_measured(g, kind),
             )
         )
     for name, title, facet, draw in jobs:
-        item = Rendered(name, title, facet)
-        with matplotlib.rc_context(F.STYLE):
+        item = Rendered(name, title, facet, suite=suite_dir)
+        # A salt per figure keeps the SVG ids of figures inlined in one HTML page apart.
+        style = {**F.STYLE, "svg.hashsalt": f"{suite_dir}/{name}"}
+        with matplotlib.rc_context(style):
             try:
                 fig = draw()
             except F.NoData as e:
                 item.skipped = str(e)
                 rendered.append(item)
                 continue
-            fig.suptitle(f"{title} ({suite_dir}: {facet})", fontsize=12)
+            F.finish(fig, f"{title}\n{suite_dir}: {facet}")
             (out / suite_dir).mkdir(parents=True, exist_ok=True)
             for fmt in formats:
                 rel = f"{suite_dir}/{name}.{fmt}"
                 meta = {"Date": None} if fmt == "svg" else None  # reproducible SVG
                 fig.savefig(out / rel, format=fmt, bbox_inches="tight", metadata=meta)
                 item.files.append(rel)
+            svg = io.StringIO()
+            fig.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
+            item.svg = svg.getvalue()
         rendered.append(item)
     return rendered
+
+
+def _kind_missing(rows: pd.DataFrame, kind) -> str:
+    """Why `rows` have no figure of `kind`, or "" when some have one."""
+    if rows["peak_bytes"].notna().any():
+        return ""
+    methods = ", ".join(sorted(set(rows["method"])))
+    return f"no {kind.name} memory: no {methods} record has {kind.column}" + (
+        " (NVML process memory: cuda runs only)" if kind.name == "process" else ""
+    )

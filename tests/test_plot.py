@@ -7,6 +7,7 @@ ratio in the report, is known in advance.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,6 +33,11 @@ PER_SAMPLE = {  # bytes per sample of each synthetic configuration
     ("revvit_small", "reversible"): 9e6,
     ("revvit_small", "vanilla"): 50e6,
 }
+NECK_KEPT, NECK_OVERRIDE, NECK_KEPT_PER_SAMPLE = (
+    "recompute_neck=False",
+    {"recompute_neck": False},
+    100e6,
+)
 
 
 def _cell(model: str, resolution: int, batch: int, **fields) -> Cell:
@@ -52,7 +58,8 @@ def _record(cell: Cell, per_sample: float, **values) -> Record:
             mem_temporaries_bytes=0,
             mem_other_bytes=0,
         )
-    counts = Counts(params=info.published_params or 10_000, macs=info.published_macs or 1_000_000)
+    macs = info.published_macs or 1_000_000
+    counts = Counts(params=info.published_params or 10_000, macs=macs, macs_thop=macs)
     return Record.for_cell(cell, counts=counts, measurement=Measurement(peak_bytes=peak, **values))
 
 
@@ -97,6 +104,12 @@ def _imagenet_records() -> list[Record]:
                 step_time_ms_median=10.0,
             )
         )
+    # The RevBiFPN neck kept instead of recomputed (C2's recompute_neck override): a variant
+    # the figures and the published comparison show beside the model as released.
+    for b in (4, 8):
+        cell = _cell("revbifpn_s4", 320, b, mode="reversible", suite=suite)
+        record = _record(cell, NECK_KEPT_PER_SAMPLE)
+        records.append(dataclasses.replace(record, variant=NECK_KEPT, overrides=NECK_OVERRIDE))
     oom = _cell("tf_efficientnet_b5", 456, 64, suite=suite)
     records.append(Record.for_cell(oom, status="oom", message="CUDA out of memory"))
     return records
@@ -151,6 +164,7 @@ def _table(report: str, *headings: str) -> pd.DataFrame:
 
 FIGURES = {
     "imagenet-train-mem": [
+        "headline",
         "mem_vs_macs",
         "mem_vs_batch",
         "mem_vs_resolution",
@@ -190,22 +204,35 @@ def test_memory_table_ratio_is_measured_over_published(rendered):
     checked = 0
     for _, row in table.iterrows():
         per_sample = PER_SAMPLE.get((row["model"], row["mode"]))
-        if row["method"] == "cuda":
+        if row["variant"] == NECK_KEPT:
+            per_sample = NECK_KEPT_PER_SAMPLE
+        if row["method"] == "measured on cuda":  # never "measured" for an estimate
             per_sample *= 1.05
+        else:
+            assert row["method"] == "estimated"
         if row["res"] in ("32", "64"):
             per_sample *= (int(row["res"]) / 32) ** 2
-        assert float(row["MB/sample"]) == pytest.approx(per_sample / 1e6, abs=0.05)
+        assert float(row["allocated MB/sample"]) == pytest.approx(per_sample / 1e6, abs=0.05)
         # Published memory compares with the reversible mode of a reversible model only.
         if row["model"] in published and not (
             row["model"] == "revbifpn_s4" and row["mode"] == "vanilla"
         ):
             pub = published[row["model"]]
             assert float(row["published MB/sample"].lstrip("~")) == pytest.approx(pub / 1e6)
-            assert row["measured / published"] == f"{per_sample / pub:.2f}"
+            assert row["ours / published"] == f"{per_sample / pub:.2f}"
+            off = abs(per_sample / pub - 1) > 0.25
+            assert row["note"].startswith("differs by more than 25%") == off
             checked += 1
         else:
-            assert row["measured / published"] == "-"
-    assert checked == 4  # revbifpn_s4 reversible, b5, ViT-S estimate and cuda
+            assert row["ours / published"] == "-" and row["note"] == ""
+    # revbifpn_s4 reversible as released and with its neck kept, b5, ViT-S estimate and cuda
+    assert checked == 5
+    # The gap of the model as released is explained beside it, with the variant's ratio.
+    pub_s4 = published["revbifpn_s4"]
+    footnote = next(ln for ln in report.splitlines() if ln.startswith("[RevBiFPN]"))
+    assert f"ours is {PER_SAMPLE[('revbifpn_s4', 'reversible')] / pub_s4:.2f}" in footnote
+    assert "official RevBiFPN code" in footnote
+    assert f"{NECK_KEPT}): {NECK_KEPT_PER_SAMPLE / pub_s4:.2f} of published" in footnote
 
 
 def test_counts_and_pairs_tables(rendered):
@@ -226,7 +253,8 @@ def test_counts_and_pairs_tables(rendered):
 def test_depth_suite_has_no_published_comparison(rendered):
     _, report = rendered
     table = _table(report, "## Suite `depth-scaling`")
-    assert len(table) == 6 and set(table["measured / published"]) == {"-"}
+    # No published figure on any row: the empty columns are left out.
+    assert len(table) == 6 and "ours / published" not in table.columns
     # Numbers sort as numbers: depth=4 before depth=16.
     assert list(table["variant"]) == ["depth=4"] * 2 + ["depth=8"] * 2 + ["depth=16"] * 2
 
@@ -241,7 +269,8 @@ def test_missing_figure_is_noted_not_drawn(tmp_path, run_cli):
     assert "*Skipped: no throughput recorded" in report
     assert "*Skipped: no cell was measured with both" in report
     assert not list((tmp_path / "rep").rglob("mem_vs_resolution*"))
-    assert (tmp_path / "rep" / "smoke" / "mem_vs_macs.png").is_file()
+    assert "*Skipped: no reversible family has a memory per sample" in report
+    assert (tmp_path / "rep" / "smoke" / "mem_vs_batch.png").is_file()
 
 
 def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
@@ -268,6 +297,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "no memory figures": [str(tmp / "cpu.jsonl")],
         "unknown format": [str(run), "--format", "png,gif"],
         "empty format": [str(run), "--format", ","],
+        "unknown memory kind": [str(run), "--memory", "virtual"],
     }
 
 
@@ -282,6 +312,7 @@ BAD_CASES = [
     "no memory figures",
     "unknown format",
     "empty format",
+    "unknown memory kind",
 ]
 
 
@@ -332,44 +363,147 @@ def test_published_data_converts_units_and_names_registered_models():
     assert set(memory["mode"]) == {"reversible", "vanilla"}
 
 
-def test_memory_vs_macs_draws_published_points_hollow():
-    from revbench.figures import memory_vs_macs
+def _macs_fit() -> pd.DataFrame:
+    """Memory per sample of every RevBiFPN, EfficientNet, RevViT and ViT size, its neck
+    variant and vanilla twins, with thop MACs 3% under the flop counter's: known positions."""
+    rows = []
+    for info in list_models():
+        if info.family not in ("RevBiFPN", "EfficientNet", "RevViT", "ViT"):
+            continue
+        if info.task != "classify" or not info.published_macs:  # detectors: other figures
+            continue
+        base = {
+            "model": info.name,
+            "variant": "",
+            "resolution": info.native_resolution,
+            "precision": "fp32",
+            "scenario": "train",
+            "optimizer": "sgd",
+            "method": "estimate",
+            "family": info.family,
+            "kind": info.kind,
+            "size": info.size,
+            "macs": float(info.published_macs),
+            "macs_thop": 0.97 * info.published_macs,
+        }
+        per_mac = 0.004 if info.kind == "reversible" else 0.03
+        mode = "reversible" if info.kind == "reversible" else "vanilla"
+        rows.append({**base, "mode": mode, "bytes_per_sample": per_mac * info.published_macs})
+        if info.family == "RevBiFPN":
+            rows.append(
+                {
+                    **base,
+                    "mode": "reversible",
+                    "variant": "recompute_neck=False",
+                    "bytes_per_sample": 2.2 * per_mac * info.published_macs,
+                }
+            )
+        if info.kind == "reversible" and (info.family != "RevBiFPN" or info.size in ("S0", "S6")):
+            rows.append({**base, "mode": "vanilla", "bytes_per_sample": 0.03 * info.published_macs})
+    return pd.DataFrame(rows)
 
-    fit = pd.DataFrame(
-        [
-            {
-                "model": "tf_efficientnet_b5",
-                "variant": "",
-                "mode": "vanilla",
-                "resolution": 456,
-                "family": "EfficientNet",
-                "size": "B5",
-                "macs": 10.4e9,
-                "macs_thop": None,
-                "bytes_per_sample": 1.2e9,
-            },
-            {
-                "model": "revbifpn_s4",
-                "variant": "",
-                "mode": "reversible",
-                "resolution": 320,
-                "family": "RevBiFPN",
-                "size": "S4",
-                "macs": 10.6e9,
-                "macs_thop": None,
-                "bytes_per_sample": 0.2e9,
-            },
-        ]
-    )
+
+def _native(fit: pd.DataFrame) -> dict[str, int]:
+    return dict(zip(fit["model"], fit["resolution"]))
+
+
+def test_headline_is_the_revbifpn_papers_figure_with_published_points_hollow():
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.figures import finish, headline
+
+    fit = _macs_fit()
     points = memory_points(load_published())
-    fig = memory_vs_macs(fit, points, {"tf_efficientnet_b5": 456, "revbifpn_s4": 320})
-    ax = fig.axes[0]
-    hollow = [ln for ln in ax.lines if ln.get_markerfacecolor() == "white" and ln.get_xydata().size]
-    expected = points[points["family"].isin(["EfficientNet", "RevBiFPN"]) & points["macs"].notna()]
-    assert len(hollow) == len(expected)  # one marker per published point
+    fig = finish(headline(fit, points, _native(fit), MEMORY_KINDS["allocated"]), "t")
+    (ax,) = fig.axes
     assert ax.get_xscale() == ax.get_yscale() == "log"
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert {"EfficientNet", "RevBiFPN"} <= set(labels)
+    expected = points[points["family"].isin(["EfficientNet", "RevBiFPN"]) & points["macs"].notna()]
+    hollow = [ln for ln in ax.lines if ln.get_markerfacecolor() == "white"]
+    assert len(hollow) == len(expected)  # one marker per published point
+    series = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
+    assert set(series) == {"RevBiFPN", "RevBiFPN (neck not recomputed)", "EfficientNet"}
+    assert series["RevBiFPN (neck not recomputed)"].get_linestyle() == "--"
+    # Both measured families in thop's convention, the RevBiFPN paper's.
+    rev = fit[
+        (fit["family"] == "RevBiFPN") & (fit["mode"] == "reversible") & (fit["variant"] == "")
+    ]
+    assert sorted(series["RevBiFPN"].get_xdata()) == pytest.approx(sorted(rev["macs_thop"] / 1e9))
+    assert "thop" in ax.get_xlabel() and "allocated" in ax.get_ylabel()
+    assert "slope" in ax.get_ylabel() and "10⁹" in ax.get_ylabel()
+
+
+def test_headline_labels_never_overlap():
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.figures import finish, headline
+    from revbench.labels import label_boxes, overlapping_pairs
+
+    fit = _macs_fit()
+    points = memory_points(load_published())
+    fig = finish(headline(fit, points, _native(fit), MEMORY_KINDS["allocated"]), "t")
+    (ax,) = fig.axes
+    renderer = fig.canvas.get_renderer()
+    boxes = label_boxes(ax.texts, renderer)
+    # Every size is labelled: 7 RevBiFPN, 8 EfficientNet and each published point.
+    published = points[points["family"].isin(["EfficientNet", "RevBiFPN"])]
+    assert len(boxes) == 7 + 8 + len(published)
+    assert overlapping_pairs(boxes) == []
+    frame = ax.get_window_extent(renderer)
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert all(i != 0 for i, _ in overlapping_pairs([legend, *boxes]))  # clear of the legend
+    for b in boxes:  # inside the axes
+        assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+
+
+def test_label_placer_separates_a_crowded_cluster():
+    from revbench.figures import new_figure
+    from revbench.labels import Label, freeze_layout, label_boxes, overlapping_pairs, place_labels
+
+    fig = new_figure(4, 3)
+    ax = fig.add_subplot()
+    xs = [1.0 + 0.01 * i for i in range(12)]  # twelve points within a few pixels
+    ax.plot(xs, xs, "o")
+    ax.set_xlim(0, 2)
+    ax.set_ylim(0, 2)
+    freeze_layout(fig)
+    texts = place_labels(ax, [Label(x, x, f"P{i}") for i, x in enumerate(xs)])
+    renderer = fig.canvas.get_renderer()
+    assert len(texts) == 12
+    assert overlapping_pairs(label_boxes(texts, renderer)) == []
+    # Deterministic: the same input places every label at the same offset.
+    fig2 = new_figure(4, 3)
+    ax2 = fig2.add_subplot()
+    ax2.plot(xs, xs, "o")
+    ax2.set_xlim(0, 2)
+    ax2.set_ylim(0, 2)
+    freeze_layout(fig2)
+    again = place_labels(ax2, [Label(x, x, f"P{i}") for i, x in enumerate(xs)])
+    assert [t.xyann for t in again] == [t.xyann for t in texts]
+
+
+def test_family_panels_count_macs_in_each_papers_convention():
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.figures import finish, macs_panels
+
+    fit = _macs_fit()
+    points = memory_points(load_published())
+    fig = finish(macs_panels(fit, points, _native(fit), MEMORY_KINDS["reserved"]), "t")
+    panels = {ax.get_title(loc="left").split(" ")[0]: ax for ax in fig.axes if ax.get_visible()}
+    assert set(panels) == {"RevBiFPN", "RevViT"}
+    rev, vit = panels["RevBiFPN"], panels["RevViT"]
+    assert "thop" in rev.get_xlabel() and "flop counter" in vit.get_xlabel()
+    assert "reserved" in rev.get_ylabel()
+
+    def line(ax, label):
+        return next(ln for ln in ax.lines if ln.get_label().startswith(label))
+
+    # RevBiFPN's panel counts every series with thop, RevViT's with the flop counter.
+    b7 = fit[fit["model"] == "tf_efficientnet_b7"].iloc[0]
+    assert max(line(rev, "EfficientNet").get_xdata()) == pytest.approx(b7["macs_thop"] / 1e9)
+    vit_l = fit[fit["model"] == "vit_large_patch16_224"].iloc[0]
+    assert max(line(vit, "ViT").get_xdata()) == pytest.approx(vit_l["macs"] / 1e9)
+    # The vanilla twin measured at two sizes is two points, not a line, and says so.
+    twin = line(rev, "RevBiFPN vanilla")
+    assert twin.get_linestyle() == "None" and "2 sizes" in twin.get_label()
+    assert line(vit, "RevViT vanilla").get_linestyle() == ":"  # three sizes: a curve
 
 
 def test_unknown_family_gets_a_stable_palette_colour():
@@ -378,3 +512,71 @@ def test_unknown_family_gets_a_stable_palette_colour():
     assert family_colour("SomeNewNet") == family_colour("SomeNewNet")
     assert family_colour("SomeNewNet") in TOL_MUTED
     assert len(set(FAMILY_COLOURS.values())) == len(FAMILY_COLOURS)
+
+
+def test_headline_table_sets_each_claim_beside_ours(tmp_path):
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.report import headline_table
+    from revbench.results import load
+
+    per_sample = {
+        ("revbifpn_s6", "reversible", ""): 0.115e9,
+        ("revbifpn_s6", "reversible", NECK_KEPT): 0.235e9,
+        ("tf_efficientnet_b7", "vanilla", ""): 3.9e9,
+        ("revvit_large", "reversible", ""): 17e6,
+        ("vit_large_patch16_224", "vanilla", ""): 314e6,
+    }
+    records = []
+    for (model, mode, variant), value in per_sample.items():
+        for b in (2, 4, 8):
+            record = _record(_cell(model, get_info(model).native_resolution, b, mode=mode), value)
+            if variant:
+                record = dataclasses.replace(record, variant=variant, overrides=NECK_OVERRIDE)
+            records.append(record)
+    run = _write_run(tmp_path, "imagenet-train-mem", records)
+    df = load(run)
+    df["variant"] = df["variant"].fillna("")
+    published = memory_points(load_published())
+    table = headline_table(df, published, MEMORY_KINDS["allocated"])
+    rows = {r[0].split(",")[0]: dict(zip(table.headers, r)) for r in table.rows}
+    revbifpn = rows["RevBiFPN-S6 vs EfficientNet-B7"]
+    ours = 3.9e9 / 0.115e9
+    assert revbifpn["published"].startswith("19.8x (5.05 vs 0.25 GB")
+    assert revbifpn["ours"].startswith(f"{ours:.1f}x (3.9 vs 0.115 GB")
+    assert revbifpn["method"].startswith("estimated (allocated memory")
+    assert revbifpn["ours / published"] == f"{ours / 19.8:.2f}"
+    known = revbifpn["what is known"]
+    assert known.startswith("differs by more than 25%")
+    assert f"our RevBiFPN-S6 is {0.115e9 / 0.25e9:.2f} of its published figure" in known
+    assert "official RevBiFPN code" in known and "EfficientNet:" not in known  # B7 is within
+    assert f"takes 0.235 GB per sample, {0.235 / 0.25:.2f} of published" in known
+    assert f"the ratio is {3.9 / 0.235:.1f}x" in known
+    revvit = rows["RevViT-L vs ViT-L"]
+    assert revvit["ours / published"] == f"{314 / 17 / 15.5:.2f}" and revvit["what is known"] == "-"
+    detection = rows["Faster R-CNN"]
+    assert detection["ours"] == "-" and "revbench run --suite coco-det-mem" in detection["method"]
+
+
+def test_memory_kind_selects_the_column_and_a_kind_without_data_is_skipped(tmp_path, run_cli):
+    # Reserved memory: the allocated peak plus 64 MB of cache per sample.
+    records = []
+    for b in (1, 2, 4):
+        record = _record(_cell("test_tiny_cnn", 32, b, suite="smoke"), 1e6)
+        records.append(
+            dataclasses.replace(record, peak_reserved_bytes=record.peak_bytes + b * 64e6)
+        )
+    run = _write_run(tmp_path / "res", "smoke", records)
+    code, out, err = run_cli("plot", str(run), "--out", str(tmp_path / "r"), "--memory", "reserved")
+    assert code == 0, err
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Memory kind: **reserved**" in report
+    table = _table(report, "### Memory per sample vs published")
+    assert float(table["reserved MB/sample"].iloc[0]) == pytest.approx(65.0)
+    assert "smoke/mem_vs_batch.png" in out.split("figures skipped")[0]
+    code, out, err = run_cli("plot", str(run), "--out", str(tmp_path / "p"), "--memory", "process")
+    assert code == 0, err
+    skipped = out.split("figures skipped")[1]
+    reason = "no process memory: no estimate record has process_peak_bytes"
+    assert f"smoke/mem_vs_batch (train, fp32, estimate): {reason}" in skipped
+    assert "smoke/mem_by_category" not in skipped  # the breakdown is allocated memory
+    assert not (tmp_path / "p" / "smoke" / "mem_vs_batch.png").exists()
