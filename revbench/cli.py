@@ -90,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(budgets) != 1:
             raise UsageError(f"--budget {','.join(args.budget)}: run takes one budget")
         cells = [replace(cell, budget_bytes=budgets[0]) for cell in cells]
+    scale_out = _scale_out_options(args)  # checked before anything is written
     if args.dry_run:
         for cell in cells:
             print(cell.label())
@@ -106,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=shlex.join(["revbench", *args.argv]),
         note=fallback_note,
         console=console,
+        **scale_out,
     )
     console.print(_summary_table(summary.records))
     store = summary.store
@@ -118,6 +120,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             export_csv(df, args.csv)
     console.print(f"results: {store.results_path}")
     return 130 if summary.interrupted else 0
+
+
+def _scale_out_options(args: argparse.Namespace) -> dict:
+    """run_suite's jobs/gpus/launcher arguments from --jobs, --gpus, --launcher, --slurm-*."""
+    from .runner import resolve_gpus
+
+    options = {
+        "partition": args.slurm_partition,
+        "time_min": args.slurm_time,
+        "gpus_per_task": args.slurm_gpus_per_task,
+        "array_parallelism": args.array_parallelism,
+        "folder": args.submitit_folder,
+    }
+    if args.launcher != "submitit" and any(v is not None for v in options.values()):
+        raise UsageError(
+            "--slurm-*, --array-parallelism and --submitit-folder apply to --launcher "
+            f"submitit, not {args.launcher}"
+        )
+    return {
+        "jobs": args.jobs,
+        "gpus": None if args.gpus is None else resolve_gpus(args.gpus),
+        "launcher": args.launcher,
+        "launcher_options": options,
+    }
 
 
 def _summary_table(records):
@@ -296,6 +322,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv,
         help="memory budget (16GiB, 24GB, bytes or auto): cells the estimator predicts above "
         "it are skipped, and cuda cells run with the allocator capped at it",
+    )
+    scale = run.add_argument_group("scale out (README: Scaling out)")
+    scale.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="N worker processes share the cells (estimate, cpu; default 1)",
+    )
+    scale.add_argument(
+        "--gpus", help="cuda: one worker per card, pinned with CUDA_VISIBLE_DEVICES: 0,1,... | all"
+    )
+    scale.add_argument(
+        "--launcher",
+        default="local",
+        help="local (workers on this machine, the default) | submitit (a job array: Slurm "
+        "where sbatch exists, submitit's local executor otherwise)",
+    )
+    scale.add_argument("--slurm-partition", help="submitit: the Slurm partition")
+    scale.add_argument(
+        "--slurm-time",
+        type=int,
+        help="submitit: minutes per job (default: the longest cell timeout + 5)",
+    )
+    scale.add_argument(
+        "--slurm-gpus-per-task", type=int, help="submitit: GPUs per job (default: 1 for cuda)"
+    )
+    scale.add_argument(
+        "--array-parallelism", type=int, help="submitit: jobs of the array running at once"
+    )
+    scale.add_argument(
+        "--submitit-folder", help="submitit: job logs and pickles (default: RUN_DIR/submitit)"
     )
     run.set_defaults(func=cmd_run)
 
