@@ -70,6 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     suite = load_suite(args.suite)
     method, fallback_note = resolve_device(args.device)
+    args.scenario = _ddp_scenario(args.scenario, args.world_size)
     cells = expand(
         suite,
         method=method,
@@ -120,6 +121,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             export_csv(df, args.csv)
     console.print(f"results: {store.results_path}")
     return 130 if summary.interrupted else 0
+
+
+def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
+    """`--scenario ddp --world-size N` is the scenario ddp-N (revbench.ddp)."""
+    if world_size is None:
+        if scenario == "ddp":
+            raise UsageError("--scenario ddp needs --world-size N (ranks, N >= 1)")
+        return scenario
+    if scenario != "ddp" or world_size < 1:
+        raise UsageError(
+            f"--world-size {world_size} is invalid here; valid: an integer >= 1, with "
+            "--scenario ddp"
+        )
+    return f"ddp-{world_size}"
 
 
 def _scale_out_options(args: argparse.Namespace) -> dict:
@@ -282,7 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
     run.add_argument("--precision", type=_csv, help="fp32, amp-bf16, amp-fp16 (comma-separated)")
     run.add_argument("--modes", type=_csv, help="reversible, vanilla, checkpoint (comma-separated)")
-    run.add_argument("--scenario", help="train | infer")
+    run.add_argument(
+        "--scenario", help="train | infer | ddp (with --world-size N; in suites: ddp-N)"
+    )
+    run.add_argument(
+        "--world-size",
+        type=int,
+        help="ddp: ranks on this machine (gloo on CPU, nccl on GPUs), each with the batch",
+    )
     run.add_argument("--optimizer", help="sgd (with momentum) | adamw")
     run.add_argument("--out", default="results", help="results directory (default: results/)")
     run.add_argument(

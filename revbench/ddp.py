@@ -115,9 +115,9 @@ class DdpBuckets:
     @contextlib.contextmanager
     def alive(self) -> Iterator[None]:
         """The rebuilt buckets exist for the block (enter it inside the memory tracker)."""
-        # Parameters whose gradients never became ready keep their registration order after
-        # the ready ones (the Reducer would wait for them; here they simply come last).
-        order = self.ready + [i for i in range(len(self.params)) if i not in self.ready]
+        # Parameters that got no gradient are left out of DDP (`unused_parameters`), so out
+        # of its buckets.
+        order = list(self.ready)
         ordered = [self.params[i] for i in order]
         buffers = []
         views: dict[int, torch.Tensor] = {}
@@ -220,9 +220,28 @@ def init_rank(rank: int, world_size: int, init_file: str, device_type: str) -> t
     return device
 
 
-def wrap(model: nn.Module, device: torch.device, config: DdpConfig) -> nn.Module:
+def unused_parameters(model: nn.Module, step) -> list[str]:
+    """Parameters no gradient reaches in one local forward and backward of `step` (RevCol's
+    first column has alphas that multiply nothing). DDP must be told to ignore them: it
+    would otherwise wait for their bucket, all-reduce none of its gradients in the first
+    step (silently: ranks diverge) and stop with "Expected to have finished reduction in
+    the prior iteration" at the second. find_unused_parameters would work too, at the cost
+    of a graph traversal every step; these models leave the same parameters unused always."""
+    step.forward()
+    step.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return unused
+
+
+def wrap(
+    model: nn.Module, device: torch.device, config: DdpConfig, ignore: list[str] = ()
+) -> nn.Module:
+    """`model` under DistributedDataParallel, parameters named in `ignore` left out."""
     from torch.nn.parallel import DistributedDataParallel
 
+    if ignore:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, list(ignore))
     return DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -258,7 +277,7 @@ def measure_rank(
         model = build_model(cell)
     torch.manual_seed(1 + rank)  # each rank its own batch
     step = step_for(cell, model, device)
-    step.model = wrap(model, device, config)
+    step.model = wrap(model, device, config, unused_parameters(model, step))
     warmup = max(2, cell.warmup_steps)  # the second step rebuilds the buckets
     if device_type == "cuda":
         from .methods.cuda import cuda_peak
@@ -312,3 +331,33 @@ def rank_message(results: list[RankResult]) -> str:
 
 def round_up(nbytes: int, block: int) -> int:
     return math.ceil(nbytes / block) * block
+
+
+def cell_ddp(cell) -> DdpConfig | None:
+    """The DDP settings of a `ddp-N` cell (DDP's defaults), None for any other scenario."""
+    world_size = world_size_of(cell.scenario)
+    return None if world_size is None else DdpConfig(world_size)
+
+
+def measure_cell(cell):
+    """A real `ddp-N` cell (cpu or cuda method): N ranks on this machine, each measured by
+    `measure_rank`; the peak is the ranks' maximum, the note lists every rank's."""
+    from .measurement import timed
+
+    config = cell_ddp(cell)
+    if cell.method == "cuda" and torch.cuda.device_count() < config.world_size:
+        raise RuntimeError(
+            f"{cell.scenario} needs {config.world_size} GPUs on this machine; "
+            f"{torch.cuda.device_count()} visible"
+        )
+    results = run_ranks(
+        measure_rank, config.world_size, cell.to_json(), config, timeout_s=cell.timeout_s
+    )
+    slowest = max(results, key=lambda r: sorted(r.step_time_ms)[len(r.step_time_ms) // 2])
+    from dataclasses import replace
+
+    return replace(
+        timed(slowest.step_time_ms, cell.batch_size * config.world_size),
+        peak_bytes=max(r.peak_bytes for r in results),
+        note=rank_message(results),
+    )

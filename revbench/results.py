@@ -132,6 +132,8 @@ class Record:
         max_batch: MaxBatch | None = None,
     ) -> Record:
         measured = asdict(measurement or Measurement())
+        note = measured.pop("note")  # a method's note goes into the message
+        message = "; ".join(filter(None, [note, message]))
         measured["measure_steps"] = measured["measure_steps"] or cell.measure_steps
         return cls(
             model=cell.model,
@@ -430,7 +432,7 @@ _TEXT_FIELDS = (
 _SIDE_FIELDS = ("resolution", "batch_size")
 _FIGURE_FIELDS = (
     *(f.name for f in fields(Counts)),
-    *(f.name for f in fields(Measurement) if f.name != "snapshot_file"),
+    *(f.name for f in fields(Measurement) if f.name not in ("snapshot_file", "note")),
     "warmup_steps",
     *_BUDGET_FIELDS,
     *(f.name for f in fields(MaxBatch) if f.name != "first_failed_status"),

@@ -36,6 +36,7 @@ from torch.distributed._tools import mem_tracker as _mt
 from revbench.models import create, get_info
 
 from ..cell import Cell
+from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from .base import Method
@@ -109,13 +110,15 @@ def estimate_memory(
     precision: str = "fp32",
     optimizer: str = "sgd",
     task: str = "classify",
+    ddp: DdpConfig | None = None,
     **overrides,
 ) -> MemoryEstimate:
     """Peak memory of one steady-state step of `model`, by category.
 
     `model` is a registered name (built with `img_size=resolution` and `overrides`) or a
     zero-argument factory returning a module that serves `task` (for classify: (B, 3, R, R)
-    images to logits, with a `num_classes` attribute).
+    images to logits, with a `num_classes` attribute). `ddp`: one rank of a data-parallel
+    train step, DDP's gradient buckets included (revbench.ddp).
     """
     if isinstance(model, str):
         name = model
@@ -144,12 +147,13 @@ def estimate_memory(
             device="cpu",
             optimizer=optimizer,
         )
+        buckets = DdpBuckets(net, ddp) if ddp else None  # records the gradients' ready order
         step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
         tracker = _PeakTracker()
         # Registered after the warm-up: state created before track_external is not
         # attributed to its category otherwise.
         tracker.track_external(net, *([step.optimizer] if step.optimizer else []))
-        with tracker:
+        with tracker, buckets.alive() if buckets else contextlib.nullcontext():
             step.run()
         snapshot = tracker.get_tracker_snapshot("peak")
     (device_snapshot,) = snapshot.values()
@@ -183,11 +187,13 @@ class EstimateMethod(Method):
                 optimizer=cell.optimizer,
             )
             return _measurement(est)
+        ddp = cell_ddp(cell)
         est = estimate_memory(
             lambda: build_model(cell),
             batch_size=cell.batch_size,
             resolution=cell.resolution,
-            scenario=cell.scenario,
+            scenario="train" if ddp else cell.scenario,
+            ddp=ddp,
             precision=cell.precision,
             optimizer=cell.optimizer,
             task=cell.task,
