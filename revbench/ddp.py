@@ -265,11 +265,12 @@ def measure_rank(
     allocator's peak and CUDA-event times; cpu: perf_counter times, and one step's peak under
     MemTracker, which was entered before the bucket rebuild so the buckets are counted)."""
     import time
+    from dataclasses import replace
 
     from .cell import Cell
     from .scenario import build_model, step_for
 
-    cell = Cell.from_json(cell_json)
+    cell = replace(Cell.from_json(cell_json), scenario="train")  # each rank's own step
     device_type = "cuda" if cell.method == "cuda" else "cpu"
     device = init_rank(rank, world_size, init_file, device_type)
     torch.manual_seed(0)  # the same weights on every rank (DDP broadcasts rank 0's anyway)
