@@ -43,9 +43,13 @@ class JobReport:
 def measure_cell_job(cell_json: str, run_dir: str, thop: bool) -> dict:
     """A job's body (runs on the compute node): measure, count, append, report."""
     from .launcher import run_inline
+    from .runner import budget_outcome
 
     cell = Cell.from_json(cell_json)
-    outcome = run_inline(cell, counts=True, thop=thop)
+    # a cell predicted over its budget (run --budget) is skipped, as local runs skip it
+    outcome = budget_outcome(cell, run_inline, counts=True, thop=thop)
+    if outcome is None:
+        outcome = run_inline(cell, counts=True, thop=thop)
     record = Record.for_cell(
         cell,
         status=outcome.status,
