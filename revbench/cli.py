@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = _console()
     suite = load_suite(args.suite)
     method, fallback_note = resolve_device(args.device)
+    args.scenario = _ddp_scenario(args.scenario, args.world_size)
     cells = expand(
         suite,
         method=method,
@@ -101,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(budgets) != 1:
             raise UsageError(f"--budget {','.join(args.budget)}: run takes one budget")
         cells = [replace(cell, budget_bytes=budgets[0]) for cell in cells]
+    scale_out = _scale_out_options(args)  # checked before anything is written
     if args.dry_run:
         for cell in cells:
             print(cell.label())
@@ -117,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=shlex.join(["revbench", *args.argv]),
         note=fallback_note,
         console=console,
+        **scale_out,
     )
     if summary.records:
         console.print(_summary_table(summary.records, console.width))
@@ -131,6 +134,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     # soft_wrap: a path stays whole on one line, to be copied
     console.print(f"results: {store.results_path}", highlight=False, soft_wrap=True)
     return 130 if summary.interrupted else 0
+
+
+def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
+    """`--scenario ddp --world-size N` is the scenario ddp-N (revbench.ddp)."""
+    if world_size is None:
+        if scenario == "ddp":
+            raise UsageError("--scenario ddp needs --world-size N (ranks, N >= 1)")
+        return scenario
+    if scenario != "ddp" or world_size < 1:
+        raise UsageError(
+            f"--world-size {world_size} is invalid here; valid: an integer >= 1, with "
+            "--scenario ddp"
+        )
+    return f"ddp-{world_size}"
+
+
+def _scale_out_options(args: argparse.Namespace) -> dict:
+    """run_suite's jobs/gpus/launcher arguments from --jobs, --gpus, --launcher, --slurm-*."""
+    from .runner import resolve_gpus
+
+    options = {
+        "partition": args.slurm_partition,
+        "time_min": args.slurm_time,
+        "gpus_per_task": args.slurm_gpus_per_task,
+        "array_parallelism": args.array_parallelism,
+        "folder": args.submitit_folder,
+    }
+    if args.launcher != "submitit" and any(v is not None for v in options.values()):
+        raise UsageError(
+            "--slurm-*, --array-parallelism and --submitit-folder apply to --launcher "
+            f"submitit, not {args.launcher}"
+        )
+    return {
+        "jobs": args.jobs,
+        "gpus": None if args.gpus is None else resolve_gpus(args.gpus),
+        "launcher": args.launcher,
+        "launcher_options": options,
+    }
 
 
 EMPTY = "-"
@@ -368,7 +409,14 @@ def _add_run(sub) -> None:
     run.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
     run.add_argument("--precision", type=_csv, help="fp32, amp-bf16, amp-fp16 (comma-separated)")
     run.add_argument("--modes", type=_csv, help="reversible, vanilla, checkpoint (comma-separated)")
-    run.add_argument("--scenario", help="train | infer")
+    run.add_argument(
+        "--scenario", help="train | infer | ddp (with --world-size N; in suites: ddp-N)"
+    )
+    run.add_argument(
+        "--world-size",
+        type=int,
+        help="ddp: ranks on this machine (gloo on CPU, nccl on GPUs), each with the batch",
+    )
     run.add_argument("--optimizer", help="sgd (with momentum) | adamw")
     run.add_argument("--out", default="results", help="results directory (default: results/)")
     run.add_argument(
@@ -408,6 +456,37 @@ def _add_run(sub) -> None:
         type=_csv,
         help="memory budget (16GiB, 24GB, bytes or auto): cells the estimator predicts above "
         "it are skipped, and cuda cells run with the allocator capped at it",
+    )
+    scale = run.add_argument_group("scale out (README: Scaling out)")
+    scale.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="N worker processes share the cells (estimate, cpu; default 1)",
+    )
+    scale.add_argument(
+        "--gpus", help="cuda: one worker per card, pinned with CUDA_VISIBLE_DEVICES: 0,1,... | all"
+    )
+    scale.add_argument(
+        "--launcher",
+        default="local",
+        help="local (workers on this machine, the default) | submitit (a job array: Slurm "
+        "where sbatch exists, submitit's local executor otherwise)",
+    )
+    scale.add_argument("--slurm-partition", help="submitit: the Slurm partition")
+    scale.add_argument(
+        "--slurm-time",
+        type=int,
+        help="submitit: minutes per job (default: the longest cell timeout + 5)",
+    )
+    scale.add_argument(
+        "--slurm-gpus-per-task", type=int, help="submitit: GPUs per job (default: 1 for cuda)"
+    )
+    scale.add_argument(
+        "--array-parallelism", type=int, help="submitit: jobs of the array running at once"
+    )
+    scale.add_argument(
+        "--submitit-folder", help="submitit: job logs and pickles (default: RUN_DIR/submitit)"
     )
     run.set_defaults(func=cmd_run)
 

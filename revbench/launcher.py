@@ -193,7 +193,7 @@ def _stderr_summary(text: str) -> str:
 class Worker:
     """One worker process: `python -m revbench.launcher`, fed requests one line each."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         # Its stderr goes to an anonymous file: a crashed cell's row quotes its tail, and a
         # chatty model cannot fill a pipe nobody reads.
         self._stderr = tempfile.TemporaryFile()
@@ -203,10 +203,11 @@ class Worker:
             stdout=subprocess.PIPE,
             stderr=None if os.environ.get("REVBENCH_DEBUG") else self._stderr,
             start_new_session=True,
+            env={**os.environ, **extra_env} if extra_env else None,
         )
         self._buffer = b""
         self.ready = False
-        self.env = worker_env()
+        self.env = worker_env(extra_env)
 
     def _read_line(self, deadline: float | None) -> bytes:
         """The next line on the worker's stdout; WorkerTimeout past `deadline`, WorkerDied
@@ -307,10 +308,11 @@ class Worker:
     close = kill  # an idle worker has nothing to finish
 
 
-def worker_env() -> tuple:
+def worker_env(extra_env: dict[str, str] | None = None) -> tuple:
     """What a worker inherits that decides what it can run: a change means a new worker."""
     names = ("REVBENCH_PLUGINS", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "REVBENCH_DEBUG")
-    return (sys.executable, os.getcwd(), *(os.environ.get(n) for n in names))
+    env = {**os.environ, **(extra_env or {})}
+    return (sys.executable, os.getcwd(), *(env.get(n) for n in names))
 
 
 class WorkerPool:
@@ -321,16 +323,20 @@ class WorkerPool:
     process group; a crashed one is reaped; either is replaced by the next `run`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
+        # extra_env: what this pool's workers get on top of ours (--gpus pins each pool to
+        # one card with CUDA_VISIBLE_DEVICES).
+        self.extra_env = dict(extra_env or {})
         self._warm: list[Worker] = []
+        self._busy: set[Worker] = set()  # running a cell; close() kills them too
 
     def _take(self) -> Worker:
         while self._warm:
             worker = self._warm.pop(0)
-            if worker.proc.poll() is None and worker.env == worker_env():
+            if worker.proc.poll() is None and worker.env == worker_env(self.extra_env):
                 return worker
             worker.kill()
-        return Worker()
+        return Worker(self.extra_env)
 
     def run(
         self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True
@@ -345,13 +351,15 @@ class WorkerPool:
             worker.kill()
             raise
         if fresh and not self._warm:
-            self._warm.append(Worker())  # the next cell's worker starts while this one runs
+            # the next cell's worker starts while this one runs
+            self._warm.append(Worker(self.extra_env))
         request = {
             "cell": cell.to_json(),
             "snapshot_path": None if snapshot_path is None else str(snapshot_path),
             "counts": counts,
             "thop": thop,
         }
+        self._busy.add(worker)
         try:
             outcome = worker.run(request, cell.timeout_s)
         except WorkerTimeout:
@@ -363,6 +371,8 @@ class WorkerPool:
         except BaseException:  # Ctrl-C while waiting: the cell dies with the run
             worker.kill()
             raise
+        finally:
+            self._busy.discard(worker)
         if fresh:
             worker.close()
         else:
@@ -370,8 +380,11 @@ class WorkerPool:
         return outcome
 
     def close(self) -> None:
+        """Kill every worker, idle or running a cell (whose run then returns an error)."""
         while self._warm:
             self._warm.pop().kill()
+        for worker in list(self._busy):
+            worker.kill()
 
 
 _POOL: WorkerPool | None = None

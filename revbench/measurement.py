@@ -69,6 +69,8 @@ class Measurement:
     throughput_samples_per_s: float | None = None
     measure_steps: int | None = None
     snapshot_file: str | None = None  # the allocator history, next to the results
+    # what the figures need said, for the record's message (ddp: every rank's peak)
+    note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -132,12 +132,14 @@ class CellProgress:
                 label = label[: room - 1] + "…"
             self._bar.update(self._task, cell=escape(label))
 
-    def done(self, record) -> None:
-        """`record` (a Record) is stored: print its line, advance the counts."""
+    def done(self, record, where: str = "") -> None:
+        """`record` (a Record) is stored: print its line, advance the counts. `where`
+        names what ran it when several workers share the cells ("worker 1")."""
         self.finished += 1
         style = status.STYLE.get(record.status, "red")
         # Labels and messages carry brackets ("[depth=4]"): not rich markup.
         note = f" ({record.message})" if record.message else ""
+        note += f" [{where}]" if where else ""
         line = f"[{style}]{record.status:>7}[/] " + escape(cell_label(record) + note)
         if self._bar is not None:
             self._bar.advance(self._task)

@@ -6,7 +6,10 @@ a run loses no finished cell). Files are parsed as JSON, never evaluated, and ev
 is validated as it is read: a JSON object of this schema version whose figures are finite
 non-negative numbers. A last line without its newline is what an interrupted write leaves;
 readers leave it out, and a writer truncates it away (`RunStore.repair`) before appending.
-One process writes a run directory at a time (`RunStore.lock`).
+One invocation runs a run directory at a time (`RunStore.lock`); the many processes it may
+fan cells out to (`--jobs`, `--gpus`, submitit jobs on other hosts) append through
+`RunStore.append`, which holds an flock on the results file for each record, so records
+from many writers never interleave, tear or get lost.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ class Record:
         max_batch: MaxBatch | None = None,
     ) -> Record:
         measured = asdict(measurement or Measurement())
+        note = measured.pop("note")  # a method's note goes into the message
+        message = "; ".join(filter(None, [note, message]))
         measured["measure_steps"] = measured["measure_steps"] or cell.measure_steps
         return cls(
             model=cell.model,
@@ -280,6 +285,20 @@ class RunStore:
             )
         return manifest
 
+    @contextlib.contextmanager
+    def _append_lock(self) -> Iterator[None]:
+        """Exclusive hold on the results file for one repair-and-append, among every process
+        writing this run (the run's workers, its submitit jobs on other hosts: Linux NFS
+        clients forward flock to the server as a POSIX lock). Blocks until it is free."""
+        import fcntl
+
+        fd = os.open(self.results_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
     def repair(self) -> str | None:
         """Complete or drop a torn last line; a one-line notice of what was done, or None.
 
@@ -288,6 +307,10 @@ class RunStore:
         """
         if not self.results_path.is_file():
             return None
+        with self._append_lock():
+            return self._repair()
+
+    def _repair(self) -> str | None:
         with open(self.results_path, "rb+") as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0 or f.seek(size - 1) >= 0 and f.read(1) == b"\n":
@@ -312,13 +335,26 @@ class RunStore:
         return notice
 
     def append(self, record: Record) -> None:
-        notice = self.repair()  # never glue a record onto a partial line
-        if notice:
-            log.warning(notice)
-        with open(self.results_path, "a") as f:
-            f.write(record.to_json() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Add one record; safe from many processes at once (see `_append_lock`)."""
+        with self._append_lock():
+            notice = self._repair()  # never glue a record onto a partial line
+            if notice:
+                log.warning(notice)
+            with open(self.results_path, "a") as f:
+                f.write(record.to_json() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def update_invocation(self, **fields) -> None:
+        """Add fields to this run's last invocation in the manifest (what was learnt while it
+        ran: the workers' hosts and GPUs). Call it with the lock held."""
+        manifest = self.read_manifest()
+        if not manifest or not manifest["invocations"]:
+            return
+        manifest["invocations"][-1].update(fields)
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        tmp.replace(self.manifest_path)
 
     def measured_keys(self) -> set[tuple]:
         """Keys of the cells already measured (ok or oom) in this run."""
@@ -403,7 +439,7 @@ _TEXT_FIELDS = (
 _SIDE_FIELDS = ("resolution", "batch_size")
 _FIGURE_FIELDS = (
     *(f.name for f in fields(Counts)),
-    *(f.name for f in fields(Measurement) if f.name != "snapshot_file"),
+    *(f.name for f in fields(Measurement) if f.name not in ("snapshot_file", "note")),
     "warmup_steps",
     *_BUDGET_FIELDS,
     *(f.name for f in fields(MaxBatch) if f.name != "first_failed_status"),

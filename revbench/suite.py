@@ -32,7 +32,7 @@ from .catalog import builtin_suites
 from .cell import Cell, model_label, variant_label
 from .errors import UsageError
 from .methods import method_names
-from .scenario import OPTIMIZERS, PRECISIONS, SCENARIOS
+from .scenario import OPTIMIZERS, PRECISIONS, check_scenario
 from .tasks import task_names
 
 AXES = ("models", "resolutions", "batch_sizes", "precisions", "modes", "overrides", "budgets")
@@ -272,7 +272,10 @@ def expand(
 
 
 def _expand_group(suite: Suite, g: dict, method: str) -> list[Cell]:
-    _check_choice("scenario", g["scenario"], SCENARIOS)
+    try:
+        check_scenario(g["scenario"])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     _check_choice("optimizer", g["optimizer"], OPTIMIZERS)
     if g["task"] is not None:
         _check_choice("task", g["task"], task_names())

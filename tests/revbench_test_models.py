@@ -6,6 +6,7 @@ They register exactly as a user's plugin would: a config derived from `ModelConf
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -70,3 +71,12 @@ def crash(cfg: CrashConfig) -> nn.Module:
 register_model("test_tiny_cnn", TinyConfig(), family="Test", size="tiny", builder=TinyCNN)
 register_model("test_oom_probe", TinyConfig(), family="Test", size="oom", builder=OOMProbe)
 register_model("test_crash", CrashConfig(), family="Test", size="crash", builder=crash)
+
+
+def which_card(cfg: TinyConfig) -> nn.Module:
+    # Fails on purpose, naming the card its process was pinned to: the row's message shows
+    # which worker (--gpus) ran the cell, with no GPU on the machine.
+    raise RuntimeError(f"pinned to CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}")
+
+
+register_model("test_which_card", TinyConfig(), family="Test", size="card", builder=which_card)

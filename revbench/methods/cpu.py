@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from ..cell import Cell
+from ..ddp import cell_ddp
+from ..ddp import measure_cell as measure_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
 from .base import Method
@@ -19,6 +21,8 @@ class CpuMethod(Method):
     name = "cpu"
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
+        if cell_ddp(cell):  # N gloo ranks, each its step's peak under MemTracker
+            return measure_ddp(cell)
         step = cell_step(cell, "cpu")
         for _ in range(cell.warmup_steps):
             step.run()

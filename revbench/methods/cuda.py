@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 from ..cell import Cell
+from ..ddp import cell_ddp
+from ..ddp import measure_cell as measure_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
 from .base import Method
@@ -154,6 +156,8 @@ class CudaMethod(Method):
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
         if not torch.cuda.is_available():
             raise RuntimeError("the cuda method needs a CUDA GPU; none is visible")
+        if cell_ddp(cell):  # N nccl ranks, one card each
+            return measure_ddp(cell)
         device = torch.device("cuda", 0)
         # A budget caps the allocator: a batch that would not fit a card of that size runs
         # out of memory here too, whatever this card's size. Set for every cell, so a cell

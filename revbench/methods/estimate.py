@@ -47,6 +47,7 @@ from revbench.models import create, get_info
 from ..allocator import AllocationRecorder, AllocatorStats, Event, simulate
 from ..autocast_policy import cuda_cast_policy
 from ..cell import Cell
+from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from .base import Method
@@ -133,6 +134,7 @@ def estimate_memory(
     optimizer: str = "sgd",
     task: str = "classify",
     predict_reserved: bool = True,
+    ddp: DdpConfig | None = None,
     **overrides,
 ) -> MemoryEstimate:
     """Peak memory of one steady-state step of `model`, by category.
@@ -142,6 +144,8 @@ def estimate_memory(
     images to logits, with a `num_classes` attribute). `predict_reserved` records the step's
     allocations and frees and replays them through the caching-allocator model
     (`revbench.allocator`) for the reserved peak; False skips it (allocated peak only).
+    `ddp`: one rank of a data-parallel train step, DDP's gradient buckets included
+    (revbench.ddp).
     """
     if isinstance(model, str):
         name = model
@@ -170,6 +174,7 @@ def estimate_memory(
             device="cpu",
             optimizer=optimizer,
         )
+        buckets = DdpBuckets(net, ddp) if ddp else None  # records the gradients' ready order
         step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
         tracker = _PeakTracker()
         # Registered after the warm-up: state created before track_external is not
@@ -179,7 +184,7 @@ def estimate_memory(
             net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
         )
         recorder = AllocationRecorder() if predict_reserved else contextlib.nullcontext()
-        with tracker, recorder:
+        with tracker, recorder, buckets.alive() if buckets else contextlib.nullcontext():
             if predict_reserved:
                 recorder.track(*live_tensors(net, step))
             step.run()
@@ -244,11 +249,13 @@ class EstimateMethod(Method):
                     optimizer=cell.optimizer,
                 )
             return _measurement(est)
+        ddp = cell_ddp(cell)
         est = estimate_memory(
             lambda: build_model(cell),
             batch_size=cell.batch_size,
             resolution=cell.resolution,
-            scenario=cell.scenario,
+            scenario="train" if ddp else cell.scenario,
+            ddp=ddp,
             precision=cell.precision,
             optimizer=cell.optimizer,
             task=cell.task,

@@ -1,0 +1,168 @@
+"""Scaling out: --jobs workers, --gpus pinning, many writers on one run directory, and the
+submitit launcher end to end on its local executor."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+
+import pytest
+from rich.console import Console
+
+from revbench.errors import UsageError
+from revbench.results import Record, RunStore, load
+from revbench.runner import resolve_gpus, run_cells
+from revbench.suite import make_cell
+
+FAULTS = "revbench_fault_models"
+
+SUITE = """
+description = "tiny scale-out"
+[defaults]
+batch_sizes = [1, 2, 3]
+warmup_steps = 1
+measure_steps = 1
+timeout_s = 120
+[[group]]
+name = "probe"
+models = ["test_tiny_cnn", "test_crash"]
+resolutions = [32]
+"""
+
+
+@pytest.fixture
+def suite(tmp_path):
+    path = tmp_path / "scale.toml"
+    path.write_text(SUITE)
+    return str(path)
+
+
+def _run_dir(out):
+    (run_dir,) = sorted(p for p in out.glob("*/*") if p.is_dir())
+    return run_dir
+
+
+def _keys(run_dir):
+    return [Record(**row).key for row in RunStore(run_dir).rows()]
+
+
+def test_jobs_share_the_cells_into_one_run_and_resume(run_cli, tmp_path, suite):
+    out = tmp_path / "out"
+    # A first run of one cell (in-process: cheap), then --resume with two workers for the rest.
+    code, _, err = run_cli(
+        "run", "--suite", suite, "--device", "estimate", "--out", str(out), "--no-thop",
+        "--models", "test_tiny_cnn", "--batch-sizes", "1", "--no-isolate",
+    )  # fmt: skip
+    assert code == 0, err
+    run_dir = _run_dir(out)
+    code, _, err = run_cli(
+        "run", "--suite", suite, "--device", "estimate", "--out", str(out), "--no-thop",
+        "--jobs", "2", "--resume",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "1 cell(s) already measured, 5 to go" in err
+    keys = _keys(run_dir)
+    assert len(keys) == len(set(keys)) == 6  # every cell once: none lost, none twice
+    df = load(run_dir)
+    assert set(df[df["model"] == "test_tiny_cnn"]["status"]) == {"ok"}
+    assert set(df[df["model"] == "test_crash"]["status"]) == {"error"}
+    # counted once per model, and every row of the model carries the counts
+    assert df[df["model"] == "test_tiny_cnn"]["params"].notna().all()
+    last = json.loads((run_dir / "manifest.json").read_text())["invocations"][-1]
+    assert (last["launcher"], last["jobs"]) == ("local", 2)
+    assert sorted(w["worker"] for w in last["workers"]) == [0, 1]
+    assert sum(w["cells"] for w in last["workers"]) == 5
+    assert all(w["host"] for w in last["workers"])
+
+
+def _append_many(run_dir: str, writer: int, n: int) -> None:
+    store = RunStore(run_dir)
+    for i in range(n):
+        cell = make_cell("test_tiny_cnn", resolution=32, batch_size=1 + writer * n + i)
+        store.append(Record.for_cell(cell, message="x" * 3000))  # lines larger than a page
+
+
+def test_many_processes_append_without_losing_or_tearing_a_row(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    writers, n = 4, 25
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(run_dir), w, n)) for w in range(writers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rows = RunStore(run_dir).rows()  # every line validated: a torn line would raise
+    assert sorted(r["batch_size"] for r in rows) == list(range(1, writers * n + 1))
+
+
+def test_gpus_pin_one_worker_per_card(tmp_path):
+    # No GPU here: the estimator runs the cells, and a model that fails naming the card it
+    # was pinned to shows which worker took each cell.
+    store = RunStore(tmp_path)
+    cells = [make_cell("test_which_card", resolution=32, batch_size=b) for b in (1, 2, 3, 4)]
+    summary = run_cells(
+        cells, store, isolate=True, thop=False, gpus=["0", "1"], console=Console(quiet=True)
+    )
+    messages = [r.message for r in summary.records]
+    assert len(messages) == 4
+    cards = {m.split("CUDA_VISIBLE_DEVICES=")[1].split()[0].strip(";") for m in messages}
+    assert cards == {"0", "1"}
+
+
+def test_gpus_all_without_a_gpu_and_bad_fan_outs_are_usage_errors(run_cli, tmp_path, suite):
+    with pytest.raises(UsageError, match="no CUDA GPU is visible"):
+        resolve_gpus("all")
+    with pytest.raises(UsageError, match="--gpus '0,x' is invalid"):
+        resolve_gpus("0,x")
+    out = tmp_path / "out"
+    for argv, message in [
+        (["--gpus", "all"], "--gpus all: no CUDA GPU is visible"),
+        (["--jobs", "0"], "--jobs 0 is invalid"),
+        (["--gpus", "0"], "--gpus applies to --device cuda"),
+        (["--launcher", "slurm"], "--launcher 'slurm' is invalid; valid: local, submitit"),
+        (["--slurm-partition", "gpu"], "apply to --launcher submitit"),
+        (["--launcher", "submitit", "--jobs", "2"], "--launcher submitit schedules"),
+        (["--launcher", "submitit", "--slurm-time", "0"], "--slurm-time 0 is invalid"),
+    ]:
+        code, _, err = run_cli(
+            "run", "--suite", suite, "--device", "estimate", "--out", str(out), *argv
+        )
+        assert code == 2, argv
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()  # nothing half-written
+
+
+def test_submitit_job_array_dead_job_row_and_resume_locally(run_cli, tmp_path, suite, monkeypatch):
+    pytest.importorskip("submitit", reason="the submitit launcher needs submitit (in .[dev])")
+    monkeypatch.setenv("REVBENCH_PLUGINS", f"{os.environ['REVBENCH_PLUGINS']},{FAULTS}")
+    __import__(FAULTS)
+    out = tmp_path / "out"
+    # Two jobs (no sbatch here: submitit's local executor): one measures its cell, one
+    # segfaults, taking its job down before it could write its row.
+    code, _, err = run_cli(
+        "run", "--suite", suite, "--device", "estimate", "--out", str(out), "--no-thop",
+        "--launcher", "submitit", "--models", "test_tiny_cnn,test_segfaults",
+        "--batch-sizes", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    run_dir = _run_dir(out)
+    rows = {r["model"]: r for r in RunStore(run_dir).rows()}
+    assert rows["test_tiny_cnn"]["status"] == "ok" and rows["test_tiny_cnn"]["params"]
+    dead = rows["test_segfaults"]
+    assert dead["status"] == "error" and dead["message"].startswith("job ")
+    last = json.loads((run_dir / "manifest.json").read_text())["invocations"][-1]
+    assert (last["launcher"], last["executor"]) == ("submitit", "local")
+    assert len(last["workers"]) == 2 and all(w["job"] for w in last["workers"])
+    assert any(w["host"] for w in last["workers"])  # the job that lived said where it ran
+    # The run started on submitit is finished locally: its measured cell is skipped.
+    code, _, err = run_cli(
+        "run", "--suite", suite, "--device", "estimate", "--out", str(out), "--no-thop",
+        "--models", "test_tiny_cnn", "--batch-sizes", "1,2", "--resume", "--no-isolate",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "1 cell(s) already measured, 1 to go" in err
+    keys = _keys(run_dir)
+    assert len(keys) == len(set(keys)) == 3
