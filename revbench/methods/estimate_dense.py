@@ -60,6 +60,7 @@ runs at batch 1 and the smallest resolution.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -179,17 +180,27 @@ def estimate_dense_memory(
     """Peak memory of one steady-state step of a detector, by category (see module doc).
 
     `factory` builds the model (on the CPU, at `resolution`); `warmup_resolution` is the
-    smallest side it takes, for the warm-up step.
+    smallest side it takes, for the warm-up step of a model with `resized_to`.
     """
     torch.manual_seed(SEED)
     net = factory()
     common = dict(task=task, scenario=scenario, precision=precision, device="cpu")
     step = build_step(net, batch_size=batch_size, resolution=resolution, optimizer=optimizer, **common)
     if scenario == "train":
+        # The warm-up creates the optimizer state (sized by the weights, not the images): at
+        # batch 1, and at the smallest resolution where the model can take other sizes than
+        # its own (torchvision's detectors; EfficientDet's anchors are fixed to its size).
+        resized = getattr(net, "resized_to", None)
+        small = resized is not None
         warmup = build_step(
-            net, batch_size=1, resolution=warmup_resolution, optimizer=optimizer, **common
+            net,
+            batch_size=1,
+            resolution=warmup_resolution if small else resolution,
+            optimizer=optimizer,
+            **common,
         )
-        warmup.run()  # creates the optimizer state
+        with resized(warmup_resolution) if small else contextlib.nullcontext():
+            warmup.run()
         step.optimizer = warmup.optimizer
         del warmup
     torch.manual_seed(SEED)
