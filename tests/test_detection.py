@@ -259,6 +259,21 @@ def test_dense_estimate_is_deterministic_and_independent_of_threads():
     assert a.peak_bytes == sum(a.by_category.values())
 
 
+def test_detector_resized_takes_small_images_at_their_own_size():
+    # The estimator's warm-up relies on it: otherwise the transform scales a small batch
+    # back up to the configured 800x1333 and the warm-up costs a full-size step.
+    model = create("faster_rcnn_r50_fpn", num_classes=5).eval()
+    image = [torch.rand(3, 64, 107)]
+
+    def size():
+        return model.detector.transform(image)[0].image_sizes[0]
+
+    assert size() == (797, 1333)  # scaled up, aspect kept (1333 / 107 x 64 = 797)
+    with model.resized_to(64):
+        assert size() == (64, 107)
+    assert size() == (797, 1333)
+
+
 # ------------------------------------------------------------------------- EfficientDet
 
 EFFICIENTDET_PARAMS = [
@@ -310,6 +325,21 @@ def test_efficientdet_trains_one_step_on_its_own_losses():
     assert math.isfinite(float(step._loss.detach())) and float(step._loss.detach()) > 0
     step.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_efficientdet_estimates_at_its_own_size():
+    # Its BiFPN and anchors are fixed to the configured size: the warm-up runs there too.
+    from revbench.methods.estimate_dense import estimate_dense_memory
+
+    est = estimate_dense_memory(
+        lambda: create("tf_efficientdet_d0", img_size=256, num_classes=5),
+        task="detect_square",
+        batch_size=1,
+        resolution=256,
+        warmup_resolution=128,
+    )
+    assert est.by_category["optimizer_state"] == est.by_category["parameters"] > 0
+    assert est.by_category["activations"] > 0
 
 
 def test_published_detector_points_use_revbench_names():
