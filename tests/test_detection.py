@@ -4,7 +4,8 @@ Every registered detector builds on the meta device with a parameter count check
 figures the detector code does not produce (torchvision's documented counts for its
 ResNet-50 detectors; the trunk's own count plus the HRNetV2p neck's formula otherwise);
 one detector per backbone kind and head trains one step at a tiny size; the estimator is
-checked against the CPU allocator's own record of a real step.
+checked against the CPU allocator's own record of a real step, read here from the profiler's
+flat event list without the estimator's code.
 """
 
 from __future__ import annotations
