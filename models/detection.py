@@ -27,7 +27,9 @@ head, the box head on 1000 RoIs and (Mask R-CNN) the mask head on 100.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -173,6 +175,23 @@ class Detector(nn.Module):
     def image_shape(resolution: int) -> tuple[int, int]:
         """(height, width) of this model's input at `resolution` (counting reads it)."""
         return dense_image_shape(resolution)
+
+    @contextlib.contextmanager
+    def resized_to(self, resolution: int) -> Iterator[None]:
+        """Take images of `resolution` at their own size for a while.
+
+        The transform scales every image to the configured size (as MMDetection's resize
+        does), so without this a small batch would run at full size: the estimator's warm-up
+        step, which only has to create the optimizer state, uses it to stay cheap.
+        """
+        transform = self.detector.transform
+        saved = transform.min_size, transform.max_size
+        height, width = dense_image_shape(resolution)
+        transform.min_size, transform.max_size = (height,), width
+        try:
+            yield
+        finally:
+            transform.min_size, transform.max_size = saved
 
     def set_mode(self, mode: str) -> Detector:
         check_mode(mode, self.cfg.modes)
