@@ -125,7 +125,11 @@ def method_word(method: str) -> str:
 
 # Dense-prediction tasks: a sample is one image, of the size its records name, under the
 # head its published figures were measured with.
-IMAGE_TASK_HEADS = {"detect": "Faster R-CNN", "segment": "Mask R-CNN", "detect_square": "EfficientDet"}
+IMAGE_TASK_HEADS = {
+    "detect": "Faster R-CNN",
+    "segment": "Mask R-CNN",
+    "detect_square": "EfficientDet",
+}
 
 
 def _tasks(rows: pd.DataFrame) -> set[str]:

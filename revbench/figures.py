@@ -207,8 +207,7 @@ def per_sample_label(kind: MemoryKind, unit: str = "GB", per: str = "sample") ->
     """`per`: what one sample is (`revbench.analysis.sample_word`): sample or image."""
     scale = {"GB": "10⁹", "MB": "10⁶"}[unit]
     return (
-        f"{kind.name} memory per {per} ({unit} = {scale} bytes)\n"
-        "slope of the peak over batch sizes"
+        f"{kind.name} memory per {per} ({unit} = {scale} bytes)\nslope of the peak over batch sizes"
     )
 
 
@@ -304,8 +303,16 @@ def _draw_published(
             zorder=1.5,
         )
         if at_ours:
-            ax.plot(*xy, linestyle="none", marker="o", markersize=14, fillstyle="none",
-                    markeredgecolor="0.45", markeredgewidth=0.9, zorder=1.4)
+            ax.plot(
+                *xy,
+                linestyle="none",
+                marker="o",
+                markersize=14,
+                fillstyle="none",
+                markeredgecolor="0.45",
+                markeredgewidth=0.9,
+                zorder=1.4,
+            )
         if label:
             text = ("~" if r["approximate"] else "") + str(r["size"])
             labels.append(Label(*xy, text, colour, style="italic"))
