@@ -581,7 +581,7 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
         ax.set_title(title, loc="left")
         ax.set_xlabel(f"batch size ({sample_word(fam)}s)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no batch of 1.25
-        ax.set_ylabel(f"{kind.name} peak memory (GB = 10⁹ bytes)")
+        ax.set_ylabel(f"{kind.name} peak memory\n(GB = 10⁹ bytes)")  # two lines: clear of the title
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         _legend_outside(ax, fontsize=8)
