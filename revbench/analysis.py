@@ -121,3 +121,47 @@ def method_word(method: str) -> str:
     """How a figure was obtained: 'estimated' on the estimator, 'measured' only on a device."""
     words = {"estimate": "estimated", "cuda": "measured on cuda", "cpu": "measured on cpu"}
     return words.get(method, method)
+
+
+# Dense-prediction tasks: a sample is one image, of the size its records name, under the
+# head its published figures were measured with.
+IMAGE_TASK_HEADS = {
+    "detect": "Faster R-CNN",
+    "segment": "Mask R-CNN",
+    "detect_square": "EfficientDet",
+}
+
+
+def _tasks(rows: pd.DataFrame) -> set[str]:
+    """The tasks of `rows`: their `task` column, or their registered models' (per-sample
+    fits carry no task)."""
+    if "task" in rows:
+        return set(rows["task"].dropna())
+    tasks = set()
+    for model in rows["model"].unique() if "model" in rows else ():
+        try:
+            tasks.add(get_info(model).task)
+        except UnknownModelError:  # results of a model no longer registered
+            pass
+    return tasks
+
+
+def sample_word(rows: pd.DataFrame) -> str:
+    """What one sample of `rows` is, for labels: "image" for detection and segmentation
+    rows, else "sample"."""
+    tasks = _tasks(rows)
+    return "image" if tasks and tasks <= set(IMAGE_TASK_HEADS) else "sample"
+
+
+def task_caption(rows: pd.DataFrame) -> str:
+    """The heads and image sizes of dense-task `rows` ("Faster R-CNN, 1333x800 images"), or
+    "" for classification rows."""
+    tasks = _tasks(rows)
+    if not tasks or not tasks <= set(IMAGE_TASK_HEADS):
+        return ""
+    heads = " and ".join(IMAGE_TASK_HEADS[t] for t in sorted(tasks))
+    sizes = []
+    if {"image_width", "image_height"} <= set(rows.columns):
+        shapes = rows[["image_width", "image_height"]].dropna().drop_duplicates()
+        sizes = [f"{int(w)}x{int(h)}" for w, h in sorted(shapes.itertuples(index=False))]
+    return heads + (f", {', '.join(sizes)} images" if sizes else "")

@@ -14,6 +14,7 @@ the same colour in every figure. Both palettes are colour-blind safe.
 from __future__ import annotations
 
 import math
+import textwrap
 import zlib
 
 import numpy as np
@@ -22,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .analysis import (
     NAMED_VARIANTS,
@@ -33,6 +34,7 @@ from .analysis import (
     method_word,
     model_order,
     natural_key,
+    sample_word,
 )
 from .cell import bytes_label, model_label, variant_label
 from .labels import Label, freeze_layout, place_labels
@@ -126,15 +128,30 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def _plain_log_axis(axis) -> None:
-    """Log axis labelled 0.1, 0.2, 0.5, 1, 2, 5 ... rather than powers of ten.
+    """Log axis labelled 0.1, 0.2, 0.5, 1, 2, 5 ... rather than powers of ten, with at
+    least three labelled ticks whatever the range.
 
     Call after the data are drawn: beyond three decades only the powers of ten are
-    labelled, or the labels run into each other.
+    labelled, or the labels run into each other; within about a decade 1, 2, 3, 5 (or
+    evenly spaced round numbers), so no point sits far from a labelled tick.
     """
     lo, hi = sorted(axis.get_view_interval())
     decades = math.log10(hi / lo) if lo > 0 else 0.0
-    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
-    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    if decades > 3:
+        subs = (1.0,)
+    elif decades > 1.3:
+        subs = (1.0, 2.0, 5.0)
+    else:
+        subs = (1.0, 2.0, 3.0, 5.0)
+    locator = LogLocator(base=10, subs=subs)
+    # Counted here: LogLocator itself falls back to linear ticks with odd steps (2.5).
+    inside = 0
+    if lo > 0:
+        powers = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        inside = sum(lo <= s * 10.0**p <= hi for p in powers for s in subs)
+    if inside < 3:  # a narrow range: round numbers evenly spaced
+        locator = MaxNLocator(nbins=5, steps=[1, 2, 5, 10])
+    axis.set_major_locator(locator)
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
@@ -186,11 +203,11 @@ PANEL_BASELINES = {
 MIN_CURVE_POINTS = 3
 
 
-def per_sample_label(kind: MemoryKind, unit: str = "GB") -> str:
+def per_sample_label(kind: MemoryKind, unit: str = "GB", per: str = "sample") -> str:
+    """`per`: what one sample is (`revbench.analysis.sample_word`): sample or image."""
     scale = {"GB": "10⁹", "MB": "10⁶"}[unit]
     return (
-        f"{kind.name} memory per sample ({unit} = {scale} bytes)\n"
-        "slope of the peak over batch sizes"
+        f"{kind.name} memory per {per} ({unit} = {scale} bytes)\nslope of the peak over batch sizes"
     )
 
 
@@ -266,7 +283,11 @@ def _draw_macs_series(ax, points: pd.DataFrame, scale: float, label_main: bool) 
     return labels
 
 
-def _draw_published(ax, pub: pd.DataFrame, scale: float, label: bool) -> list[Label]:
+def _draw_published(
+    ax, pub: pd.DataFrame, scale: float, label: bool, at_ours: bool = False
+) -> list[Label]:
+    """Published points, hollow; `at_ours`: drawn at our MACs (no published count), a
+    hollow marker with a dashed grey ring around it."""
     labels = []
     for _, r in pub.iterrows():
         colour = family_colour(r["family"])
@@ -281,10 +302,60 @@ def _draw_published(ax, pub: pd.DataFrame, scale: float, label: bool) -> list[La
             markeredgewidth=1.4,
             zorder=1.5,
         )
+        if at_ours:
+            ax.plot(
+                *xy,
+                linestyle="none",
+                marker="o",
+                markersize=14,
+                fillstyle="none",
+                markeredgecolor="0.45",
+                markeredgewidth=0.9,
+                zorder=1.4,
+            )
         if label:
             text = ("~" if r["approximate"] else "") + str(r["size"])
             labels.append(Label(*xy, text, colour, style="italic"))
     return labels
+
+
+def _split_published(pub: pd.DataFrame, points: pd.DataFrame, xcol: str):
+    """(at its paper's MACs, at our MACs, not drawn) of the published points `pub` beside
+    our `points`: a point without published MACs is drawn at the MACs (`xcol`) of our own
+    measurement of the same model where there is one; the rest are returned to be named
+    under the axis, never dropped silently. The second frame's `macs` are ours."""
+    with_macs = pub[pub["macs"].notna()]
+    without = pub[pub["macs"].isna()]
+    ours = points.drop_duplicates("model").set_index("model")["x"] if len(points) else {}
+    at_ours = without[without["model"].isin(set(points["model"]))].copy()
+    at_ours["macs"] = at_ours["model"].map(ours)
+    missing = without[~without["model"].isin(set(points["model"]))]
+    return with_macs, at_ours, missing
+
+
+def _not_drawn_note(missing: pd.DataFrame, scale: float, unit: str) -> str:
+    if missing.empty:
+        return ""
+    items = ", ".join(
+        f"{r['family']}-{r['size']} {r['bytes_per_sample'] / scale:.4g} {unit}"
+        for _, r in missing.iterrows()
+    )
+    text = f"published, not drawn (no published MACs, not measured here): {items}"
+    return "\n" + textwrap.fill(text, 90)
+
+
+def _published_at_ours_handle() -> Line2D:
+    return Line2D(
+        [],
+        [],
+        color="0.45",
+        marker="o",
+        linestyle="none",
+        fillstyle="none",
+        markersize=11,
+        markeredgewidth=0.9,
+        label="published memory at our MACs (ringed: the paper gives no MACs)",
+    )
 
 
 def _published_handle(labelled: bool) -> Line2D:
@@ -329,15 +400,19 @@ def headline(
     fig = new_figure(7.5, 5.4)
     ax = fig.add_subplot()
     labels = _draw_macs_series(ax, points, GB, label_main=True)
-    pub = published[published["family"].isin(families) & published["macs"].notna()]
+    pub, at_ours, missing = _split_published(
+        published[published["family"].isin(families)], points, "macs_thop"
+    )
     labels += _draw_published(ax, pub, GB, label=True)
+    labels += _draw_published(ax, at_ours, GB, label=True, at_ours=True)
     _log_log(ax)
-    ax.set_xlabel(macs_label("macs_thop"))
-    ax.set_ylabel(per_sample_label(kind, "GB"))
+    ax.set_xlabel(macs_label("macs_thop") + _not_drawn_note(missing, GB, "GB"))
+    ax.set_ylabel(per_sample_label(kind, "GB", sample_word(points)))
     method = method_word(str(points["method"].iloc[0]))
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(
-        handles=[*handles, _published_handle(labelled=True)],
+        handles=[*handles, _published_handle(labelled=True)]
+        + ([_published_at_ours_handle()] if not at_ours.empty else []),
         loc="upper left",
         frameon=True,
         framealpha=0.9,
@@ -366,6 +441,10 @@ def macs_panels(
         if own.empty:
             continue
         points = _macs_rows(fit[fit["family"].isin((family, *baselines))], native, xcol)
+        if points[points["family"] == family].empty and xcol != "macs":
+            # A run without thop (--no-thop): the flop counter's MACs, as the axis says.
+            xcol = "macs"
+            points = _macs_rows(fit[fit["family"].isin((family, *baselines))], native, xcol)
         if not points[points["family"] == family].empty:
             panels.append((family, baselines, xcol, points))
     if not panels:
@@ -377,16 +456,21 @@ def macs_panels(
     method = method_word(str(fit["method"].iloc[0]))
     for ax, (family, baselines, xcol, points) in zip(axes, panels):
         labels = _draw_macs_series(ax, points, MB, label_main=True)
-        pub = published[published["family"].isin((family, *baselines)) & published["macs"].notna()]
+        pub, at_ours, missing = _split_published(
+            published[published["family"].isin((family, *baselines))], points, xcol
+        )
         _draw_published(ax, pub, MB, label=False)
+        _draw_published(ax, at_ours, MB, label=False, at_ours=True)
         _log_log(ax)
         shown = [b for b in baselines if b in set(points["family"])]
         ax.set_title(f"{family} beside {', '.join(shown)}" if shown else family, loc="left")
-        ax.set_xlabel(macs_label(xcol))
-        ax.set_ylabel(per_sample_label(kind, "MB"))
+        ax.set_xlabel(macs_label(xcol) + _not_drawn_note(missing, MB, "MB"))
+        ax.set_ylabel(per_sample_label(kind, "MB", sample_word(points)))
         handles, _ = ax.get_legend_handles_labels()
         if not pub.empty:
             handles.append(_published_handle(labelled=False))
+        if not at_ours.empty:
+            handles.append(_published_at_ours_handle())
         ax.legend(
             handles=handles,
             loc="best",  # clear of the points, published ones included
@@ -495,8 +579,9 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
                     linestyle=_linestyle(first["mode"], show_mode),
                 )
         ax.set_title(title, loc="left")
-        ax.set_xlabel("batch size (samples)")
-        ax.set_ylabel(f"{kind.name} peak memory (GB = 10⁹ bytes)")
+        ax.set_xlabel(f"batch size ({sample_word(fam)}s)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no batch of 1.25
+        ax.set_ylabel(f"{kind.name} peak memory\n(GB = 10⁹ bytes)")  # two lines: clear of the title
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         _legend_outside(ax, fontsize=8)
@@ -505,7 +590,7 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
     method = method_word(str(rows["method"].iloc[0]))
     fig.supxlabel(
         f"points: every batch size {method}; lines: least-squares fit through them, "
-        "drawn from batch 0 (slope = memory per sample, intercept = fixed memory)",
+        f"drawn from batch 0 (slope = memory per {sample_word(rows)}, intercept = fixed memory)",
         fontsize=8,
     )
     return fig
@@ -520,7 +605,7 @@ def memory_vs_resolution(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind
     fit_series = [g for _, g in fit.groupby(keys, sort=True) if g["resolution"].nunique() > 1]
     if fit_series:
         series = [(g, "bytes_per_sample") for g in fit_series]
-        ylabel, scale = per_sample_label(kind, "MB"), MB
+        ylabel, scale = per_sample_label(kind, "MB", sample_word(fit)), MB
     else:
         series = []
         for _, g in rows[rows["peak_bytes"].notna()].groupby(keys, sort=True):
@@ -580,7 +665,7 @@ def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str, kind: Me
         fit["x"] = fit["variant"].map(x_of_variant)
         fit["rest"] = fit["variant"].map(rest_of_variant)
         data, column, scale = fit, "bytes_per_sample", MB
-        ylabel = per_sample_label(kind, "MB")
+        ylabel = per_sample_label(kind, "MB", sample_word(fit))
     else:
         data = rows[rows["peak_bytes"].notna()]
         data = data[data["batch_size"] == data["batch_size"].max()]
@@ -737,8 +822,9 @@ def throughput_vs_memory(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind
     ax.margins(0.1)
     _plain_log_axis(ax.xaxis)
     _plain_log_axis(ax.yaxis)
-    ax.set_xlabel(per_sample_label(kind, "MB"))
-    ax.set_ylabel("throughput at the largest batch (samples/s)")
+    per = sample_word(data)
+    ax.set_xlabel(per_sample_label(kind, "MB", per))
+    ax.set_ylabel(f"throughput at the largest batch ({per}s/s)")
     _legend_outside(ax)
     return fig
 

@@ -154,7 +154,9 @@ def _slug(text: str) -> str:
 def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame, native, kind):
     """(name, title, draw) for every figure of one facet; draw() returns a Figure."""
     from . import figures as F
+    from .analysis import sample_word
 
+    per = sample_word(rows)  # "image" for detection and segmentation
     train = rows["scenario"].iloc[0] == "train"
     pub = published if train else published.iloc[:0]
     specs = [
@@ -165,7 +167,7 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
         ),
         (
             "mem_vs_macs",
-            "Memory per sample vs MACs by reversible family",
+            f"Memory per {per} vs MACs by reversible family",
             lambda: F.macs_panels(fit, pub, native, kind),
         ),
         ("mem_vs_batch", "Peak memory vs batch size", lambda: F.memory_vs_batch(rows, fit, kind)),
@@ -200,7 +202,7 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
         ),
         (
             "throughput_vs_memory",
-            "Throughput vs memory per sample",
+            f"Throughput vs memory per {per}",
             lambda: F.throughput_vs_memory(rows, fit, kind),
         ),
     ]
@@ -251,7 +253,7 @@ def render_suite(
     import matplotlib
 
     from . import figures as F
-    from .analysis import MEMORY_KINDS, native_resolutions
+    from .analysis import MEMORY_KINDS, native_resolutions, task_caption
     from .report import Rendered
 
     kind = kind or MEMORY_KINDS["allocated"]
@@ -288,7 +290,9 @@ def render_suite(
                 item.skipped = str(e)
                 rendered.append(item)
                 continue
-            F.finish(fig, f"{title}\n{suite_dir}: {facet}")
+            # Detection and segmentation: the head and the image size it was measured at.
+            caption = task_caption(rows)
+            F.finish(fig, f"{title}\n{suite_dir}: {facet}" + (f"; {caption}" if caption else ""))
             (out / suite_dir).mkdir(parents=True, exist_ok=True)
             for fmt in formats:
                 rel = f"{suite_dir}/{name}.{fmt}"

@@ -35,6 +35,8 @@ from .analysis import (
     method_word,
     model_order,
     natural_key,
+    sample_word,
+    task_caption,
 )
 from .cell import cell_label
 from .markdown import (
@@ -140,6 +142,7 @@ def memory_table(rows: pd.DataFrame, published: pd.DataFrame, kind: MemoryKind) 
     fit = per_sample_fit(rows)
     fits = {tuple(r[k] for k in FIT_GROUP): r for _, r in fit.iterrows()}
     pub = _published_lookup(published)
+    per = sample_word(rows)  # "image" for detection and segmentation
     headers = [
         "model",
         "variant",
@@ -150,8 +153,8 @@ def memory_table(rows: pd.DataFrame, published: pd.DataFrame, kind: MemoryKind) 
         "method",
         "batches",
         f"{kind.name} peak GB (largest batch)",
-        f"{kind.name} MB/sample",
-        "published MB/sample",
+        f"{kind.name} MB/{per}",
+        f"published MB/{per}",
         "ours / published",
         "note",
     ]
@@ -199,10 +202,11 @@ def memory_table(rows: pd.DataFrame, published: pd.DataFrame, kind: MemoryKind) 
         footnote += _variant_evidence(table, family, rows)
         footnotes.append(footnote)
     caption = (
-        f"{kind.name.capitalize()} memory. MB/sample: least-squares slope of the peak over "
+        f"{kind.name.capitalize()} memory. MB/{per}: least-squares slope of the peak over "
         "the batch sizes (never the peak divided by the batch); ~ marks published values read "
         "off a plot."
     )
+    caption += f" {task_caption(rows)}." if task_caption(rows) else ""
     return Table(headers, table, right=tuple(headers[8:12]), caption=caption, footnotes=footnotes)
 
 
@@ -225,9 +229,15 @@ def _variant_evidence(table: list[list], family: str, rows: pd.DataFrame) -> str
     return "".join(parts)
 
 
-def counts_table(rows: pd.DataFrame) -> Table:
+def counts_table(rows: pd.DataFrame, published: pd.DataFrame | None = None) -> Table:
     """Params and MACs against the registry's published figures (native resolution only);
-    the MACs ratio counts in the published convention (thop for RevBiFPN)."""
+    the MACs ratio counts in the published convention (thop for RevBiFPN). A detector's
+    published MACs (`det_macs`, which the registry does not hold) come from the published
+    memory points (`published`, `revbench.published.detector_points`)."""
+    point_macs = {}
+    if published is not None and len(published):
+        known = published[published["macs"].notna()]
+        point_macs = dict(zip(known["model"], known["macs"]))
     headers = [
         "model",
         "size",
@@ -256,7 +266,7 @@ def counts_table(rows: pd.DataFrame) -> Table:
         # Published counts are for the unmodified model at its native resolution.
         comparable = info is not None and not variant and res == info.native_resolution
         pub_params = info.published_params if comparable else None
-        pub_macs = info.published_macs if comparable else None
+        pub_macs = (info.published_macs or point_macs.get(model)) if comparable else None
         column = mac_column(str(first["family"]))
         table.append(
             [
@@ -271,10 +281,18 @@ def counts_table(rows: pd.DataFrame) -> Table:
                 _num(first["macs_thop"], 1e9, ".2f"),
                 _num(pub_macs, 1e9, ".2f"),
                 _ratio(first[column], pub_macs),
-                mac_convention(column) if pub_macs else "-",
+                _ratio_convention(column, first[column], pub_macs),
             ]
         )
     return Table(headers, table, right=tuple(headers[4:11]))
+
+
+def _ratio_convention(column: str, ours, pub_macs) -> str:
+    if not pub_macs:
+        return "-"
+    if pd.isna(ours):  # a run with --no-thop: no count in the published convention
+        return "no thop count in these results (--no-thop)" if column == "macs_thop" else "-"
+    return mac_convention(column)
 
 
 def pairs_table(rows: pd.DataFrame, kind: MemoryKind) -> Table | None:
@@ -637,10 +655,10 @@ def build_report(
             blocks.append(Para("No `ok` cells: no tables or figures."))
             continue
         blocks += [
-            Heading(3, "Memory per sample vs published"),
+            Heading(3, f"Memory per {sample_word(ok)} vs published"),
             compact(memory_table(ok, published, kind), keep=("model",)),
             Heading(3, "Params and MACs vs published"),
-            compact(counts_table(ok), keep=("model",)),
+            compact(counts_table(ok, published), keep=("model",)),
         ]
         pairs = pairs_table(ok, kind)
         if pairs:

@@ -20,7 +20,7 @@ from revbench.cli import main
 from revbench.measurement import Counts, Measurement
 from revbench.models import get_info, list_models
 from revbench.published import load_published, memory_points
-from revbench.results import Record, RunStore
+from revbench.results import Record, RunStore, per_sample_fit
 from revbench.suite import make_cell
 
 FIXED = 300e6
@@ -580,3 +580,148 @@ def test_memory_kind_selects_the_column_and_a_kind_without_data_is_skipped(tmp_p
     assert f"smoke/mem_vs_batch (train, fp32, estimate): {reason}" in skipped
     assert "smoke/mem_by_category" not in skipped  # the breakdown is allocated memory
     assert not (tmp_path / "p" / "smoke" / "mem_vs_batch.png").exists()
+
+
+# ------------------------------------------------------- detection and segmentation
+
+DETECTOR_PER_IMAGE = {  # bytes per image of each synthetic detector configuration
+    ("faster_rcnn_revbifpn_s3", "reversible"): 1.1e9,
+    ("faster_rcnn_hrnetv2p_w18", "vanilla"): 2.9e9,
+}
+DETECTOR_MACS = {"faster_rcnn_revbifpn_s3": 180e9, "faster_rcnn_hrnetv2p_w18": 195e9}
+
+
+def _detector_records(suite: str = "coco-det-mem") -> list[Record]:
+    """Faster R-CNN cells at 1333x800, batches 1 and 2, without thop counts (--no-thop)."""
+    records = []
+    for (model, mode), per_image in DETECTOR_PER_IMAGE.items():
+        for b in (1, 2):
+            record = _record(_cell(model, 800, b, mode=mode, suite=suite), per_image)
+            counts = Counts(params=30_000_000, macs=int(DETECTOR_MACS[model]), macs_thop=None)
+            records.append(dataclasses.replace(record, macs=counts.macs, macs_thop=None))
+    return records
+
+
+@pytest.fixture(scope="module")
+def detector_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det")
+    run = _write_run(root / "results", "coco-det-mem", _detector_records())
+    out = root / "reports"
+    assert main(["plot", str(run), "--out", str(out)]) == 0
+    return out
+
+
+def test_detector_figures_and_tables_say_per_image_and_name_head_and_size(detector_report):
+    from revbench.analysis import sample_word, task_caption
+
+    report = (detector_report / "report.md").read_text()
+    table = _table(report, "## Suite `coco-det-mem`", "### Memory per image vs published")
+    assert "allocated MB/image" in table.columns and "published MB/image" in table.columns
+    assert "Faster R-CNN, 1333x800 images" in report
+    # Drawn from the flop counter's MACs: the run has no thop counts.
+    assert (detector_report / "coco-det-mem" / "mem_vs_macs.png").exists()
+    rows = pd.DataFrame(
+        {"task": ["segment"], "image_width": [1333], "image_height": [800], "model": ["x"]}
+    )
+    assert sample_word(rows) == "image" and task_caption(rows) == "Mask R-CNN, 1333x800 images"
+    assert sample_word(rows.assign(task="classify")) == "sample"
+    assert task_caption(rows.assign(task="classify")) == ""
+
+
+def test_detector_counts_table_shows_published_det_macs(detector_report):
+    report = (detector_report / "report.md").read_text()
+    table = _table(report, "## Suite `coco-det-mem`", "### Params and MACs vs published")
+    rows = table.set_index("model")
+    published = load_published()
+    det_macs = published[(published["metric"] == "det_macs") & (published["task"] == "faster_rcnn")]
+    w18 = det_macs[det_macs["model"] == "hrnet_w18"]["value_base"].iloc[0]
+    assert float(rows.loc["faster_rcnn_hrnetv2p_w18", "published GMACs"]) == pytest.approx(
+        w18 / 1e9
+    )
+    ratio = DETECTOR_MACS["faster_rcnn_hrnetv2p_w18"] / w18
+    assert rows.loc["faster_rcnn_hrnetv2p_w18", "MACs ratio"] == f"{ratio:.2f}"
+    # RevBiFPN's published count is thop's; a run without thop has no ratio and says why.
+    assert rows.loc["faster_rcnn_revbifpn_s3", "MACs ratio"] == "-"
+    assert "--no-thop" in rows.loc["faster_rcnn_revbifpn_s3", "ratio counts with"]
+
+
+def _detector_fit() -> pd.DataFrame:
+    rows = []
+    for (model, mode), per_image in DETECTOR_PER_IMAGE.items():
+        info = get_info(model)
+        rows.append(
+            {
+                "model": model,
+                "variant": "",
+                "mode": mode,
+                "resolution": 800,
+                "precision": "fp32",
+                "scenario": "train",
+                "optimizer": "sgd",
+                "method": "estimate",
+                "family": info.family,
+                "kind": info.kind,
+                "size": info.size,
+                "macs": DETECTOR_MACS[model],
+                "macs_thop": DETECTOR_MACS[model],
+                "bytes_per_sample": per_image,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_published_points_without_macs_are_drawn_at_ours_or_named():
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.figures import finish, macs_panels
+    from revbench.published import detector_points
+
+    fit = _detector_fit()
+    points = detector_points(load_published())
+    points = points[points["task"] == "detect"]
+    # W18 here without its published MACs: drawn at ours; S5 (never measured) is named.
+    points.loc[points["model"] == "faster_rcnn_hrnetv2p_w18", "macs"] = float("nan")
+    fig = finish(macs_panels(fit, points, _native(fit), MEMORY_KINDS["allocated"]), "t")
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    assert "per image" in ax.get_ylabel()
+    hollow = [ln for ln in ax.lines if ln.get_markerfacecolor() == "white"]
+    w18_pub = points[points["model"] == "faster_rcnn_hrnetv2p_w18"]["bytes_per_sample"].iloc[0]
+    at_ours = [ln for ln in hollow if ln.get_ydata()[0] == pytest.approx(w18_pub / 1e6)]
+    assert len(at_ours) == 1
+    assert at_ours[0].get_xdata()[0] == pytest.approx(
+        DETECTOR_MACS["faster_rcnn_hrnetv2p_w18"] / 1e9
+    )
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("published memory at our MACs" in t for t in legend)
+    assert "not drawn" in ax.get_xlabel() and "RevBiFPN-S5 2750 MB" in ax.get_xlabel()
+    for model in ("S6", "W32", "W48"):
+        assert model in ax.get_xlabel()
+
+
+@pytest.mark.parametrize("lo,hi", [(940.0, 3500.0), (179.0, 198.0), (0.9, 2.2), (1e-3, 1e3)])
+def test_log_axes_have_three_labelled_ticks_in_any_range(lo, hi):
+    from revbench.figures import _plain_log_axis, new_figure
+
+    fig = new_figure(4, 3)
+    ax = fig.add_subplot()
+    ax.plot([lo, hi], [lo, hi])
+    ax.set_yscale("log")
+    ax.set_ylim(lo, hi)
+    _plain_log_axis(ax.yaxis)
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(ticks) >= 3
+    labels = [ax.yaxis.get_major_formatter()(t, 0) for t in ticks]
+    assert all("e" not in s and "^" not in s for s in labels)  # plain numbers
+
+
+def test_batch_axis_has_integer_ticks_only(detector_report):
+    from revbench.analysis import MEMORY_KINDS
+    from revbench.figures import memory_vs_batch
+    from revbench.results import load
+
+    rows = load(detector_report.parent / "results")
+    rows["variant"] = rows["variant"].fillna("")
+    fig = memory_vs_batch(rows, per_sample_fit(rows), MEMORY_KINDS["allocated"])
+    for ax in [a for a in fig.axes if a.get_visible()]:
+        ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+        assert "images" in ax.get_xlabel()
