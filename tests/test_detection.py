@@ -184,7 +184,9 @@ def _is_operator(name: str) -> bool:
     return "::" in name and not name.startswith(("autograd::", "revbench::"))
 
 
-def _allocator_record(name: str, batch_size: int = 2, resolution: int = 128) -> tuple[int, int, int]:
+def _allocator_record(
+    name: str, batch_size: int = 2, resolution: int = 128
+) -> tuple[int, int, int]:
     """The same step run for real and read off the CPU allocator's own record
     (torch.profiler's flat event list; no estimator code), sizes rounded as CUDA rounds:
     (resident bytes, the record's peak above them, its peak sampled only between

@@ -191,7 +191,9 @@ def estimate_dense_memory(
     torch.manual_seed(SEED)
     net = factory()
     common = dict(task=task, scenario=scenario, precision=precision, device="cpu")
-    step = build_step(net, batch_size=batch_size, resolution=resolution, optimizer=optimizer, **common)
+    step = build_step(
+        net, batch_size=batch_size, resolution=resolution, optimizer=optimizer, **common
+    )
     if scenario == "train":
         # The warm-up creates the optimizer state (sized by the weights, not the images): at
         # batch 1, and at the smallest resolution where the model can take other sizes than
