@@ -21,6 +21,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import UsageError
+from .outputs import EMPTY, fit_table
 
 LOG_WIDTH = 160  # table width when the output is neither a terminal nor COLUMNS-sized
 
@@ -174,63 +175,6 @@ def _scale_out_options(args: argparse.Namespace) -> dict:
     }
 
 
-EMPTY = "-"
-MIN_TEXT_WIDTH = 12  # the narrowest a wrapped label or description gets
-# Columns that say what a row is rather than what was measured: when every row has the
-# same value, it moves to the caption and the table keeps its width for the figures.
-FOLDABLE = ("mode", "res", "batch", "prec", "status")
-
-
-def _table(
-    title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...], width: int
-):
-    """A rich table no wider than `width` (an 80-column terminal included): columns empty
-    on every row are left out (step times on estimator runs), a column with one value on
-    every row is said once in the caption, and when the rest is still too wide, the
-    widest text column (a model label, a description) wraps; figures never do."""
-    from rich import box
-    from rich.markup import escape
-    from rich.table import Table
-
-    empty = [c for k, c in enumerate(columns) if rows and all(r[k] == EMPTY for r in rows)]
-    folded = [
-        (c, rows[0][k])
-        for k, c in enumerate(columns)
-        if c in FOLDABLE and len(rows) > 1 and len({r[k] for r in rows}) == 1
-    ]
-    caption = [f"{c} {v}" for c, v in folded]
-    if empty:
-        caption.append(f"no {', '.join(empty)}: empty on every row")
-    hidden = set(empty) | {c for c, _ in folded}
-    keep = [k for k, c in enumerate(columns) if c not in hidden]
-    natural = {k: max([len(columns[k])] + [len(r[k]) for r in rows]) for k in keep}
-    gaps = 2 * (len(keep) - 1)  # the divider (a space) and one space of padding
-    over = sum(natural.values()) + gaps - width
-    text = [k for k in keep if columns[k] in left]
-    if over > 0 and text:
-        widest = max(text, key=lambda k: natural[k])
-        natural[widest] = max(MIN_TEXT_WIDTH, natural[widest] - over)
-    table = Table(
-        title=title,
-        caption=escape("; ".join(caption)) or None,
-        box=box.SIMPLE_HEAD,
-        padding=(0, 0, 0, 1),
-        pad_edge=False,
-        show_edge=False,
-    )
-    for k in keep:
-        name = columns[k]
-        table.add_column(
-            name,
-            justify="left" if name in left else "right",
-            width=natural[k],
-            overflow="fold",  # a label too long for its column goes on, never loses its end
-        )
-    for r in rows:
-        table.add_row(*(escape(r[k]) for k in keep))
-    return table
-
-
 def _summary_table(records, width: int):
     from .cell import model_label
 
@@ -260,7 +204,7 @@ def _summary_table(records, width: int):
         for r in records
     ]
     left = ("model", "mode", "status", "prec")
-    return _table("revbench results", columns, rows, left, width)
+    return fit_table("revbench results", columns, rows, left, width)
 
 
 def _fmt(value, scale: float, spec: str, unit: str = "") -> str:
@@ -293,7 +237,7 @@ def _fit_table(fit, width: int):
         for _, r in fit.iterrows()
     ]
     title = "memory per sample (least-squares slope over batch size)"
-    return _table(title, columns, rows, ("model", "mode", "prec", "batches"), width)
+    return fit_table(title, columns, rows, ("model", "mode", "prec", "batches"), width)
 
 
 # ------------------------------------------------------------------------------ list
@@ -325,7 +269,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for info in list_models(kind=args.kind, family=args.family)
     ]
     console = _console(stderr=False)
-    table = _table("registered models", columns, rows, ("name", "family", "modes"), console.width)
+    left = ("name", "family", "modes")
+    table = fit_table("registered models", columns, rows, left, console.width)
     table.caption = (
         "res: native resolution; modes: r reversible, v vanilla, c checkpoint; params "
         "(millions), GMACs, top-1: published (sources in revbench/data/published.csv)"
@@ -349,7 +294,7 @@ def _suites_table(width: int):
     columns = ["suite", "cells", "time (estimator)", "description"]
     rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
     title = "built-in suites (revbench run --suite NAME)"
-    table = _table(title, columns, rows, ("suite", "description"), width)
+    table = fit_table(title, columns, rows, ("suite", "description"), width)
     table.caption = (
         "time: the wall time of a timed run on a shared 2-core machine where there is one, "
         "else a per-cell cost model (revbench/catalog.py); a guide, not a promise"

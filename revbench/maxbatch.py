@@ -587,41 +587,33 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
         note=note,
         console=console,
     )
-    console.print(summary_table(summary.records))
+    console.print(summary_table(summary.records, console.width))
     console.print(f"results: {summary.store.results_path}")
     return 130 if summary.interrupted else 0
 
 
-def summary_table(records: list[Record]):
-    """The searches as a table: the answer, the peaks around it, and on cuda the estimate's."""
-    from rich.table import Table
-
+def summary_table(records: list[Record], width: int = 80):
+    """The searches as a table no wider than `width`: the answer, the peaks around it, and
+    on cuda the estimate's."""
     from .cell import model_label
+    from .outputs import EMPTY, fit_table
 
     cuda = any(r.method == "cuda" for r in records)
-    table = Table(title="max batch within each budget")
     columns = ["model", "mode", "res", "prec", "budget", "max batch", "peak GB", "next GB"]
     columns += ["probes"] + (["reserved GB", "retries", "estimate", "est. error"] if cuda else [])
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("model", "mode", "prec") else "right")
+    rows = []
     for r in records:
-        if r.status != status.OK:
-            table.add_row(
-                escape(model_label(r.model, r.variant)),
-                r.mode,
-                str(r.resolution),
-                r.precision,
-                bytes_label(r.budget_bytes),
-                r.status,
-                *[""] * (len(columns) - 6),
-            )
-            continue
         row = [
-            escape(model_label(r.model, r.variant)),
+            model_label(r.model, r.variant),
             r.mode,
             str(r.resolution),
             r.precision,
             bytes_label(r.budget_bytes) + (f"-{r.margin:.0%}" if r.margin else ""),
+        ]
+        if r.status != status.OK:
+            rows.append(row + [r.status] + [EMPTY] * (len(columns) - 6))
+            continue
+        row += [
             f"{r.max_batch:,}" + ("+" if r.first_failed_batch is None else ""),
             _fmt_gb(r.max_batch_peak_bytes),
             _fmt_gb(r.next_batch_peak_bytes),
@@ -633,12 +625,13 @@ def summary_table(records: list[Record]):
                 error = r.estimated_peak_bytes / r.max_batch_peak_bytes - 1
             row += [
                 _fmt_gb(r.max_batch_reserved_bytes),
-                "-" if r.max_batch_alloc_retries is None else str(r.max_batch_alloc_retries),
-                "-" if r.estimated_max_batch is None else f"{r.estimated_max_batch:,}",
-                "-" if error is None else f"{error:+.1%}",
+                EMPTY if r.max_batch_alloc_retries is None else str(r.max_batch_alloc_retries),
+                EMPTY if r.estimated_max_batch is None else f"{r.estimated_max_batch:,}",
+                EMPTY if error is None else f"{error:+.1%}",
             ]
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    title = "max batch within each budget"
+    return fit_table(title, columns, rows, ("model", "mode", "prec"), width)
 
 
 def _fmt_gb(nbytes: int | None) -> str:

@@ -84,3 +84,60 @@ def check_output_file(value: str | Path, option: str) -> Path:
     else:
         _check_creatable(path, option)
     return path
+
+
+EMPTY = "-"
+MIN_TEXT_WIDTH = 12  # the narrowest a wrapped label or description gets
+# Columns that say what a row is rather than what was measured: when every row has the
+# same value, it moves to the caption and the table keeps its width for the figures.
+FOLDABLE = ("mode", "res", "batch", "prec", "status")
+
+
+def fit_table(
+    title: str, columns: list[str], rows: list[list[str]], left: tuple[str, ...], width: int
+):
+    """A rich table no wider than `width` (an 80-column terminal included): columns empty
+    on every row are left out (step times on estimator runs), a column with one value on
+    every row is said once in the caption, and when the rest is still too wide, the
+    widest text column (a model label, a description) wraps; figures never do."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    empty = [c for k, c in enumerate(columns) if rows and all(r[k] == EMPTY for r in rows)]
+    folded = [
+        (c, rows[0][k])
+        for k, c in enumerate(columns)
+        if c in FOLDABLE and len(rows) > 1 and len({r[k] for r in rows}) == 1
+    ]
+    caption = [f"{c} {v}" for c, v in folded]
+    if empty:
+        caption.append(f"no {', '.join(empty)}: empty on every row")
+    hidden = set(empty) | {c for c, _ in folded}
+    keep = [k for k, c in enumerate(columns) if c not in hidden]
+    natural = {k: max([len(columns[k])] + [len(r[k]) for r in rows]) for k in keep}
+    gaps = 2 * (len(keep) - 1)  # the divider (a space) and one space of padding
+    over = sum(natural.values()) + gaps - width
+    text = [k for k in keep if columns[k] in left]
+    if over > 0 and text:
+        widest = max(text, key=lambda k: natural[k])
+        natural[widest] = max(MIN_TEXT_WIDTH, natural[widest] - over)
+    table = Table(
+        title=title,
+        caption=escape("; ".join(caption)) or None,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0, 0, 1),
+        pad_edge=False,
+        show_edge=False,
+    )
+    for k in keep:
+        name = columns[k]
+        table.add_column(
+            name,
+            justify="left" if name in left else "right",
+            width=natural[k],
+            overflow="fold",  # a label too long for its column goes on, never loses its end
+        )
+    for r in rows:
+        table.add_row(*(escape(r[k]) for k in keep))
+    return table

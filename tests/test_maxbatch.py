@@ -197,7 +197,8 @@ overrides = { depth = 2, embed_dim = 32, num_heads = 2, patch_size = 8 }
 """
 
 
-def test_estimate_path_end_to_end_on_a_tiny_model(run_cli, tmp_path, one_thread):
+def test_estimate_path_end_to_end_on_a_tiny_model(run_cli, tmp_path, one_thread, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY_SUITE)
     code, _, err = run_cli(
@@ -205,6 +206,9 @@ def test_estimate_path_end_to_end_on_a_tiny_model(run_cli, tmp_path, one_thread)
         "--no-isolate", "--out", str(tmp_path / "r"),
     )  # fmt: skip
     assert code == 0, err
+    table = err[err.index("max batch within each budget") : err.index("results: ")]
+    assert max(len(line) for line in table.splitlines()) <= 80  # an 80-column terminal
+    assert "revvit_small" in table and "max batch" in table
     df = load(tmp_path / "r")
     assert len(df) == 2 and set(df["status"]) == {status.OK}
     limit = int(6_000_000 * 0.9)
