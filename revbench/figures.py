@@ -640,23 +640,49 @@ def memory_vs_resolution(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind
 # -------------------------------------------------- memory vs a numeric override
 
 
-def numeric_override_keys(rows: pd.DataFrame) -> list[str]:
-    """Model overrides (depth, num_columns, ...) that take two or more numeric values."""
+# Overrides of different models that count the same thing, drawn on one axis: BiFPN's
+# `num_layers` and RevBiFPN's `num_ext_layers` are both layers of the neck, and the
+# neck-scaling figure's point is one line growing with them while the other stays flat.
+SHARED_AXES = {"neck layers": ("num_layers", "num_ext_layers")}
+
+
+def numeric_override_keys(rows: pd.DataFrame) -> list[str | tuple[str, ...]]:
+    """Model overrides (depth, num_columns, ...) that take two or more numeric values; keys
+    of one SHARED_AXES entry that all vary come as one tuple, drawn together."""
     values: dict[str, set] = {}
     for ov in rows["overrides"]:
         for k, v in (ov or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 values.setdefault(k, set()).add(v)
-    return sorted(k for k, vs in values.items() if len(vs) > 1)
+    keys: list[str | tuple[str, ...]] = sorted(k for k, vs in values.items() if len(vs) > 1)
+    for shared in SHARED_AXES.values():
+        if all(k in keys for k in shared):
+            keys = [k for k in keys if k not in shared] + [shared]
+    return keys
 
 
-def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str, kind: MemoryKind) -> Figure:
-    """Memory vs one numeric override (the depth-scaling suite: depth), one line per mode."""
-    rows = rows[rows["overrides"].map(lambda ov: key in (ov or {}))].copy()
-    rows["x"] = rows["overrides"].map(lambda ov: ov[key])
+def override_axis_name(key: str | tuple[str, ...]) -> str:
+    """What the x axis of `memory_vs_override` counts: the key, or its shared axis' name."""
+    if isinstance(key, tuple):
+        return next(name for name, keys in SHARED_AXES.items() if keys == key)
+    return key.replace("_", " ")
+
+
+def memory_vs_override(
+    rows: pd.DataFrame, fit: pd.DataFrame, key: str | tuple[str, ...], kind: MemoryKind
+) -> Figure:
+    """Memory vs one numeric override (the depth-scaling suite: depth), one line per mode;
+    a tuple of keys (SHARED_AXES) puts each model's own key on one x axis."""
+    keys = key if isinstance(key, tuple) else (key,)
+
+    def own_key(ov) -> str | None:
+        return next((k for k in keys if k in (ov or {})), None)
+
+    rows = rows[rows["overrides"].map(lambda ov: own_key(ov) is not None)].copy()
+    rows["x"] = rows["overrides"].map(lambda ov: ov[own_key(ov)])
     # The other overrides stay fixed along a line.
     rows["rest"] = rows["overrides"].map(
-        lambda ov: variant_label({k: v for k, v in ov.items() if k != key})
+        lambda ov: variant_label({k: v for k, v in ov.items() if k != own_key(ov)})
     )
     x_of_variant = dict(zip(rows["variant"], rows["x"]))
     rest_of_variant = dict(zip(rows["variant"], rows["rest"]))
@@ -695,7 +721,10 @@ def memory_vs_override(rows: pd.DataFrame, fit: pd.DataFrame, key: str, kind: Me
     ax.set_xticks(xs)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(key.replace("_", " "))
+    xlabel = override_axis_name(key)
+    if len(keys) > 1:  # say which override each model's points vary
+        xlabel += " (" + ", ".join(f"{k}" for k in keys) + ")"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     _legend_outside(ax)

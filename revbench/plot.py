@@ -181,8 +181,8 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
     for key in keys:
         specs.append(
             (
-                f"mem_vs_{_slug(key)}",
-                f"Memory vs {key}",
+                f"mem_vs_{_slug(F.override_axis_name(key))}",
+                f"Memory vs {F.override_axis_name(key)}",
                 lambda key=key: F.memory_vs_override(rows, fit, key, kind),
             )
         )

@@ -725,3 +725,41 @@ def test_batch_axis_has_integer_ticks_only(detector_report):
         ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
         assert ticks and all(float(t).is_integer() for t in ticks)
         assert "images" in ax.get_xlabel()
+
+
+def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
+    # BiFPN varies num_layers, RevBiFPN num_ext_layers: both count neck layers, and the
+    # neck-scaling figure puts them on one axis (one line grows, the other stays flat).
+    from revbench import figures as F
+
+    records = []
+    for layers in (2, 4, 8):
+        for b in (4, 8):
+            bifpn = _cell("bifpn", 256, b, suite="neck-scaling", overrides={"num_layers": layers})
+            records.append(_record(bifpn, 2e6 * layers))
+            rev = _cell(
+                "revbifpn_s0", 256, b, suite="neck-scaling", overrides={"num_ext_layers": layers}
+            )
+            records.append(_record(rev, 9e6))
+    runs = tmp_path / "results"
+    _write_run(runs, "neck-scaling", records)
+    out = tmp_path / "report"
+    assert main(["plot", str(runs), "--out", str(out), "--format", "svg"]) == 0
+    assert (out / "neck-scaling" / "mem_vs_neck-layers.svg").is_file()
+    assert not list((out / "neck-scaling").glob("mem_vs_num_*"))  # not one figure per key
+
+    from revbench.results import load
+
+    rows = load(runs)
+    assert F.numeric_override_keys(rows) == [("num_layers", "num_ext_layers")]
+    fit = per_sample_fit(rows)
+    from revbench.analysis import MEMORY_KINDS
+
+    shared = ("num_layers", "num_ext_layers")
+    fig = F.memory_vs_override(rows, fit, shared, MEMORY_KINDS["allocated"])
+    (ax,) = fig.axes
+    lines = {ln.get_label(): ln.get_ydata() for ln in ax.get_lines()}
+    assert len(lines) == 2 and ax.get_xlabel().startswith("neck layers")
+    grows, flat = (lines[k] for k in sorted(lines))  # bifpn ..., revbifpn_s0 ...
+    assert list(grows) == pytest.approx([4.0, 8.0, 16.0])
+    assert list(flat) == pytest.approx([9.0] * 3)
