@@ -144,15 +144,9 @@ def run_cells_submitit(
     from submitit.helpers import as_completed
 
     from .progress import CellProgress
-    from .runner import RunSummary
+    from .runner import RunSummary, pending_cells
 
-    done = store.measured_keys() if resume else set()
-    todo = [c for c in cells if c.key not in done]
-    skipped = len(cells) - len(todo)
-    if skipped:
-        console.print(
-            f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go"
-        )
+    todo, skipped = pending_cells(cells, store, resume, console)
     if not todo:
         return RunSummary(store, [], skipped)
     executor = make_executor(todo, store, options)

@@ -264,13 +264,7 @@ def run_cells(
             slots=[{"CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else [{}] * jobs,
         )
     console = console or Console(stderr=True)
-    done = store.measured_keys() if resume else set()
-    todo = [c for c in cells if c.key not in done]
-    skipped = len(cells) - len(todo)
-    if skipped:
-        console.print(
-            f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go"
-        )
+    todo, skipped = pending_cells(cells, store, resume, console)
     # Snapshots are numbered by the record they belong to, counting the records earlier
     # invocations stored: a resumed run never overwrites an earlier snapshot.
     stored = len(store.rows())
@@ -291,13 +285,7 @@ def run_cells(
                     outcome = launch(cell, snapshot, counts=model not in counted, thop=thop)
                 if outcome.counts is not None:
                     counted[model] = outcome.counts
-                record = Record.for_cell(
-                    cell,
-                    status=outcome.status,
-                    message=outcome.message,
-                    counts=counted.get(model),
-                    measurement=outcome.measurement,
-                )
+                record = record_of(cell, outcome, counted.get(model))
                 store.append(record)
                 records.append(record)
                 progress.done(record)
@@ -309,6 +297,32 @@ def run_cells(
             "continue with --resume"
         )
     return RunSummary(store, records, skipped, interrupted)
+
+
+def pending_cells(
+    cells: list[Cell], store: RunStore, resume: bool, console: Console
+) -> tuple[list[Cell], int]:
+    """The cells still to measure (all of them unless resuming) and how many were skipped;
+    a resumed run says so. Shared by every launcher."""
+    done = store.measured_keys() if resume else set()
+    todo = [c for c in cells if c.key not in done]
+    skipped = len(cells) - len(todo)
+    if skipped:
+        console.print(
+            f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go"
+        )
+    return todo, skipped
+
+
+def record_of(cell: Cell, outcome: Outcome, counts: Counts | None) -> Record:
+    """The row of a launched cell: its outcome and its model's counts."""
+    return Record.for_cell(
+        cell,
+        status=outcome.status,
+        message=outcome.message,
+        counts=counts,
+        measurement=outcome.measurement,
+    )
 
 
 def budget_outcome(cell: Cell, launch, **kwargs) -> Outcome | None:
@@ -343,13 +357,7 @@ def _run_parallel(
     lock in this process, so no row is lost or written twice, and the progress bar sees
     every cell. Ctrl-C kills every worker and saves what finished.
     """
-    done = store.measured_keys() if resume else set()
-    todo = [c for c in cells if c.key not in done]
-    skipped = len(cells) - len(todo)
-    if skipped:
-        console.print(
-            f"resuming {store.dir}: {skipped} cell(s) already measured, {len(todo)} to go"
-        )
+    todo, skipped = pending_cells(cells, store, resume, console)
     stored = len(store.rows())
     pools = [WorkerPool(env) for env in slots]
     pending: queue.Queue[Cell] = queue.Queue()
@@ -396,13 +404,7 @@ def _run_parallel(
             with guard:
                 if outcome.counts is not None:
                     counted.setdefault(model, outcome.counts)
-                record = Record.for_cell(
-                    cell,
-                    status=outcome.status,
-                    message=outcome.message,
-                    counts=counted.get(model),
-                    measurement=outcome.measurement,
-                )
+                record = record_of(cell, outcome, counted.get(model))
                 store.append(record)
                 records.append(record)
                 served[slot] += 1
