@@ -128,6 +128,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             command=shlex.join(["revbench", *getattr(args, "argv", ["gate"])]),
             note=fallback_note,
             console=Console(stderr=True),
+            jobs=args.jobs,
         )
         if run.interrupted:
             return 130
@@ -211,6 +212,12 @@ def register_cli(sub) -> None:
     gate.add_argument("--device", default="estimate", help="--suite's device (default: estimate)")
     gate.add_argument("--out", help="--suite's results directory (default: a temporary one)")
     gate.add_argument("--no-thop", action="store_true", help="--suite runs without thop")
+    gate.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="--suite's worker processes (estimate, cpu; default 1): as `revbench run --jobs`",
+    )
     gate.add_argument(
         "--tolerance",
         action="append",

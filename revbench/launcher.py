@@ -181,7 +181,11 @@ def _signal_name(code: int) -> str:
 def _stderr_summary(text: str) -> str:
     """What a dead worker's stderr says: faulthandler's fatal error and the innermost
     frames when it crashed, else its last lines."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # Kineto marks every profiler start and stop on stderr ("USDT:... profiler_start"): the
+    # dense estimator profiles, and those markers would hide why the worker died.
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("USDT:")
+    ]
     fatal = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
     if fatal:
         i = fatal[-1]
@@ -287,8 +291,11 @@ class Worker:
         fd = self._stderr.fileno()
         start = max(self._stderr_from, os.fstat(fd).st_size - (1 << 16))
         tail = _stderr_summary(os.pread(fd, 1 << 16, start).decode(errors="replace"))
+        oom = code == -signal.SIGKILL and not self._killed
+        if oom:  # nobody here sent it: on Linux that is the kernel's out-of-memory killer
+            how += " (not by revbench: most likely the host's out-of-memory killer)"
         died = WorkerDied(f"worker {how}" + (f": {tail}" if tail else ""))
-        died.oom = code == -signal.SIGKILL and not self._killed
+        died.oom = oom
         return died
 
     _killed = False
@@ -367,7 +374,14 @@ class WorkerPool:
             return Outcome(status.TIMEOUT, f"cell exceeded its timeout of {cell.timeout_s:g} s")
         except WorkerDied as died:
             worker.kill()
-            return Outcome(status.OOM if died.oom else status.ERROR, str(died)[:MESSAGE_CHARS])
+            # The host's OOM killer is an out-of-memory result only where host memory is the
+            # device measured (cpu). For estimate and cuda it says nothing about the device:
+            # an error, which --resume retries (alone, or on a machine with more memory).
+            host_is_device = cell.method == "cpu"
+            return Outcome(
+                status.OOM if died.oom and host_is_device else status.ERROR,
+                str(died)[:MESSAGE_CHARS],
+            )
         except BaseException:  # Ctrl-C while waiting: the cell dies with the run
             worker.kill()
             raise

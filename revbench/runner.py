@@ -261,7 +261,7 @@ def run_cells(
             memory_snapshot=memory_snapshot,
             thop=thop,
             console=console or Console(stderr=True),
-            slots=[{"CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else [{}] * jobs,
+            slots=[{"CUDA_VISIBLE_DEVICES": g} for g in gpus] if gpus else cpu_slots(jobs),
         )
     console = console or Console(stderr=True)
     todo, skipped = pending_cells(cells, store, resume, console)
@@ -339,6 +339,16 @@ def budget_outcome(cell: Cell, launch, **kwargs) -> Outcome | None:
         message += f"{cell.limit_bytes / 1e9:.2f} GB ({bytes_label(cell.budget_bytes)})"
         return Outcome(status.SKIPPED, message, counts=predicted.counts)
     return predicted if estimate else None
+
+
+def cpu_slots(jobs: int) -> list[dict[str, str]]:
+    """The environments of `jobs` CPU workers: each gets its share of the cores as torch's
+    thread count, so N workers computing at once (the cpu method, a detector's real CPU
+    step) do not run N x cores threads. A thread count the user set is kept."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return [{}] * jobs
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return [{"OMP_NUM_THREADS": str(threads)}] * jobs
 
 
 def _run_parallel(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import time
 
 import torch
@@ -48,6 +49,11 @@ class Exits(TinyCNN):
         os._exit(3)
 
 
+class KilledByHost(TinyCNN):
+    def forward(self, x):
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+
 class CpuOOM(TinyCNN):
     def forward(self, x):
         torch.empty(2**62, dtype=torch.uint8)  # 4 EiB: DefaultCPUAllocator refuses it
@@ -67,6 +73,7 @@ for name, builder in {
     "test_segfaults": Segfaults,
     "test_exits": Exits,
     "test_cpu_oom": CpuOOM,
+    "test_killed_by_host": KilledByHost,
     "test_segfaults_when_counted": SegfaultsWhenCounted,
 }.items():
     register_model(name, TinyConfig(), family="Test", size="fault", builder=builder)

@@ -22,7 +22,7 @@ import pytest
 
 from revbench.cell import KEY_FIELDS
 from revbench.errors import UsageError
-from revbench.launcher import Worker, WorkerPool, run_inline
+from revbench.launcher import Worker, WorkerPool, run_inline, run_isolated
 from revbench.measurement import Counts, Measurement
 from revbench.results import Record, RunStore, load, read_records
 from revbench.suite import make_cell
@@ -115,6 +115,19 @@ def test_cpu_allocator_out_of_memory_is_an_oom_row():
     outcome = run_inline(cell)
     assert outcome.status == "oom"
     assert "DefaultCPUAllocator: can't allocate memory" in outcome.message
+
+
+@pytest.mark.parametrize("method, expected", [("cpu", "oom"), ("estimate", "error")])
+def test_a_worker_the_host_kills_is_oom_only_where_host_memory_is_the_device(method, expected):
+    # SIGKILL from outside (the kernel's OOM killer): on cpu the cell ran out of its device's
+    # memory; on the estimator (or cuda) the host did, which says nothing about the device,
+    # so the row is an error that --resume retries.
+    cell = make_cell("test_killed_by_host", resolution=32, batch_size=1, method=method)
+    outcome = run_isolated(cell, counts=False)
+    assert outcome.status == expected
+    assert outcome.message.startswith(
+        "worker killed by SIGKILL (not by revbench: most likely the host's out-of-memory killer)"
+    )
 
 
 def test_worker_start_up_is_not_counted_against_the_timeout(monkeypatch):

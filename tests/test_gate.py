@@ -354,12 +354,17 @@ def test_suite_option_runs_the_suite_then_gates_it(run_cli, tmp_path, monkeypatc
     assert code == 0, err
     assert len(load(ref)) == 2 and set(load(ref)["method"]) == {"estimate"}
     out_dir = tmp_path / "runs"
+    # Two workers (as CI runs it) give the same bytes as the one that made the baseline.
     code, out, _ = run_cli(
-        "gate", "--suite", str(suite), "--baseline", str(ref), "--out", str(out_dir), "--verbose"
-    )
+        "gate", "--suite", str(suite), "--baseline", str(ref), "--out", str(out_dir),
+        "--verbose", "--jobs", "2",
+    )  # fmt: skip
     assert code == 0, out
     assert "gate passed" in out and "bytes_per_sample" in out
-    assert len(list(out_dir.glob("tiny/*/results.jsonl"))) == 1  # --out keeps the run
+    runs = list(out_dir.glob("tiny/*/results.jsonl"))
+    assert len(runs) == 1  # --out keeps the run
+    manifest = json.loads((runs[0].parent / "manifest.json").read_text())
+    assert manifest["invocations"][-1]["jobs"] == 2
 
 
 # -------------------------------------------------------------------- the project's gate

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from revbench.errors import UsageError
 from revbench.results import Record, RunStore, load
-from revbench.runner import resolve_gpus, run_cells
+from revbench.runner import cpu_slots, resolve_gpus, run_cells
 from revbench.suite import make_cell
 
 FAULTS = "revbench_fault_models"
@@ -74,6 +74,15 @@ def test_jobs_share_the_cells_into_one_run_and_resume(run_cli, tmp_path, suite):
     assert sorted(w["worker"] for w in last["workers"]) == [0, 1]
     assert sum(w["cells"] for w in last["workers"]) == 5
     assert all(w["host"] for w in last["workers"])
+
+
+def test_cpu_workers_share_the_cores_unless_the_user_set_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert cpu_slots(4) == [{"OMP_NUM_THREADS": "4"}] * 4
+    assert cpu_slots(32) == [{"OMP_NUM_THREADS": "1"}] * 32  # never zero threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_slots(2) == [{}, {}]  # the user's setting reaches every worker as it is
 
 
 def _append_many(run_dir: str, writer: int, n: int) -> None:
