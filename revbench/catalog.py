@@ -14,7 +14,7 @@ included), else from a per-cell cost model:
   a shared 2-core machine, thop counts included. Cells took 2 s to 96 s (median 22 s; a
   model's first cell also counts its MACs, and deep RevBiFPNs cost the most), so the
   figure is rounded and a guide only;
-- a dense cell (detection and segmentation run a real CPU step at full size,
+- a dense cell (torchvision's detectors run a real CPU step at full size,
   revbench/methods/estimate_dense.py) costs 1-3 minutes on one core.
 """
 

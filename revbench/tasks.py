@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+from torch.utils._pytree import tree_map
 
 
 class Task(ABC):
@@ -136,9 +138,19 @@ class Detect(Task):
         height, width = self.image_shape(resolution)
         g = torch.Generator().manual_seed(TARGET_SEED)
         images = torch.rand(batch_size, 3, height, width, generator=g)  # (B, 3, H, W) in [0, 1)
-        targets = synthetic_targets(batch_size, height, width, num_classes, self.masks)
+        # Targets carry values (boxes, labels, a model's own encoding of them, such as
+        # EfficientDet's anchor labels): real tensors even under the estimator's fake mode,
+        # then handed to the step as that mode's tensors, as a loader hands them to a GPU.
+        with unset_fake_temporarily():
+            targets = synthetic_targets(batch_size, height, width, num_classes, self.masks)
+            encode = getattr(model, "encode_targets", None)
+            if encode is not None:
+                targets = encode(targets)
+        fake_mode = images.fake_mode if isinstance(images, FakeTensor) else None
         images = images.to(device)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        targets = tree_map(
+            lambda t: fake_mode.from_tensor(t) if fake_mode else t.to(device), targets
+        )
         return (images, targets), None
 
     def loss(self, outputs, targets):

@@ -330,19 +330,52 @@ def test_efficientdet_trains_one_step_on_its_own_losses():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_efficientdet_estimates_at_its_own_size():
-    # Its BiFPN and anchors are fixed to the configured size: the warm-up runs there too.
+def test_efficientdet_labels_anchors_outside_the_step_as_effdet_does_inside():
+    # encode_targets is effdet's loader-side labelling: the same loss as its in-step labeler.
+    from effdet.bench import DetBenchTrain
+
+    torch.manual_seed(0)
+    model = create("tf_efficientdet_d0", img_size=128, num_classes=5)
+    step = build_step(
+        model, task="detect_square", scenario="train", precision="fp32", batch_size=2,
+        resolution=128, device="cpu",
+    )  # fmt: skip
+    images, target = step.inputs
+    assert target["label_cls_0"].shape == (2, 16, 16, 9)  # P3 of 128 px, 9 anchors
+    assert target["label_bbox_4"].shape == (2, 1, 1, 36)  # P7
+    assert (target["label_num_positives"] > 0).all()
+    boxes = synthetic_targets(2, 128, 128, 5, masks=False)
+    inside = DetBenchTrain(model.bench.model, create_labeler=True)
+    torch.manual_seed(1)  # the same stochastic-depth draws in both steps
+    expected = inside(
+        images,
+        {
+            "bbox": torch.stack([t["boxes"][:, [1, 0, 3, 2]] for t in boxes]),
+            "cls": torch.stack([t["labels"] for t in boxes]).float(),
+        },
+    )["loss"]
+    torch.manual_seed(1)
+    assert torch.equal(model(step.inputs)["loss"], expected)
+
+
+def test_efficientdet_estimate_on_fake_tensors_equals_a_real_step():
+    # Its step is shaped by the image size alone, so the fake-tensor estimator serves it; the
+    # real step read off the CPU allocator (the dense estimator) must agree within 1%.
+    from revbench.methods.estimate import DENSE_TASKS, estimate_memory
     from revbench.methods.estimate_dense import estimate_dense_memory
 
-    est = estimate_dense_memory(
-        lambda: create("tf_efficientdet_d0", img_size=256, num_classes=5),
-        task="detect_square",
-        batch_size=1,
-        resolution=256,
-        warmup_resolution=128,
+    assert get_info("tf_efficientdet_d0").task not in DENSE_TASKS
+
+    def factory():
+        return create("tf_efficientdet_d0", img_size=256, num_classes=5)
+
+    fake = estimate_memory(factory, task="detect_square", batch_size=2, resolution=256)
+    real = estimate_dense_memory(
+        factory, task="detect_square", batch_size=2, resolution=256, warmup_resolution=256
     )
-    assert est.by_category["optimizer_state"] == est.by_category["parameters"] > 0
-    assert est.by_category["activations"] > 0
+    assert fake.peak_bytes == pytest.approx(real.peak_bytes, rel=0.01)
+    assert fake.by_category["optimizer_state"] == fake.by_category["parameters"] > 0
+    assert fake.by_category["activations"] > 0
 
 
 def test_published_detector_points_use_revbench_names():
