@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import nn
 
-from .published import PublishedFigure, imagenet_figures
+from .published import PublishedFigure, model_figures
 from .reversible import MODES, check_mode
 
 Overrides = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
@@ -193,11 +193,11 @@ class ModelInfo:
         """The task the model built with `overrides` serves ("classify", "features", ...)."""
         return self.configure(overrides).task
 
-    # ---- published figures (revbench/data/published.csv, ImageNet rows)
+    # ---- published figures (revbench/data/published.csv, the model's own rows)
 
     def published(self, metric: str) -> PublishedFigure | None:
         """The published figure for `metric` ("params", "macs", "top1"), if any."""
-        return imagenet_figures().get((self.name, metric))
+        return model_figures().get((self.name, metric))
 
     @property
     def published_params(self) -> int | None:

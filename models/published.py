@@ -127,7 +127,13 @@ def read_published(path: str | Path | None = None) -> list[PublishedFigure]:
     return figures
 
 
+# A model's own figures, whichever paper's table prints them (ImageNet classification for
+# the classifiers, EfficientDet's Table 2 for D0-D7): one per (model, metric).
+MODEL_METRICS = ("params", "macs", "top1")
+
+
 @functools.cache
-def imagenet_figures() -> dict[tuple[str, str], PublishedFigure]:
-    """The shipped ImageNet classification figures by (model, metric)."""
-    return {(f.model, f.metric): f for f in read_published() if f.task == "imagenet"}
+def model_figures() -> dict[tuple[str, str], PublishedFigure]:
+    """The shipped figures of each model itself (parameters, MACs at its native resolution,
+    ImageNet top-1) by (model, metric)."""
+    return {(f.model, f.metric): f for f in read_published() if f.metric in MODEL_METRICS}

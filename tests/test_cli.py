@@ -50,9 +50,12 @@ def test_smoke_end_to_end(run_cli, tmp_path):
     # Every family through the CLI, the runner and a real step. The estimator's side is
     # the tiny suite below and the ci gate; each family's estimate, its own tests.
     out = tmp_path / "results"
+    # Two workers, one core each (the machine's cores shared out): the cpu method's figures
+    # are per cell, and the test takes half the time on CI's 2 cores.
     code, _, err = run_cli(
-        "run", "--suite", "smoke", "--device", "cpu", "--out", str(out), "--no-thop"
-    )
+        "run", "--suite", "smoke", "--device", "cpu", "--out", str(out), "--no-thop",
+        "--jobs", "2",
+    )  # fmt: skip
     assert code == 0, err
     (run_dir,) = _runs(out)
     df = load(run_dir)

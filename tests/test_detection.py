@@ -301,6 +301,9 @@ def test_efficientdet_counts_and_native_size(d):
     }
     info = get_info(name)
     assert info.native_resolution == published["params"].resolution
+    # the registry serves them to the report's counts table, as it does ImageNet's
+    assert info.published_params == round(published["params"].value_base)
+    assert info.published_macs == round(published["macs"].value_base)
     with torch.device("meta"):
         model = create(name)
     params = count_params(model)
