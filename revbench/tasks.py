@@ -29,6 +29,9 @@ class Task(ABC):
     """Inputs, targets and loss of one kind of model output."""
 
     name: str
+    # Scenarios whose step sizes every tensor from the batch's shape alone (no operator whose
+    # output size depends on values, such as NMS): fake tensors can estimate those.
+    shape_only_scenarios: tuple[str, ...] = ("train", "infer")
 
     @abstractmethod
     def make_batch(
@@ -121,9 +124,12 @@ class Detect(Task):
 
     masks = False
 
-    def __init__(self, name: str = "detect", square: bool = False):
+    def __init__(
+        self, name: str = "detect", square: bool = False, shape_only_scenarios: tuple = ()
+    ):
         self.name = name
         self.square = square
+        self.shape_only_scenarios = shape_only_scenarios
 
     def image_shape(self, resolution: int) -> tuple[int, int]:
         return (resolution, resolution) if self.square else dense_image_shape(resolution)
@@ -197,6 +203,9 @@ def task_names() -> tuple[str, ...]:
 
 
 register_task(Classify())
+# torchvision's detectors keep what NMS and the samplers select, in training and inference.
 register_task(Detect())
 register_task(Segment())
-register_task(Detect("detect_square", square=True))
+# EfficientDet trains on anchors labelled before the step (models/efficientdet.py); only its
+# inference decodes boxes with NMS.
+register_task(Detect("detect_square", square=True, shape_only_scenarios=("train",)))

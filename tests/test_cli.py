@@ -18,7 +18,7 @@ from revbench import launcher, runner
 from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_cells
 from revbench.cli import MODULE_COMMANDS, build_parser
 from revbench.launcher import Outcome
-from revbench.methods.estimate import DENSE_TASKS
+from revbench.methods.estimate import on_real_tensors
 from revbench.results import load
 from revbench.suite import expand, load_suite
 
@@ -343,7 +343,7 @@ def test_suite_cell_counts_match_the_suites():
     assert set(counts) == set(builtin_suites())
     for name in builtin_suites():
         cells = expand(load_suite(name), method="estimate")
-        dense = sum(c.task in DENSE_TASKS for c in cells)
+        dense = sum(on_real_tensors(c) for c in cells)
         assert (counts[name].cells, counts[name].dense_cells) == (len(cells), dense), name
 
 

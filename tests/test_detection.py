@@ -364,10 +364,20 @@ def test_efficientdet_labels_anchors_outside_the_step_as_effdet_does_inside():
 def test_efficientdet_estimate_on_fake_tensors_equals_a_real_step():
     # Its step is shaped by the image size alone, so the fake-tensor estimator serves it; the
     # real step read off the CPU allocator (the dense estimator) must agree within 1%.
-    from revbench.methods.estimate import DENSE_TASKS, estimate_memory
+    from revbench.methods.estimate import estimate_memory, on_real_tensors
     from revbench.methods.estimate_dense import estimate_dense_memory
+    from revbench.suite import make_cell
 
-    assert get_info("tf_efficientdet_d0").task not in DENSE_TASKS
+    def cell(scenario):
+        return make_cell(
+            "tf_efficientdet_d0", method="estimate", scenario=scenario, resolution=512,
+            batch_size=2,
+        )  # fmt: skip
+
+    # training on fake tensors; inference decodes boxes with NMS: a real step
+    assert not on_real_tensors(cell("train")) and on_real_tensors(cell("infer"))
+    detector = make_cell("faster_rcnn_r50_fpn", method="estimate", resolution=800, batch_size=2)
+    assert on_real_tensors(detector)
 
     def factory():
         return create("tf_efficientdet_d0", img_size=256, num_classes=5)

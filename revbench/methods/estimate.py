@@ -26,7 +26,8 @@ accumulated into `.grad`; one still being produced when the peak occurs counts a
 temporary. The total is exact either way.
 
 Detection and segmentation cells with torchvision's data-dependent detectors run on real CPU
-tensors instead (estimate_dense.py); EfficientDet (`detect_square`) runs here.
+tensors instead (estimate_dense.py, `on_real_tensors`); EfficientDet's training step runs
+here, its inference (NMS) there.
 """
 
 from __future__ import annotations
@@ -51,12 +52,19 @@ from ..cell import Cell
 from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
+from ..tasks import get_task
 from .base import Method
 
-# Tasks whose models size tensors from data (NMS, sampling): estimated on real tensors.
-# Not detect_square: EfficientDet's step, anchors labelled outside it, is shaped by the image
-# size alone (models/efficientdet.py), so fake tensors estimate it.
-DENSE_TASKS = ("detect", "segment")
+
+def on_real_tensors(cell: Cell) -> bool:
+    """Whether the cell's step sizes tensors from data (NMS, sampling), which fake tensors
+    refuse: then it is estimated on real tensors (estimate_dense.py). The task says which
+    of its scenarios are shaped by the batch alone (`Task.shape_only_scenarios`); a
+    data-parallel step is a train step."""
+    scenario = "train" if cell_ddp(cell) else cell.scenario
+    return scenario not in get_task(cell.task).shape_only_scenarios
+
+
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
 
 # MemTracker's reference types, in the names revbench records use.
@@ -237,7 +245,7 @@ class EstimateMethod(Method):
     name = "estimate"
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
-        if cell.task in DENSE_TASKS:  # data-dependent detectors: real tensors, see the module
+        if on_real_tensors(cell):  # data-dependent detectors: real tensors, see the module
             from .estimate_dense import estimate_dense_memory
 
             with amp_policy(cell.precision):
