@@ -96,6 +96,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     tolerances = parse_tolerances(args.tolerance)
     if bool(args.current) == bool(args.suite):
         raise UsageError("give either --current RESULTS or --suite NAME (to run it first)")
+    if args.jobs != 1 and not args.suite:
+        raise UsageError(
+            f"--jobs {args.jobs} applies to --suite (its workers); --current runs nothing"
+        )
     suite = None
     if args.suite:
         from .methods import resolve_device

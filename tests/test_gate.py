@@ -265,6 +265,7 @@ def _schema_zero(tmp_path) -> str:
         "negative",
         "format",
         "no-current",
+        "jobs-without-suite",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run_cli, baseline, tmp_path, case):
@@ -289,6 +290,8 @@ def test_bad_input_is_one_line_and_exit_2(run_cli, baseline, tmp_path, case):
         extra = ["--tolerance", "peak_bytes=-1"]
     elif case == "format":
         extra = ["--format", "html"]
+    elif case == "jobs-without-suite":
+        extra = ["--jobs", "2"]  # workers run a suite; gating stored results has none
     if case == "no-current":
         result = run_cli("gate", "--baseline", baseline)
     else:
