@@ -344,6 +344,20 @@ def _not_drawn_note(missing: pd.DataFrame, scale: float, unit: str) -> str:
     return "\n" + textwrap.fill(text, 90)
 
 
+def _ours_vs_published_legend(ax, handles: list, method: str, *, loc: str, fontsize: int) -> None:
+    """The legend of a figure with our points filled and the papers' hollow."""
+    ax.legend(
+        handles=handles,
+        loc=loc,
+        frameon=True,
+        framealpha=0.9,
+        edgecolor="0.8",
+        fontsize=fontsize,
+        title=f"filled: ours, {method}",
+        title_fontsize=fontsize,
+    )
+
+
 def _published_at_ours_handle() -> Line2D:
     return Line2D(
         [],
@@ -410,17 +424,10 @@ def headline(
     ax.set_ylabel(per_sample_label(kind, "GB", sample_word(points)))
     method = method_word(str(points["method"].iloc[0]))
     handles, _ = ax.get_legend_handles_labels()
-    ax.legend(
-        handles=[*handles, _published_handle(labelled=True)]
-        + ([_published_at_ours_handle()] if not at_ours.empty else []),
-        loc="upper left",
-        frameon=True,
-        framealpha=0.9,
-        edgecolor="0.8",
-        fontsize=8,
-        title=f"filled: ours, {method}",
-        title_fontsize=8,
-    )
+    handles.append(_published_handle(labelled=True))
+    if not at_ours.empty:
+        handles.append(_published_at_ours_handle())
+    _ours_vs_published_legend(ax, handles, method, loc="upper left", fontsize=8)
     _defer_labels(fig, ax, labels)
     return fig
 
@@ -471,16 +478,8 @@ def macs_panels(
             handles.append(_published_handle(labelled=False))
         if not at_ours.empty:
             handles.append(_published_at_ours_handle())
-        ax.legend(
-            handles=handles,
-            loc="best",  # clear of the points, published ones included
-            frameon=True,
-            framealpha=0.9,
-            edgecolor="0.8",
-            fontsize=7,
-            title=f"filled: ours, {method}",
-            title_fontsize=7,
-        )
+        # "best": clear of the points, published ones included
+        _ours_vs_published_legend(ax, handles, method, loc="best", fontsize=7)
         _defer_labels(fig, ax, labels)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)

@@ -350,7 +350,8 @@ class WorkerPool:
     ) -> Outcome:
         from .methods import get_method
 
-        fresh = get_method(cell.method).fresh_worker_per_cell
+        method = get_method(cell.method)
+        fresh = method.fresh_worker_per_cell
         worker = self._take()
         try:
             worker.wait_ready()
@@ -375,13 +376,10 @@ class WorkerPool:
         except WorkerDied as died:
             worker.kill()
             # The host's OOM killer is an out-of-memory result only where host memory is the
-            # device measured (cpu). For estimate and cuda it says nothing about the device:
-            # an error, which --resume retries (alone, or on a machine with more memory).
-            host_is_device = cell.method == "cpu"
-            return Outcome(
-                status.OOM if died.oom and host_is_device else status.ERROR,
-                str(died)[:MESSAGE_CHARS],
-            )
+            # device measured; elsewhere an error, which --resume retries (alone, or on a
+            # machine with more memory).
+            oom = died.oom and method.host_memory_is_device
+            return Outcome(status.OOM if oom else status.ERROR, str(died)[:MESSAGE_CHARS])
         except BaseException:  # Ctrl-C while waiting: the cell dies with the run
             worker.kill()
             raise

@@ -17,6 +17,9 @@ class Method(ABC):
     # True: a new worker for every cell instead of a warm one serving cell after cell.
     fresh_worker_per_cell = False
     records_snapshots = False  # whether --memory-snapshot applies
+    # True where the memory measured is the host's own (cpu): a worker the kernel's OOM killer
+    # took ran out of the device's memory then, an `oom`; elsewhere the host ran out, an error.
+    host_memory_is_device = False
 
     @abstractmethod
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:

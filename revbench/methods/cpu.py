@@ -19,6 +19,7 @@ from .base import Method
 
 class CpuMethod(Method):
     name = "cpu"
+    host_memory_is_device = True
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
         if cell_ddp(cell):  # N gloo ranks, each its step's peak under MemTracker
