@@ -162,6 +162,16 @@ class Cell:
     def key(self) -> tuple:
         return tuple(getattr(self, f) for f in KEY_FIELDS)
 
+    @property
+    def model_key(self) -> tuple:
+        """What parameter and MAC counts belong to: the model, its overrides, the side."""
+        return (self.model, self.variant, self.resolution)
+
+    @property
+    def batchless_key(self) -> tuple:
+        """The cell's key but for the batch size: one model's cells at every batch."""
+        return tuple(getattr(self, f) for f in KEY_FIELDS if f != "batch_size")
+
     def label(self) -> str:
         return cell_label(self)
 

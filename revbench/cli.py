@@ -12,27 +12,20 @@ traceback is printed); 130 interrupted (`run`: every finished cell is saved).
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import traceback
 
-from rich.console import Console
-
 from . import __version__
+from .cli_args import (
+    add_axis_flags,
+    add_optimizer_flag,
+    axis_overrides,
+    csv_list,
+    make_console,
+)
 from .errors import UsageError
 from .outputs import EMPTY, fit_table
-
-LOG_WIDTH = 160  # table width when the output is neither a terminal nor COLUMNS-sized
-
-
-def _console(stderr: bool = True) -> Console:
-    """A console at the terminal's width (or $COLUMNS). Written to a file or a pipe with
-    no COLUMNS set, wide enough that labels do not wrap in the log."""
-    console = Console(stderr=stderr)
-    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
-        return console
-    return Console(stderr=stderr, width=LOG_WIDTH)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,23 +40,6 @@ class _Parser(argparse.ArgumentParser):
 INTERNAL_ERROR = 3
 
 
-def _csv(value: str) -> list[str]:
-    out = [v.strip() for v in value.split(",") if v.strip()]
-    if not out:
-        raise argparse.ArgumentTypeError(f"{value!r} names nothing; give a comma-separated list")
-    return out
-
-
-def _ints(value: str) -> list[int]:
-    try:
-        out = [int(v) for v in _csv(value)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a comma-separated list of integers"
-        ) from None
-    return out
-
-
 # ------------------------------------------------------------------------------- run
 
 
@@ -71,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .methods import resolve_device
     from .outputs import check_output_dir, check_output_file
     from .results import export_csv, load, per_sample_fit
-    from .runner import run_suite
+    from .runner import RunConfig, run_suite
     from .suite import expand, load_suite
 
     # Where it writes is checked first: a typo must not cost a run.
@@ -79,39 +55,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_output_dir(args.out, "--out", run_root=True)
     if args.csv is not None:
         check_output_file(args.csv, "--csv")
-    console = _console()
+    console = make_console()
     suite = load_suite(args.suite)
     method, fallback_note = resolve_device(args.device)
     args.scenario = _ddp_scenario(args.scenario, args.world_size)
-    cells = expand(
-        suite,
-        method=method,
-        models=args.models,
-        resolutions=args.resolutions,
-        batch_sizes=args.batch_sizes,
-        precisions=args.precision,
-        modes=args.modes,
-        scenario=args.scenario,
-        optimizer=args.optimizer,
-    )
+    cells = expand(suite, method=method, **axis_overrides(args))
     if args.budget is not None:  # cells predicted not to fit are skipped; cuda caps at it
         from dataclasses import replace
 
-        from .maxbatch import resolve_budgets
+        from .budget import resolve_budgets
 
         budgets = resolve_budgets(args.budget)
         if len(budgets) != 1:
             raise UsageError(f"--budget {','.join(args.budget)}: run takes one budget")
         cells = [replace(cell, budget_bytes=budgets[0]) for cell in cells]
-    scale_out = _scale_out_options(args)  # checked before anything is written
-    if args.dry_run:
-        for cell in cells:
-            print(cell.label())
-        return 0
-    summary = run_suite(
-        suite,
+    config = RunConfig(  # checked before anything is written
         method=method,
-        cells=cells,
         out=args.out,
         resume=args.resume,
         isolate=args.isolate,
@@ -119,9 +78,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         thop=not args.no_thop,
         command=shlex.join(["revbench", *args.argv]),
         note=fallback_note,
-        console=console,
-        **scale_out,
+        **_scale_out_options(args),
     )
+    if args.dry_run:
+        for cell in cells:
+            print(cell.label())
+        return 0
+    summary = run_suite(suite, cells, config, console=console)
     if summary.records:
         console.print(_summary_table(summary.records, console.width))
     store = summary.store
@@ -152,7 +115,7 @@ def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
 
 
 def _scale_out_options(args: argparse.Namespace) -> dict:
-    """run_suite's jobs/gpus/launcher arguments from --jobs, --gpus, --launcher, --slurm-*."""
+    """RunConfig's jobs/gpus/launcher fields from --jobs, --gpus, --launcher, --slurm-*."""
     from .runner import resolve_gpus
 
     options = {
@@ -245,7 +208,7 @@ def _fit_table(fit, width: int):
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.suites:
-        console = _console(stderr=False)
+        console = make_console(stderr=False)
         console.print(_suites_table(console.width))
         return 0
     from revbench.models import list_models
@@ -268,7 +231,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ]
         for info in list_models(kind=args.kind, family=args.family)
     ]
-    console = _console(stderr=False)
+    console = make_console(stderr=False)
     left = ("name", "family", "modes")
     table = fit_table("registered models", columns, rows, left, console.width)
     table.caption = (
@@ -345,24 +308,17 @@ def _add_run(sub) -> None:
         default="auto",
         help="auto (cuda if a GPU is present, else estimate) | cuda | estimate | cpu",
     )
-    run.add_argument(
-        "--models", type=_csv, help="comma-separated model names (replaces the suite's)"
-    )
-    run.add_argument(
-        "--resolutions", type=_csv, help="comma-separated sides in pixels, or 'native'"
-    )
-    run.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
-    run.add_argument("--precision", type=_csv, help="fp32, amp-bf16, amp-fp16 (comma-separated)")
-    run.add_argument("--modes", type=_csv, help="reversible, vanilla, checkpoint (comma-separated)")
-    run.add_argument(
-        "--scenario", help="train | infer | ddp (with --world-size N; in suites: ddp-N)"
+    add_axis_flags(
+        run,
+        models_help="comma-separated model names (replaces the suite's)",
+        scenario_help="train | infer | ddp (with --world-size N; in suites: ddp-N)",
     )
     run.add_argument(
         "--world-size",
         type=int,
         help="ddp: ranks on this machine (gloo on CPU, nccl on GPUs), each with the batch",
     )
-    run.add_argument("--optimizer", help="sgd (with momentum) | adamw")
+    add_optimizer_flag(run)
     run.add_argument("--out", default="results", help="results directory (default: results/)")
     run.add_argument(
         "--resume",
@@ -398,7 +354,7 @@ def _add_run(sub) -> None:
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     run.add_argument(
         "--budget",
-        type=_csv,
+        type=csv_list,
         help="memory budget (16GiB, 24GB, bytes or auto): cells the estimator predicts above "
         "it are skipped, and cuda cells run with the allocator capped at it",
     )

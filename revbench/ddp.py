@@ -35,7 +35,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-DDP_SCENARIO = "ddp"
+from .axes import world_size_of
+from .trackers import (
+    CudaEventTimer,
+    CudaPeakTracker,
+    PeakOnlyMemTracker,
+    WallTimer,
+    measure_steps,
+)
+
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 
 
@@ -55,15 +63,6 @@ class DdpConfig:
         cap = int((25 if self.bucket_cap_mb is None else self.bucket_cap_mb) * mib)
         first = dist._DEFAULT_FIRST_BUCKET_BYTES if self.bucket_cap_mb is None else cap
         return [first, cap] if first < cap else [cap]
-
-
-def world_size_of(scenario: str) -> int | None:
-    """N for a `ddp-N` scenario, None for any other."""
-    prefix = DDP_SCENARIO + "-"
-    if scenario.startswith(prefix) and scenario[len(prefix) :].isdigit():
-        n = int(scenario[len(prefix) :])
-        return n if n >= 1 else None
-    return None
 
 
 # ------------------------------------------------------------------ the estimator's model
@@ -262,9 +261,8 @@ def measure_rank(
     rank: int, world_size: int, init_file: str, cell_json: str, config: DdpConfig
 ) -> RankResult:
     """One rank of a real `ddp-N` cell: warm-up steps, then the measured steps (cuda: the
-    allocator's peak and CUDA-event times; cpu: perf_counter times, and one step's peak under
+    allocator's peak and CUDA-event times; cpu: wall-clock times, and one step's peak under
     MemTracker, which was entered before the bucket rebuild so the buckets are counted)."""
-    import time
     from dataclasses import replace
 
     from .cell import Cell
@@ -281,37 +279,28 @@ def measure_rank(
     step.model = wrap(model, device, config, unused_parameters(model, step))
     warmup = max(2, cell.warmup_steps)  # the second step rebuilds the buckets
     if device_type == "cuda":
-        from .methods.cuda import cuda_peak
-
-        for _ in range(warmup):
-            step.run()
-        torch.cuda.synchronize()
-        times, peak = [], 0
-        for _ in range(cell.measure_steps):
-            start = time.perf_counter()
-            with cuda_peak(device) as p:
-                step.run()
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - start) * 1000.0)
-            peak = max(peak, p.allocated_bytes)
-        return RankResult(rank, peak, times, reducer_bucket_bytes(step.model))
+        # as the cuda method measures a cell: allocator peaks per phase, CUDA-event times
+        tracker = CudaPeakTracker(device)
+        times = measure_steps(
+            step,
+            warmup=warmup,
+            measure=cell.measure_steps,
+            timer=CudaEventTimer(),
+            tracker=tracker,
+            settle=torch.cuda.synchronize,
+        )
+        return RankResult(rank, tracker.peak_bytes, times, reducer_bucket_bytes(step.model))
     peak = tracked_peak(step, warmup)
-    times = []
-    for _ in range(cell.measure_steps):
-        start = time.perf_counter()
-        step.run()
-        times.append((time.perf_counter() - start) * 1000.0)
+    times = measure_steps(step, warmup=0, measure=cell.measure_steps, timer=WallTimer())
     return RankResult(rank, peak, times, reducer_bucket_bytes(step.model))
 
 
 def tracked_peak(step, warmup: int) -> int:
     """Run `warmup` steps, then one: the peak of that last step under MemTracker, entered
     before the second step (the bucket rebuild), its peak restarted for the last step."""
-    from .methods.estimate import _PeakTracker
-
     step.run()  # the first iteration: one bucket, the ready order recorded
     model = step.model.module if hasattr(step.model, "module") else step.model
-    tracker = _PeakTracker()
+    tracker = PeakOnlyMemTracker()
     tracker.track_external(model, *([step.optimizer] if step.optimizer else []))
     with tracker:
         for _ in range(warmup - 1):

@@ -103,8 +103,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     suite = None
     if args.suite:
         from .methods import resolve_device
-        from .runner import run_suite
-        from .suite import load_suite
+        from .runner import RunConfig, run_suite
+        from .suite import expand, load_suite
 
         suite = load_suite(args.suite)
         method, fallback_note = resolve_device(args.device)
@@ -124,16 +124,15 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if not args.suite:
         return run_gate(args, baseline, args.current, tolerances)
     with tempfile.TemporaryDirectory(prefix="revbench-gate-") as tmp:
-        run = run_suite(
-            suite,
+        config = RunConfig(
             method=method,
             out=args.out or tmp,
             thop=not args.no_thop,
             command=shlex.join(["revbench", *getattr(args, "argv", ["gate"])]),
             note=fallback_note,
-            console=Console(stderr=True),
             jobs=args.jobs,
         )
+        run = run_suite(suite, expand(suite, method=method), config, console=Console(stderr=True))
         if run.interrupted:
             return 130
         code = run_gate(args, baseline, [str(run.store.dir)], tolerances)

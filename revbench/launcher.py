@@ -1,488 +1,321 @@
-"""Cell launching: in a warm worker process (the default) or inline (for debugging).
+"""Launchers: where and how many cells run at once. Each answers `launch(request, slot)`
+with an `Outcome`, never raising for a failed cell.
 
-A cell's measurement and its parameter and MAC counts run in a worker process, under the
-cell's timeout: a cell that hangs is killed at its timeout, one that segfaults or exits
-takes only its worker down, and either way the run gets a row and goes on. Whatever
-happens, a launcher returns an `Outcome`; it never raises for a failed cell. The batch
-size is never changed behind the user's back.
+- `InlineLauncher`: in this process, without timeouts (`--no-isolate`, for debugging).
+- `PoolLauncher`: worker processes under each cell's timeout (`revbench.worker`), one
+  `WorkerPool` per slot: one slot by default, `--jobs N` slots for the GPU-free methods
+  (each with its share of the cores), one slot per card for `--gpus` (pinned with
+  CUDA_VISIBLE_DEVICES). Whether a worker serves cell after cell or only one (cuda: a
+  fresh allocator) is the method's policy, applied by the pool.
+- `revbench.submitit_launcher.SubmititLauncher`: a job array; each job runs the same task
+  in its own process on the inline launcher.
 
-Workers are started before they are needed and kept warm (`WorkerPool`): interpreter and
-torch start-up are never counted against a cell's timeout. A worker serves cell after cell
-(estimate, cpu) unless its method wants a clean process per cell (cuda: a fresh allocator,
-so an OOM or fragmentation cannot leak into the next cell's peaks); then the next worker
-starts while the current cell runs. A worker that crashed or timed out is replaced.
-
-A worker answers a request with the measurement's outcome first and the counts second,
-both within the cell's timeout: a model that crashes or hangs only when counted keeps its
-measurement, with its counts empty and the reason in its message.
-
-Workers die with the run: each lives in its own process group (a timeout kills the group,
-so children it spawned go too; Ctrl-C reaches only the parent, which then kills it) and
-asks the kernel to kill it when its parent dies (PR_SET_PDEATHSIG; elsewhere a watcher
-thread polls the parent's pid), so no orphan is left holding a GPU.
-
-    python -m revbench.launcher PARENT_PID   # a worker: JSON requests on stdin, answers
-                                             # on stdout (what models print goes to stderr)
+What a run does with a cell is a task (`measure_task` for `revbench run`; a max-batch
+search launches many probe cells): a function of the cell and a `Slot`, the handle through
+which it launches cells, returning the cell's record. `Launcher.run_all` runs a task over
+cells on every slot at once and yields each finished record; `revbench.runner.run_cells`,
+the one run loop, stores them.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
-import logging
 import os
-import select
-import signal
-import subprocess
-import sys
-import tempfile
+import queue
+import socket
 import threading
-import time
-import traceback
-import warnings
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import status
-from .cell import Cell
-from .errors import UsageError
-from .measurement import Counts, Measurement
+from .cell import Cell, bytes_label
+from .execute import run_inline
+from .measurement import Counts
+from .outcome import Outcome, Request
+from .results import Record
+from .worker import Worker, WorkerPool, run_isolated  # noqa: F401  (the worker API, by name)
 
-log = logging.getLogger(__name__)
+# ------------------------------------------------------------------ what a task is given
 
-# Start-up (interpreter, torch, timm, the registry and plugins) is waited for separately
-# from the cell's timeout; a worker that is not ready by then is broken, not slow.
-STARTUP_TIMEOUT_S = 300.0
-STDERR_TAIL_LINES = 3  # of a dead worker's stderr, in its row's message
-MESSAGE_CHARS = 500
+
+@dataclass
+class RunContext:
+    """What every slot of one run shares: which models are counted (each once, by the
+    first launch of its cell that returns counts), snapshot numbering, and the run's
+    launch options."""
+
+    thop: bool = True
+    snapshots_in: Path | None = None  # --memory-snapshot: the run directory
+    snapshots_before: int = 0  # records earlier invocations stored: numbering goes on
+    on_start: Callable[[Cell, int], None] | None = None  # a slot took a cell
+    counted: dict[tuple, Counts] = field(default_factory=dict)
+    _taken: int = 0
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def request(self, cell: Cell, *, count: bool, snapshot: bool) -> Request:
+        """The request for `cell`: counted when asked and its model not yet counted; with a
+        snapshot file, numbered in the order cells are taken (unique across slots), when
+        asked and its method records snapshots."""
+        from .methods import get_method
+
+        with self._guard:
+            counts = count and cell.model_key not in self.counted
+            path = None
+            if snapshot and self.snapshots_in and get_method(cell.method).records_snapshots:
+                number = self.snapshots_before + self._taken
+                path = self.snapshots_in / f"snapshot-{number:04d}.pickle"
+            if snapshot:
+                self._taken += 1
+        return Request(cell, path, counts, self.thop)
+
+    def took(self, request: Request, outcome: Outcome) -> None:
+        if outcome.counts is not None:
+            with self._guard:
+                self.counted.setdefault(request.cell.model_key, outcome.counts)
+
+    def counts(self, cell: Cell) -> Counts | None:
+        return self.counted.get(cell.model_key)
+
+
+@dataclass
+class Slot:
+    """A task's handle on one slot of a launcher."""
+
+    launcher: Launcher
+    index: int
+    context: RunContext
+
+    def launch(self, cell: Cell, *, count: bool = True, snapshot: bool = False) -> Outcome:
+        """Launch `cell` on this slot; its model is counted by this launch unless it
+        already is (or `count` is False)."""
+        request = self.context.request(cell, count=count, snapshot=snapshot)
+        outcome = self.launcher.launch(request, self.index)
+        self.context.took(request, outcome)
+        return outcome
+
+    def counts(self, cell: Cell) -> Counts | None:
+        return self.context.counts(cell)
+
+
+Task = Callable[[Cell, Slot], Record]
 
 
 @dataclass(frozen=True)
-class Outcome:
-    status: str  # one of revbench.status.STATUSES
-    message: str = ""
-    measurement: Measurement = Measurement()
-    counts: Counts | None = None  # None: not counted by this launch
+class Finished:
+    """A cell whose task ended: its record, the slot that ran it, and whether the record
+    is already in the store (a submitit job appends its own)."""
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "status": self.status,
-                "message": self.message,
-                "measurement": asdict(self.measurement),
-                "counts": None if self.counts is None else asdict(self.counts),
-            }
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Outcome:
-        data = json.loads(text)
-        counts = data.get("counts")
-        return cls(
-            data["status"],
-            data["message"],
-            Measurement(**data["measurement"]),
-            None if counts is None else Counts(**counts),
-        )
+    cell: Cell
+    record: Record
+    slot: int = 0
+    stored: bool = False
 
 
-def is_oom(exc: BaseException) -> bool:
-    import torch
+# --------------------------------------------------------------------------- the task
 
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    # CUDA says "out of memory"; the CPU allocator "DefaultCPUAllocator: can't allocate
-    # memory: you tried to allocate ...".
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
+
+def budget_outcome(cell: Cell, slot: Slot) -> Outcome | None:
+    """The outcome of a cell with a budget that is not to be run: `skipped` when the
+    estimator predicts a peak above the budget, the estimate itself for an estimate cell.
+    None when the cell is to be run (it fits, or the estimator could not tell)."""
+    if cell.budget_bytes is None:
+        return None
+    estimate = cell.method == "estimate"
+    predicted = slot.launch(replace(cell, method="estimate"), count=estimate)
+    peak = predicted.measurement.peak_bytes
+    if predicted.status == status.OK and peak is not None and peak > cell.limit_bytes:
+        message = f"over budget: estimated peak {peak / 1e9:.2f} GB > "
+        message += f"{cell.limit_bytes / 1e9:.2f} GB ({bytes_label(cell.budget_bytes)})"
+        return Outcome(status.SKIPPED, message, counts=predicted.counts)
+    return predicted if estimate else None
+
+
+def record_of(cell: Cell, outcome: Outcome, counts: Counts | None) -> Record:
+    """The row of a launched cell: its outcome and its model's counts."""
+    return Record.for_cell(
+        cell,
+        status=outcome.status,
+        message=outcome.message,
+        counts=counts,
+        measurement=outcome.measurement,
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+def measure_task(cell: Cell, slot: Slot) -> Record:
+    """`revbench run`'s task: the cell measured (or skipped by its budget), its record."""
+    outcome = budget_outcome(cell, slot)
+    if outcome is None:
+        outcome = slot.launch(cell, snapshot=True)
+    return record_of(cell, outcome, slot.counts(cell))
 
 
-# ------------------------------------------------------------------- one cell, in-process
+# -------------------------------------------------------------------------- launchers
 
 
-def count(cell: Cell, thop: bool = True) -> Counts:
-    """Parameters and MACs of the cell's model at its resolution (batch 1).
+class Launcher:
+    """Runs requests on `slots` slots. Subclasses define `launch`; `run_all` schedules a
+    task over cells on every slot and yields each finished record in completion order."""
 
-    Params and flop-counter MACs come from the meta device (free for any size); thop needs
-    a real forward on the CPU and is skipped with `thop=False`. Counts are extras: a model
-    that cannot be counted still runs, with the count missing.
-    """
-    import torch
+    name = "local"
+    slots = 1
 
-    from .counting import count_macs, count_macs_thop, count_params
-    from .scenario import build_model
-
-    params = macs = macs_thop = None
-    try:
-        with torch.device("meta"):
-            model = build_model(cell)
-        params = count_params(model)
-        macs = count_macs(model, cell.resolution)
-    except Exception as exc:
-        log.warning("could not count %s on the meta device: %s", cell.model, exc)
-    if thop:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                macs_thop = count_macs_thop(build_model(cell), cell.resolution)
-        except Exception as exc:
-            log.warning("thop could not count %s: %s", cell.model, exc)
-    return Counts(params=params, macs=macs, macs_thop=macs_thop)
-
-
-def run_inline(
-    cell: Cell, snapshot_path: Path | None = None, *, counts: bool = False, thop: bool = True
-) -> Outcome:
-    """Measure the cell in this process (no timeout: for debugging, `--no-isolate`), and
-    count its model when `counts` is set. A failing cell is the outcome's status."""
-    from .methods import get_method
-
-    method = get_method(cell.method)
-    try:
-        outcome = Outcome(status.OK, measurement=method.measure(cell, snapshot_path))
-    except (Exception, SystemExit) as exc:  # a failed cell becomes a row, never a crash of the run
-        failed = status.OOM if is_oom(exc) else status.ERROR
-        if failed == status.ERROR and os.environ.get("REVBENCH_DEBUG"):
-            traceback.print_exc()
-        outcome = Outcome(failed, _first_line(exc))
-    finally:
-        method.cleanup()
-    return replace(outcome, counts=count(cell, thop)) if counts else outcome
-
-
-# -------------------------------------------------------------------------------- workers
-
-
-class WorkerDied(Exception):
-    """The worker exited (or was killed) before answering."""
-
-    oom = False  # killed by a SIGKILL revbench did not send: the kernel's OOM killer
-
-
-class WorkerTimeout(Exception):
-    """The worker did not answer within the deadline."""
-
-
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
-def _stderr_summary(text: str) -> str:
-    """What a dead worker's stderr says: faulthandler's fatal error and the innermost
-    frames when it crashed, else its last lines."""
-    # Kineto marks every profiler start and stop on stderr ("USDT:... profiler_start"): the
-    # dense estimator profiles, and those markers would hide why the worker died.
-    lines = [
-        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("USDT:")
-    ]
-    fatal = [i for i, line in enumerate(lines) if line.startswith("Fatal Python error")]
-    if fatal:
-        i = fatal[-1]
-        frames = [line for line in lines[i + 1 :] if line.startswith("File ")]
-        return " | ".join([lines[i], *frames[: STDERR_TAIL_LINES - 1]])
-    return " | ".join(lines[-STDERR_TAIL_LINES:])
-
-
-class Worker:
-    """One worker process: `python -m revbench.launcher`, fed requests one line each."""
-
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
-        # Its stderr goes to an anonymous file: a crashed cell's row quotes its tail, and a
-        # chatty model cannot fill a pipe nobody reads.
-        self._stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "revbench.launcher", str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None if os.environ.get("REVBENCH_DEBUG") else self._stderr,
-            start_new_session=True,
-            env={**os.environ, **extra_env} if extra_env else None,
-        )
-        self._buffer = b""
-        self.ready = False
-        self.env = worker_env(extra_env)
-
-    def _read_line(self, deadline: float | None) -> bytes:
-        """The next line on the worker's stdout; WorkerTimeout past `deadline`, WorkerDied
-        at end of file."""
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                raise WorkerTimeout
-            readable, _, _ = select.select([fd], [], [], wait)
-            if readable:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    raise self._death()
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line
-
-    def wait_ready(self) -> None:
-        if self.ready:
-            return
-        try:
-            line = self._read_line(time.monotonic() + STARTUP_TIMEOUT_S)
-        except (WorkerDied, WorkerTimeout) as e:
-            self.kill()
-            raise UsageError(
-                f"the cell worker could not start ({e or 'no answer'}); "
-                "--no-isolate runs cells in this process"
-            ) from None
-        if json.loads(line).get("ready") != self.proc.pid:
-            self.kill()
-            raise UsageError(f"the cell worker said {line[:200]!r} instead of ready")
-        self.ready = True
-
-    def run(self, request: dict, timeout_s: float) -> Outcome:
-        """Send a request and wait for its outcome at most `timeout_s` seconds."""
-        self.wait_ready()
-        # Where this cell's stderr starts. Never seek the file: the worker shares its offset.
-        self._stderr_from = os.fstat(self._stderr.fileno()).st_size
-        try:
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
-        except OSError:  # a broken pipe: it died between cells
-            raise self._death() from None
-        deadline = time.monotonic() + timeout_s
-        line = self._read_line(deadline)
-        try:
-            outcome = Outcome.from_json(line.decode())
-        except (ValueError, KeyError, TypeError):
-            raise WorkerDied(f"worker answered {line[:200]!r}, not an outcome") from None
-        if not request["counts"]:
-            return outcome
-        # The counts come second, within the same deadline: a model that crashes or hangs
-        # only when counted keeps its measurement, and is not counted again.
-        try:
-            counts = Counts(**json.loads(self._read_line(deadline)))
-        except WorkerTimeout:
-            self.kill()
-            why = "counting exceeded the cell's timeout"
-        except WorkerDied as died:
-            why = f"counting failed: {died}"
-        else:
-            return replace(outcome, counts=counts)
-        message = "; ".join(filter(None, [outcome.message, why]))[:MESSAGE_CHARS]
-        return replace(outcome, message=message, counts=Counts())
-
-    _stderr_from = 0
-
-    def _death(self) -> WorkerDied:
-        """How the worker died, with the tail of what it wrote to stderr for this cell."""
-        try:
-            code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # it closed its stdout but lives on
-            self.kill()
-            code = self.proc.returncode
-        how = f"killed by {_signal_name(code)}" if code < 0 else f"exited with code {code}"
-        fd = self._stderr.fileno()
-        start = max(self._stderr_from, os.fstat(fd).st_size - (1 << 16))
-        tail = _stderr_summary(os.pread(fd, 1 << 16, start).decode(errors="replace"))
-        oom = code == -signal.SIGKILL and not self._killed
-        if oom:  # nobody here sent it: on Linux that is the kernel's out-of-memory killer
-            how += " (not by revbench: most likely the host's out-of-memory killer)"
-        died = WorkerDied(f"worker {how}" + (f": {tail}" if tail else ""))
-        died.oom = oom
-        return died
-
-    _killed = False
-
-    def kill(self) -> None:
-        """Kill the worker and everything it started (its process group)."""
-        if self.proc.poll() is None:
-            self._killed = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
-            with contextlib.suppress(OSError):
-                stream.close()
-
-    close = kill  # an idle worker has nothing to finish
-
-
-def worker_env(extra_env: dict[str, str] | None = None) -> tuple:
-    """What a worker inherits that decides what it can run: a change means a new worker."""
-    names = ("REVBENCH_PLUGINS", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "REVBENCH_DEBUG")
-    env = {**os.environ, **(extra_env or {})}
-    return (sys.executable, os.getcwd(), *(env.get(n) for n in names))
-
-
-class WorkerPool:
-    """Warm workers for one cell at a time.
-
-    `run` hands the cell to a ready worker (starting one if none is warm; that wait is not
-    the cell's) and waits at most the cell's timeout. A timed-out worker is killed with its
-    process group; a crashed one is reaped; either is replaced by the next `run`.
-    """
-
-    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
-        # extra_env: what this pool's workers get on top of ours (--gpus pins each pool to
-        # one card with CUDA_VISIBLE_DEVICES).
-        self.extra_env = dict(extra_env or {})
-        self._warm: list[Worker] = []
-        self._busy: set[Worker] = set()  # running a cell; close() kills them too
-
-    def _take(self) -> Worker:
-        while self._warm:
-            worker = self._warm.pop(0)
-            if worker.proc.poll() is None and worker.env == worker_env(self.extra_env):
-                return worker
-            worker.kill()
-        return Worker(self.extra_env)
-
-    def run(
-        self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True
-    ) -> Outcome:
-        from .methods import get_method
-
-        method = get_method(cell.method)
-        fresh = method.fresh_worker_per_cell
-        worker = self._take()
-        try:
-            worker.wait_ready()
-        except BaseException:
-            worker.kill()
-            raise
-        if fresh and not self._warm:
-            # the next cell's worker starts while this one runs
-            self._warm.append(Worker(self.extra_env))
-        request = {
-            "cell": cell.to_json(),
-            "snapshot_path": None if snapshot_path is None else str(snapshot_path),
-            "counts": counts,
-            "thop": thop,
-        }
-        self._busy.add(worker)
-        try:
-            outcome = worker.run(request, cell.timeout_s)
-        except WorkerTimeout:
-            worker.kill()
-            return Outcome(status.TIMEOUT, f"cell exceeded its timeout of {cell.timeout_s:g} s")
-        except WorkerDied as died:
-            worker.kill()
-            # The host's OOM killer is an out-of-memory result only where host memory is the
-            # device measured; elsewhere an error, which --resume retries (alone, or on a
-            # machine with more memory).
-            oom = died.oom and method.host_memory_is_device
-            return Outcome(status.OOM if oom else status.ERROR, str(died)[:MESSAGE_CHARS])
-        except BaseException:  # Ctrl-C while waiting: the cell dies with the run
-            worker.kill()
-            raise
-        finally:
-            self._busy.discard(worker)
-        if fresh:
-            worker.close()
-        else:
-            self._warm.insert(0, worker)
-        return outcome
+    def launch(self, request: Request, slot: int = 0) -> Outcome:
+        raise NotImplementedError
 
     def close(self) -> None:
-        """Kill every worker, idle or running a cell (whose run then returns an error)."""
-        while self._warm:
-            self._warm.pop().kill()
-        for worker in list(self._busy):
-            worker.kill()
+        """Stop every worker, idle or running a cell."""
 
+    def manifest_fields(self, served: list[int]) -> dict:
+        """What the run's manifest records of the slots that ran, given the cells each
+        served (nothing for a single local slot)."""
+        return {}
 
-_POOL: WorkerPool | None = None
+    def interrupted_message(self, saved: int, run_dir: Path) -> str:
+        return f"[red]interrupted[/]: {saved} cell(s) saved in {run_dir}; continue with --resume"
 
-
-def shared_pool() -> WorkerPool:
-    """The process's worker pool, kept warm across runs (one interpreter start per process,
-    not per run) and closed at exit."""
-    global _POOL
-    if _POOL is None:
-        _POOL = WorkerPool()
-        atexit.register(_POOL.close)
-    return _POOL
-
-
-def run_isolated(
-    cell: Cell, snapshot_path: Path | None = None, *, counts: bool = False, thop: bool = True
-) -> Outcome:
-    """Measure (and count, with `counts`) the cell in a warm worker, under its timeout."""
-    return shared_pool().run(cell, snapshot_path, counts=counts, thop=thop)
-
-
-# --------------------------------------------------------------------- the worker process
-
-
-def _die_with_parent(parent: int) -> None:
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-            raise OSError(ctypes.get_errno(), "prctl failed")
-    except (OSError, AttributeError):  # not Linux: watch the parent instead
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os.killpg(os.getpgrp(), signal.SIGKILL)
-
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the kernel was told
-        os._exit(1)
-
-
-def serve(parent: int) -> None:
-    """The worker loop: one JSON request per stdin line, one Outcome per stdout line."""
-    import faulthandler
-
-    protocol = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # what models print goes to stderr, never into the protocol
-    _die_with_parent(parent)
-    faulthandler.enable()  # a segfault leaves its Python stack in the row's message
-
-    # Imported now, before "ready": none of it counts against a cell's timeout.
-    import torch  # noqa: F401
-
-    from revbench.models import UnknownModelError, get_info  # the registry and REVBENCH_PLUGINS
-
-    from . import counting, methods, scenario  # noqa: F401
-
-    protocol.write(json.dumps({"ready": os.getpid()}) + "\n")
-    protocol.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        cell = Cell.from_json(request["cell"])
-        snapshot = request.get("snapshot_path")
-        try:
-            get_info(cell.model)
-        except UnknownModelError:
-            known = False
-            outcome = Outcome(
-                status.ERROR,
-                f"model {cell.model!r} is not registered in the worker process: register it "
-                "from a module named in REVBENCH_PLUGINS, or run with --no-isolate",
-            )
+    def run_all(self, cells: list[Cell], task: Task, context: RunContext) -> Iterator[Finished]:
+        if self.slots == 1:
+            yield from self._run_serially(cells, task, context)
         else:
-            known = True
-            outcome = run_inline(cell, Path(snapshot) if snapshot else None)
-        protocol.write(outcome.to_json() + "\n")
-        protocol.flush()
-        if request["counts"]:  # second: the measurement is safe should counting crash
-            counts = count(cell, request["thop"]) if known else Counts()
-            protocol.write(json.dumps(asdict(counts)) + "\n")
-            protocol.flush()
+            yield from self._run_on_slots(cells, task, context)
+
+    def _run_serially(self, cells, task, context) -> Iterator[Finished]:
+        slot = Slot(self, 0, context)
+        try:
+            for cell in cells:
+                if context.on_start:
+                    context.on_start(cell, 0)
+                yield Finished(cell, task(cell, slot))
+        finally:
+            self.close()
+
+    def _run_on_slots(self, cells, task, context) -> Iterator[Finished]:
+        """One thread per slot, each taking the next cell (preferring the model its last
+        cell was of: a warm worker's estimator answers a model's other batch sizes from its
+        traces) and waiting on its worker; records reach the caller's thread through one
+        queue, so the caller stores them and nothing is written twice. Closing the
+        generator (Ctrl-C in the caller) kills every worker."""
+        pending = list(cells)
+        guard = threading.Lock()
+        stop = threading.Event()
+        done: queue.Queue = queue.Queue()
+
+        def take(last: tuple | None) -> Cell | None:
+            with guard:
+                if not pending or stop.is_set():
+                    return None
+                i = next((i for i, c in enumerate(pending) if c.batchless_key == last), 0)
+                return pending.pop(i)
+
+        def serve(index: int) -> None:
+            slot = Slot(self, index, context)
+            last = None
+            try:
+                while (cell := take(last)) is not None:
+                    last = cell.batchless_key
+                    record = task(cell, slot)
+                    if stop.is_set():  # interrupted: the cell's worker was killed, not the cell
+                        return
+                    done.put(Finished(cell, record, index))
+            except BaseException as exc:  # a worker that could not start: the run stops
+                done.put(exc)
+            finally:
+                done.put(index)  # this slot is finished
+
+        threads = [
+            threading.Thread(target=serve, args=(i,), daemon=True, name=f"revbench-slot-{i}")
+            for i in range(self.slots)
+        ]
+        running = len(threads)
+        failure: BaseException | None = None
+        try:
+            for thread in threads:
+                thread.start()
+            while running:
+                item = done.get()
+                if isinstance(item, int):
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    if failure is None:
+                        failure = item
+                        stop.set()
+                else:
+                    yield item
+        finally:
+            stop.set()
+            self.close()
+            for thread in threads:
+                thread.join(timeout=15)
+        if failure is not None:
+            raise failure
 
 
-if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+class InlineLauncher(Launcher):
+    """Cells in this process, without timeouts: a crashing cell takes the run down."""
+
+    def launch(self, request: Request, slot: int = 0) -> Outcome:
+        return run_inline(
+            request.cell, request.snapshot_path, counts=request.counts, thop=request.thop
+        )
+
+
+class PoolLauncher(Launcher):
+    """Cells in worker processes under their timeouts, `len(envs)` at once: one
+    `WorkerPool` per slot, its workers started with the slot's environment on top of ours."""
+
+    def __init__(self, envs: list[dict[str, str]], shared: bool = False) -> None:
+        self.envs = envs
+        self.slots = len(envs)
+        # One slot reuses the process's warm pool (one interpreter start per process, not
+        # per run); several get their own, closed when the run ends.
+        self._shared = shared and self.slots == 1 and not envs[0]
+        self._pools: list[WorkerPool] | None = None
+
+    def _pool(self, slot: int) -> WorkerPool:
+        from .worker import shared_pool
+
+        if self._shared:
+            return shared_pool()
+        if self._pools is None:
+            self._pools = [WorkerPool(env) for env in self.envs]
+        return self._pools[slot]
+
+    def launch(self, request: Request, slot: int = 0) -> Outcome:
+        return self._pool(slot).run(
+            request.cell, request.snapshot_path, counts=request.counts, thop=request.thop
+        )
+
+    def close(self) -> None:
+        if self._pools is not None:
+            for pool in self._pools:
+                pool.close()
+
+    def manifest_fields(self, served: list[int]) -> dict:
+        if self.slots == 1:
+            return {}
+        return {
+            "workers": [
+                {
+                    "worker": slot,
+                    "host": socket.gethostname(),
+                    "gpu": env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES")),
+                    "cells": served[slot],
+                }
+                for slot, env in enumerate(self.envs)
+            ]
+        }
+
+
+def cpu_slots(jobs: int) -> list[dict[str, str]]:
+    """The environments of `jobs` CPU workers: each gets its share of the cores as torch's
+    thread count, so N workers computing at once (the cpu method, a detector's real CPU
+    step) do not run N x cores threads. A thread count the user set is kept."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return [{}] * jobs
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return [{"OMP_NUM_THREADS": str(threads)}] * jobs
+
+
+def gpu_slots(gpus: list[str]) -> list[dict[str, str]]:
+    """One worker per card, pinned to it."""
+    return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus]

@@ -31,122 +31,33 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import shlex
-import subprocess
-import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from . import status
+from .budget import parse_margin, resolve_budgets
 from .cell import Cell, bytes_label
+from .cli_args import add_axis_flags, add_optimizer_flag, axis_overrides, csv_list, make_console
 from .errors import UsageError
-from .measurement import Counts, MaxBatch, Measurement
+from .measurement import MaxBatch, Measurement
 from .results import Record
 
 if TYPE_CHECKING:
-    from .runner import RunSummary
+    from .launcher import Slot
     from .suite import Suite
 
-# The runner, the launcher and the registry load only when a search runs: every `revbench`
-# command imports this module to register its subcommand.
+# The run loop, the launchers and the registry load only when a search runs: every
+# `revbench` command imports this module to register its subcommand.
 
 MAX_BATCH_CAP = 2**20  # a search stops here and says so
 SEED_BATCHES = (1, 16)  # the estimate path's first two probes: the per-sample line
 OVER_BUDGET = "over budget"  # how a batch fails on the estimator
-
-# ------------------------------------------------------------------------- budgets
-
-_UNITS = {
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
-_VALID_BUDGETS = "a size such as 16GiB, 24GB or 17179869184 (bytes; units B, kB, MB, GB, TB, "
-_VALID_BUDGETS += "KiB, MiB, GiB, TiB), or auto"
-
-
-def parse_budget(text: str) -> int | None:
-    """Bytes of a budget: '16GiB' -> 16 * 2**30, '16GB' -> 16 * 10**9, '1000' -> 1000;
-    None for 'auto' (resolved on the GPU by `auto_budget`). ValueError on anything else."""
-    value = str(text).strip().lower()
-    if value == "auto":
-        return None
-    m = _SIZE.fullmatch(value)
-    if not m or m.group(2) not in ("", *_UNITS):
-        raise ValueError(f"budget {text!r} is invalid; valid: {_VALID_BUDGETS}")
-    nbytes = round(float(m.group(1)) * _UNITS[m.group(2) or "b"])
-    if nbytes < 1:
-        raise ValueError(f"budget {text!r} is invalid: it must be at least one byte")
-    return nbytes
-
-
-def parse_margin(text: str) -> float:
-    """'5%' or '0.05' -> 0.05: the fraction of a budget held back, in [0, 1)."""
-    value = str(text).strip()
-    try:
-        margin = float(value[:-1]) / 100 if value.endswith("%") else float(value)
-    except ValueError:
-        margin = math.nan
-    if not 0.0 <= margin < 1.0:
-        raise ValueError(
-            f"margin {text!r} is invalid; valid: a percentage below 100 (5%) or a fraction "
-            "below 1 (0.05)"
-        )
-    return margin
-
-
-_AUTO_PROBE = (
-    "import torch; torch.empty(0, device='cuda'); "
-    "free, total = torch.cuda.mem_get_info(); print(free, total)"
-)
-
-
-def auto_budget() -> int:
-    """What a fresh process can allocate on GPU 0: the card's total memory less its CUDA
-    context (and less anything other processes hold). Read in a child process, so this
-    one holds no context the cells would have to share the card with."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UsageError(
-            "budget 'auto' needs a CUDA GPU and none is visible; give a size, e.g. 16GiB"
-        )
-    out = subprocess.run(
-        [sys.executable, "-c", _AUTO_PROBE], capture_output=True, text=True, timeout=300
-    )
-    if out.returncode != 0:
-        tail = out.stderr.strip().splitlines()[-1:] or [""]
-        raise UsageError(f"budget 'auto': could not read the GPU's free memory: {tail[0]}")
-    free, _total = map(int, out.stdout.split())
-    return free
-
-
-def resolve_budgets(texts: list[str], where: str = "--budget") -> list[int]:
-    """Budgets in bytes, in the order given, `auto` read off the GPU; UsageError naming
-    `where` on a bad one."""
-    out = []
-    for text in texts:
-        try:
-            nbytes = parse_budget(text)
-        except ValueError as e:
-            raise UsageError(f"{where}: {e}") from None
-        out.append(auto_budget() if nbytes is None else nbytes)
-    return list(dict.fromkeys(out))
-
 
 # -------------------------------------------------------------------------- search
 
@@ -271,30 +182,30 @@ def find_boundary(
 
 
 class Prober:
-    """Launches the probes of one run, each cell once.
+    """Launches one search's probes on its slot, each cell once per run.
 
     The estimator's peaks do not depend on the budget, so every budget's search over one
-    configuration shares them: estimate probes are launched without the budget. Each
-    model's parameters and MACs are counted by the launch of its first probe.
+    configuration shares them: estimate probes are launched without the budget, and their
+    outcomes are kept for the run (`outcomes`, shared by every slot). Each model's
+    parameters and MACs are counted by the launch of its first probe.
     """
 
-    def __init__(self, launch: Callable[..., object]):
-        self.launch = launch  # revbench.launcher.run_isolated or run_inline
-        self._outcomes: dict[Cell, object] = {}
-        self._counts: dict[tuple, Counts] = {}
+    def __init__(self, slot: Slot, outcomes: dict[Cell, object], guard: threading.Lock):
+        self.slot = slot
+        self._outcomes = outcomes
+        self._guard = guard
 
     def outcome(self, cell: Cell):
-        if cell not in self._outcomes:
-            model = (cell.model, cell.variant, cell.resolution)
-            first = model not in self._counts
-            out = self.launch(cell, None, counts=first, thop=False)
-            if first:
-                self._counts[model] = getattr(out, "counts", None) or Counts()
-            self._outcomes[cell] = out
-        return self._outcomes[cell]
+        with self._guard:
+            known = self._outcomes.get(cell)
+        if known is None:
+            known = self.slot.launch(cell)
+            with self._guard:
+                self._outcomes[cell] = known
+        return known
 
-    def counts(self, cell: Cell) -> Counts | None:
-        return self._counts.get((cell.model, cell.variant, cell.resolution))
+    def counts(self, cell: Cell):
+        return self.slot.counts(cell)
 
     def estimate(self, search: Cell, batch: int) -> Probe:
         cell = replace(search, batch_size=batch, method="estimate", budget_bytes=None, margin=None)
@@ -433,73 +344,55 @@ def search_cells(
     return out
 
 
-def run_max_batch(
-    suite: Suite,
-    cells: list[Cell],
-    *,
-    out: str | Path = "results",
-    resume: str | Path | None = None,
-    isolate: bool = True,
-    command: str = "",
-    note: str | None = None,
-    console: Console | None = None,
-) -> RunSummary:
-    """Search every cell of `cells` (from `search_cells`) into a run directory under `out`,
-    appending each record as soon as its search ends; `resume` continues a run."""
-    from .launcher import run_inline, run_isolated
-    from .runner import RunSummary, check_resume, open_store
+class SearchTask:
+    """max-batch's task for the run loop: one search per cell, its probes launched on the
+    cell's slot, estimator probes shared across the run's searches."""
 
-    console = console or Console(stderr=True)
-    method = cells[0].method
-    store = open_store(out, suite.name, resume)
-    records: list[Record] = []
-    interrupted = False
-    with store.lock():
-        if resume is not None:
-            check_resume(store, suite.name, method, cells)
-            repaired = store.repair()
-            if repaired:
-                console.print(escape(repaired), highlight=False)
-        if note:
-            console.print(note)
-        store.write_manifest(
-            {
-                "suite": suite.name,
-                "method": method,
-                "command": command,
-                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "cells": len(cells),
-            }
+    def __init__(self) -> None:
+        self._outcomes: dict[Cell, object] = {}
+        self._guard = threading.Lock()
+
+    def __call__(self, cell: Cell, slot: Slot) -> Record:
+        return search(cell, Prober(slot, self._outcomes, self._guard))
+
+
+class SearchProgress:
+    """Progress of a max-batch run: one line per finished search, its answer in the
+    message (the run loop's `CellProgress` interface)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.total = 0
+
+    def __enter__(self) -> SearchProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def start(self, cell: Cell) -> None:
+        return None
+
+    def done(self, record: Record, where: str = "") -> None:
+        style = status.STYLE.get(record.status, "red")
+        note = f" [{where}]" if where else ""
+        self.console.print(
+            f"[{style}]{record.status:>7}[/] "
+            + escape(f"{record_label(record)}: {record.message}{note}"),
+            highlight=False,
         )
-        done = store.measured_keys() if resume is not None else set()
-        todo = [c for c in cells if c.key not in done]
-        console.print(
-            f"{suite.name}: {len(todo)} max-batch search(es), method {method}, writing {store.dir}"
-        )
-        prober = Prober(run_isolated if isolate else run_inline)
-        try:
-            for cell in todo:
-                record = search(cell, prober)
-                store.append(record)
-                records.append(record)
-                style = status.STYLE.get(record.status, "red")
-                console.print(
-                    f"[{style}]{record.status:>7}[/] "
-                    + escape(f"{cell.label()}: {record.message}"),
-                    highlight=False,
-                )
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print(f"[red]interrupted[/]: continue with --resume {store.dir}")
-    return RunSummary(store, records, len(cells) - len(todo), interrupted)
+
+
+def record_label(record: Record) -> str:
+    from .cell import cell_label
+
+    return cell_label(record)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def register_cli(sub) -> None:
-    from .cli import _csv
-
     p = sub.add_parser(
         "max-batch",
         help="the largest training batch that fits a memory budget",
@@ -511,7 +404,7 @@ def register_cli(sub) -> None:
     )
     p.add_argument(
         "--budget",
-        type=_csv,
+        type=csv_list,
         help="comma-separated budgets: 16GiB (2^30 bytes), 16GB (10^9), bytes, or auto (the "
         "GPU's memory less its CUDA context); default: the suite's",
     )
@@ -519,14 +412,10 @@ def register_cli(sub) -> None:
     p.add_argument(
         "--device", default="auto", help="auto (cuda if a GPU is present) | estimate | cuda"
     )
-    p.add_argument(
-        "--models", type=_csv, help="comma-separated model names (from the suite or not)"
+    add_axis_flags(
+        p, models_help="comma-separated model names (from the suite or not)", batch_sizes=False
     )
-    p.add_argument("--resolutions", type=_csv, help="comma-separated sides in pixels, or 'native'")
-    p.add_argument("--precision", type=_csv, help="fp32, amp-bf16, amp-fp16 (comma-separated)")
-    p.add_argument("--modes", type=_csv, help="reversible, vanilla, checkpoint (comma-separated)")
-    p.add_argument("--scenario", help="train | infer")
-    p.add_argument("--optimizer", help="sgd (with momentum) | adamw")
+    add_optimizer_flag(p)
     p.add_argument("--out", default="results", help="results directory (default: results/)")
     p.add_argument(
         "--resume",
@@ -545,11 +434,11 @@ def register_cli(sub) -> None:
 
 
 def cmd_max_batch(args: argparse.Namespace) -> int:
-    from .cli import _console
     from .methods import resolve_device
+    from .runner import RunConfig, run_suite
     from .suite import load_suite
 
-    console = _console()
+    console = make_console()
     try:
         margin = parse_margin(args.margin)
     except ValueError as e:
@@ -561,31 +450,30 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
             f"device {args.device!r} is invalid for max-batch; valid: auto, estimate, cuda"
         )
     budgets = resolve_budgets(args.budget) if args.budget is not None else None
-    cells = search_cells(
-        suite,
+    axes = axis_overrides(args)
+    del axes["batch_sizes"]  # the search's
+    cells = search_cells(suite, method=method, budgets=budgets, margin=margin, **axes)
+    config = RunConfig(
         method=method,
-        budgets=budgets,
-        margin=margin,
-        models=args.models,
-        resolutions=args.resolutions,
-        precisions=args.precision,
-        modes=args.modes,
-        scenario=args.scenario,
-        optimizer=args.optimizer,
+        out=args.out,
+        resume=args.resume,
+        isolate=args.isolate,
+        thop=False,  # a search counts parameters and MACs on the meta device only
+        command=shlex.join(["revbench", *getattr(args, "argv", ["max-batch"])]),
+        note=note,
     )
     if args.dry_run:
         for cell in cells:
             print(cell.label())
         return 0
-    summary = run_max_batch(
+    summary = run_suite(
         suite,
         cells,
-        out=args.out,
-        resume=args.resume,
-        isolate=args.isolate,
-        command=shlex.join(["revbench", *getattr(args, "argv", ["max-batch"])]),
-        note=note,
+        config,
         console=console,
+        task=SearchTask(),
+        progress=SearchProgress(console),
+        what="max-batch search(es)",
     )
     console.print(summary_table(summary.records, console.width))
     console.print(f"results: {summary.store.results_path}")

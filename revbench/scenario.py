@@ -17,25 +17,9 @@ from torch import nn
 
 from revbench.models import create
 
+from .axes import OPTIMIZERS, PRECISIONS, SCENARIOS
 from .cell import Cell
 from .tasks import Task, get_task
-
-SCENARIOS = ("train", "infer")
-# and `ddp-N`: the train step under DistributedDataParallel on N ranks (revbench.ddp)
-SCENARIO_CHOICES = (*SCENARIOS, "ddp-N")
-
-
-def check_scenario(name: str) -> str:
-    """`name` if it is a scenario (train, infer, ddp-N with N >= 1), else a ValueError."""
-    from .ddp import world_size_of
-
-    if name in SCENARIOS or world_size_of(name) is not None:
-        return name
-    raise ValueError(f"scenario {name!r} is invalid; valid: {', '.join(SCENARIO_CHOICES)}")
-
-
-PRECISIONS = ("fp32", "amp-bf16", "amp-fp16")
-OPTIMIZERS = ("sgd", "adamw")
 
 _AMP_DTYPES = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
 

@@ -28,11 +28,11 @@ from revbench.models import (
     list_models,
 )
 
+from .axes import OPTIMIZERS, PRECISIONS, check_scenario
 from .catalog import builtin_suites
 from .cell import Cell, model_label, variant_label
 from .errors import UsageError
 from .methods import method_names
-from .scenario import OPTIMIZERS, PRECISIONS, check_scenario
 from .tasks import task_names
 
 AXES = ("models", "resolutions", "batch_sizes", "precisions", "modes", "overrides", "budgets")

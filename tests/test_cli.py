@@ -14,11 +14,11 @@ import torch
 from rich.console import Console
 
 import revbench
-from revbench import launcher, runner
+from revbench import launcher
 from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_cells
 from revbench.cli import MODULE_COMMANDS, build_parser
-from revbench.launcher import Outcome
 from revbench.methods.estimate import on_real_tensors
+from revbench.outcome import Outcome
 from revbench.results import load
 from revbench.suite import expand, load_suite
 
@@ -109,14 +109,14 @@ def test_every_method_isolates_cells_unless_no_isolate(run_cli, tmp_path, tiny_s
     launched = []
 
     def fake(where):
-        def launch(cell, snapshot=None, **kwargs):
-            launched.append((where, cell.method))
+        def launch(self, request, slot=0):
+            launched.append((where, request.cell.method))
             return Outcome("ok")
 
         return launch
 
-    monkeypatch.setattr(runner, "run_isolated", fake("worker"))
-    monkeypatch.setattr(runner, "run_inline", fake("inline"))
+    monkeypatch.setattr(launcher.PoolLauncher, "launch", fake("worker"))
+    monkeypatch.setattr(launcher.InlineLauncher, "launch", fake("inline"))
     for device in ("cpu", "estimate"):
         args = ("run", "--suite", tiny_suite, "--device", device, "--no-thop")
         assert run_cli(*args, "--out", str(tmp_path / device))[0] == 0
@@ -128,16 +128,16 @@ def test_every_method_isolates_cells_unless_no_isolate(run_cli, tmp_path, tiny_s
 
 
 def test_interrupted_run_loses_no_row_and_resumes(run_cli, tmp_path, tiny_suite, monkeypatch):
-    real = launcher.run_isolated
+    real = launcher.PoolLauncher.launch
     calls = []
 
-    def interrupt_third(cell, snapshot=None, **kwargs):
-        calls.append(cell.label())
+    def interrupt_third(self, request, slot=0):
+        calls.append(request.cell.label())
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(cell, snapshot, **kwargs)
+        return real(self, request, slot)
 
-    monkeypatch.setattr(runner, "run_isolated", interrupt_third)
+    monkeypatch.setattr(launcher.PoolLauncher, "launch", interrupt_third)
     code, _, err = run_cli(
         "run", "--suite", tiny_suite, "--device", "cpu", "--out", str(tmp_path), "--no-thop"
     )
@@ -145,7 +145,7 @@ def test_interrupted_run_loses_no_row_and_resumes(run_cli, tmp_path, tiny_suite,
     (run_dir,) = _runs(tmp_path)
     assert len(load(run_dir)) == 2  # both finished cells were flushed
 
-    monkeypatch.setattr(runner, "run_isolated", real)
+    monkeypatch.setattr(launcher.PoolLauncher, "launch", real)
     code, _, err = run_cli(
         "run",
         "--suite",

@@ -8,20 +8,22 @@ import json
 import pandas as pd
 import pytest
 import torch
+from revbench_launch_helpers import run_in_loop
 from rich.console import Console
 from torch import nn
 
 from revbench.cell import Cell
 from revbench.errors import UsageError
-from revbench.launcher import Outcome, run_inline, run_isolated
+from revbench.execute import run_inline
 from revbench.measurement import Measurement
 from revbench.methods import METHODS, Method
-from revbench.methods.cuda import cuda_peak
 from revbench.methods.estimate import CUDA_BLOCK_BYTES, estimate_memory
 from revbench.models import ResolutionError, UnknownModelError, create, get_info, list_models
+from revbench.outcome import Outcome
 from revbench.results import Record, RunStore, load, per_sample_fit
-from revbench.runner import run_cells
 from revbench.suite import expand, load_suite, make_cell
+from revbench.trackers import cuda_peak
+from revbench.worker import run_isolated
 
 BASELINES = [
     *(f"tf_efficientnet_b{i}" for i in range(8)),
@@ -526,8 +528,8 @@ def test_resume_keeps_the_snapshots_of_earlier_invocations(tmp_path, monkeypatch
     cells = [_probe(b, method="cuda") for b in (1, 2, 3)]
     store = RunStore.create(tmp_path, "snap")
     quiet = Console(file=open(tmp_path / "log.txt", "w"))
-    first = run_cells(cells[:2], store, isolate=False, memory_snapshot=True, console=quiet)
-    second = run_cells(
+    first = run_in_loop(cells[:2], store, isolate=False, memory_snapshot=True, console=quiet)
+    second = run_in_loop(
         cells, store, isolate=False, resume=True, memory_snapshot=True, console=quiet
     )
     assert second.skipped == 2 and len(second.records) == 1

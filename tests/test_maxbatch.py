@@ -8,29 +8,35 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+from revbench_launch_helpers import slot_for
 
 from revbench import status
+from revbench.budget import parse_budget, parse_margin, resolve_budgets
 from revbench.comparison import REGRESSION, compare
 from revbench.errors import UsageError
-from revbench.launcher import Outcome
+from revbench.launcher import budget_outcome
 from revbench.maxbatch import (
     MAX_BATCH_CAP,
     OVER_BUDGET,
     Probe,
     Prober,
     find_boundary,
-    parse_budget,
-    parse_margin,
-    resolve_budgets,
     search,
 )
 from revbench.measurement import Counts, Measurement
 from revbench.methods.estimate import estimate_memory
+from revbench.outcome import Outcome
 from revbench.results import Record, load
-from revbench.runner import budget_outcome
 from revbench.suite import make_cell
 
 GiB = 2**30
+
+
+def _prober(launch) -> Prober:
+    """A search's prober whose launches call `launch`, sharing no outcomes."""
+    import threading
+
+    return Prober(slot_for(launch), {}, threading.Lock())
 
 # ---------------------------------------------------------------------------- budgets
 
@@ -236,7 +242,7 @@ def test_estimate_path_end_to_end_on_a_tiny_model(run_cli, tmp_path, one_thread,
         "max-batch", "--suite", str(suite), "--device", "estimate", "--margin", "10%",
         "--no-isolate", "--out", str(tmp_path / "r"), "--resume",
     )  # fmt: skip
-    assert code == 0 and "0 max-batch search(es)" in err
+    assert code == 0 and "nothing to resume: all 2 max-batch search(es)" in err
     assert results.read_text() == lines
 
 
@@ -248,9 +254,9 @@ def test_searches_share_the_estimators_probes_across_budgets():
         return Outcome(status.OK, measurement=Measurement(peak_bytes=1000 + 10 * cell.batch_size))
 
     cell = _search_cell(budget=2000)
-    alone = search(replace(cell, budget_bytes=3000), Prober(launch)).probes
+    alone = search(replace(cell, budget_bytes=3000), _prober(launch)).probes
     launched.clear()
-    prober = Prober(launch)
+    prober = _prober(launch)
     assert search(cell, prober).max_batch == 100  # (2000 - 1000) / 10
     first = len(launched)
     assert search(replace(cell, budget_bytes=3000), prober).max_batch == 200
@@ -301,7 +307,7 @@ class FakeCard:
 def test_cuda_bisection_finds_the_largest_batch_that_ran(runs_up_to):
     card = FakeCard(runs_up_to)
     cell = _search_cell(method="cuda", margin=0.05)
-    record = search(cell, Prober(card))
+    record = search(cell, _prober(card))
     # the estimator's boundary within 16 GiB less 5%: (16320875724 - 1e9) // 1e7
     assert record.estimated_max_batch == 1532
     assert record.status == status.OK
@@ -321,20 +327,20 @@ def test_cuda_bisection_finds_the_largest_batch_that_ran(runs_up_to):
 
 
 def test_cuda_batch_one_oom_is_an_answer_of_zero():
-    record = search(_search_cell(method="cuda"), Prober(FakeCard(0)))
+    record = search(_search_cell(method="cuda"), _prober(FakeCard(0)))
     assert (record.status, record.max_batch, record.first_failed_batch) == (status.OK, 0, 1)
     assert record.message.startswith("batch 1 does not fit")
 
 
 def test_cuda_search_without_an_estimate_starts_from_batch_one():
     card = FakeCard(300, estimator_fails=True)
-    record = search(_search_cell(method="cuda"), Prober(card))
+    record = search(_search_cell(method="cuda"), _prober(card))
     assert (record.status, record.max_batch, record.estimated_max_batch) == (status.OK, 300, None)
     assert card.cuda_cells[0].batch_size == 1
 
 
 def test_cuda_error_ends_the_search_without_an_answer():
-    record = search(_search_cell(method="cuda"), Prober(FakeCard(1700, error_at=1618)))
+    record = search(_search_cell(method="cuda"), _prober(FakeCard(1700, error_at=1618)))
     assert record.status == status.ERROR
     assert record.max_batch is None
     assert "b=1618" in record.message and "cuDNN error" in record.message
@@ -346,15 +352,15 @@ def test_cuda_error_ends_the_search_without_an_answer():
 def test_budget_skips_cells_predicted_not_to_fit():
     card = FakeCard(runs_up_to=10_000)
     cell = replace(_search_cell(method="cuda"), batch_size=2000, budget_bytes=16 * GiB)
-    skipped = budget_outcome(cell, card)  # 1 GB + 2000 * 10 MB = 21 GB > 16 GiB
+    skipped = budget_outcome(cell, slot_for(card))  # 1 GB + 2000 * 10 MB = 21 GB > 16 GiB
     assert skipped.status == status.SKIPPED
     assert skipped.message.startswith("over budget: estimated peak 21.00 GB > 17.18 GB")
     assert card.cuda_cells == []  # nothing ran on the card
-    assert budget_outcome(replace(cell, batch_size=100), card) is None  # fits: run it
+    assert budget_outcome(replace(cell, batch_size=100), slot_for(card)) is None  # fits: run it
     estimate_cell = replace(cell, batch_size=100, method="estimate")
-    predicted = budget_outcome(estimate_cell, card)
+    predicted = budget_outcome(estimate_cell, slot_for(card))
     assert predicted.measurement.peak_bytes == 2_000_000_000  # the estimate is the result
-    assert budget_outcome(replace(cell, budget_bytes=None), card) is None
+    assert budget_outcome(replace(cell, budget_bytes=None), slot_for(card)) is None
 
 
 def test_run_budget_marks_over_budget_cells_skipped(run_cli, tmp_path, one_thread):
@@ -377,9 +383,9 @@ def test_run_budget_marks_over_budget_cells_skipped(run_cli, tmp_path, one_threa
 
 def _records_file(path, max_batch):
     cell = _search_cell(budget=16 * GiB)
-    record = search(cell, Prober(FakeCard(runs_up_to=0)))
+    record = search(cell, _prober(FakeCard(runs_up_to=0)))
     record.max_batch = max_batch
-    other = search(replace(cell, budget_bytes=24 * GiB), Prober(FakeCard(runs_up_to=0)))
+    other = search(replace(cell, budget_bytes=24 * GiB), _prober(FakeCard(runs_up_to=0)))
     path.write_text(record.to_json() + "\n" + other.to_json() + "\n")
     return path
 
@@ -414,7 +420,7 @@ def test_report_compares_fp32_searches_on_the_papers_card_with_the_paper(tmp_pat
     from revbench.report import max_batch_table
 
     cell = _search_cell(model="vit_small_patch16_224")  # 16 GiB: (budget - 1 GB) // 10 MB
-    records = [search(c, Prober(FakeCard(0))) for c in (cell, replace(cell, precision="amp-bf16"))]
+    records = [search(c, _prober(FakeCard(0))) for c in (cell, replace(cell, precision="amp-bf16"))]
     (tmp_path / "r.jsonl").write_text("".join(r.to_json() + "\n" for r in records))
     table = max_batch_table(load(tmp_path / "r.jsonl")).splitlines()[2:]  # below the header
     bf16, fp32 = ([cell.strip() for cell in line.split("|")[1:-1]] for line in table)

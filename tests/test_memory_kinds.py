@@ -28,6 +28,7 @@ from revbench.measurement import Measurement
 from revbench.methods import cuda
 from revbench.methods.estimate import EstimateMethod, estimate_memory
 from revbench.results import RECORD_FIELDS, check_record, environment
+from revbench.trackers import cuda_peak
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -342,7 +343,7 @@ def test_calibration_reads_a_known_tensor_within_one_percent():
     reader, why = cuda.ProcessMemory.open(cuda._uuid(device), 0)
     before_alloc = torch.cuda.memory_allocated(device)
     before_process = reader.read() if reader else None
-    with cuda.cuda_peak(device) as peak:
+    with cuda_peak(device) as peak:
         tensor = torch.empty(nbytes, dtype=torch.uint8, device=device)
     assert abs(peak.allocated_bytes - before_alloc - nbytes) <= 0.01 * nbytes
     assert abs(peak.reserved_bytes - torch.cuda.memory_reserved(device)) == 0

@@ -11,8 +11,10 @@ import pytest
 from rich.console import Console
 
 from revbench.errors import UsageError
+from revbench.launcher import PoolLauncher, RunContext, cpu_slots, gpu_slots
+from revbench.progress import CellProgress
 from revbench.results import Record, RunStore, load
-from revbench.runner import cpu_slots, resolve_gpus, run_cells
+from revbench.runner import resolve_gpus, run_cells
 from revbench.suite import make_cell
 
 FAULTS = "revbench_fault_models"
@@ -112,8 +114,13 @@ def test_gpus_pin_one_worker_per_card(tmp_path):
     # was pinned to shows which worker took each cell.
     store = RunStore(tmp_path)
     cells = [make_cell("test_which_card", resolution=32, batch_size=b) for b in (1, 2, 3, 4)]
+    console = Console(quiet=True)
     summary = run_cells(
-        cells, store, isolate=True, thop=False, gpus=["0", "1"], console=Console(quiet=True)
+        store,
+        cells,
+        PoolLauncher(gpu_slots(["0", "1"])),
+        CellProgress(console, total=0),
+        context=RunContext(thop=False),
     )
     messages = [r.message for r in summary.records]
     assert len(messages) == 4

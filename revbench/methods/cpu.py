@@ -6,7 +6,6 @@ for memory without a GPU.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..cell import Cell
@@ -14,6 +13,7 @@ from ..ddp import cell_ddp
 from ..ddp import measure_cell as measure_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
+from ..trackers import WallTimer, measure_steps
 from .base import Method
 
 
@@ -25,11 +25,7 @@ class CpuMethod(Method):
         if cell_ddp(cell):  # N gloo ranks, each its step's peak under MemTracker
             return measure_ddp(cell)
         step = cell_step(cell, "cpu")
-        for _ in range(cell.warmup_steps):
-            step.run()
-        times_ms = []
-        for _ in range(cell.measure_steps):
-            start = time.perf_counter()
-            step.run()
-            times_ms.append((time.perf_counter() - start) * 1000.0)
+        times_ms = measure_steps(
+            step, warmup=cell.warmup_steps, measure=cell.measure_steps, timer=WallTimer()
+        )
         return timed(times_ms, cell.batch_size)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,34 +33,8 @@ from ..ddp import cell_ddp
 from ..ddp import measure_cell as measure_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
+from ..trackers import CudaEventTimer, CudaPeakTracker, measure_steps
 from .base import Method
-
-PHASES = ("forward", "backward", "optimizer")
-
-
-@dataclass
-class PeakMemory:
-    """Peaks of the caching allocator over a block, in bytes."""
-
-    allocated_bytes: int = 0  # in live tensors (512-byte blocks)
-    reserved_bytes: int = 0  # in segments the allocator holds
-
-
-@contextlib.contextmanager
-def cuda_peak(device: torch.device | int | None = None) -> Iterator[PeakMemory]:
-    """Reset the allocator's peaks, run the block, read them (also when the block raises).
-
-    with cuda_peak() as peak:
-        step.run()
-    peak.allocated_bytes
-    """
-    peak = PeakMemory()
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        yield peak
-    finally:
-        peak.allocated_bytes = torch.cuda.max_memory_allocated(device)
-        peak.reserved_bytes = torch.cuda.max_memory_reserved(device)
 
 
 @contextlib.contextmanager
@@ -172,41 +146,38 @@ class CudaMethod(Method):
         if context is not None:  # what the process holds less the allocator's segments
             context = max(0, context - torch.cuda.memory_reserved(device))
         step = cell_step(cell, device)
-        for _ in range(cell.warmup_steps):
-            step.run()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-        phase_peak = dict.fromkeys(PHASES, 0)
-        reserved_peak = 0
         process_peak: int | None = None
-        events = []
-        with memory_history(snapshot_path):
-            for _ in range(cell.measure_steps):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                for phase, run in zip(PHASES, (step.forward, step.backward, step.optimizer_step)):
-                    with cuda_peak(device) as peak:
-                        run()
-                    phase_peak[phase] = max(phase_peak[phase], peak.allocated_bytes)
-                    reserved_peak = max(reserved_peak, peak.reserved_bytes)
-                end.record()
-                events.append((start, end))
-                # At the step's end, outside the timed events: segments are only added
-                # during a step (none is released without an OOM retry), so the process's
-                # memory is highest at its end.
-                used = process.read() if process else None
-                if used is not None:
-                    process_peak = max(process_peak or 0, used)
-            torch.cuda.synchronize()
 
+        def read_process() -> None:
+            # At the step's end, outside the timed events: segments are only added during a
+            # step (none is released without an OOM retry), so the process's memory is
+            # highest at its end.
+            nonlocal process_peak
+            used = process.read() if process else None
+            if used is not None:
+                process_peak = max(process_peak or 0, used)
+
+        def settle() -> None:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+
+        tracker = CudaPeakTracker(device, on_step_end=read_process)
+        times_ms = measure_steps(
+            step,
+            warmup=cell.warmup_steps,
+            measure=cell.measure_steps,
+            timer=CudaEventTimer(),
+            tracker=tracker,
+            settle=settle,
+            recording=memory_history(snapshot_path),
+        )
+        phase_peak = tracker.phase_peak
         train = cell.scenario == "train"
         stats = torch.cuda.memory_stats(device)
         return replace(
-            timed([s.elapsed_time(e) for s, e in events], cell.batch_size),
-            peak_bytes=max(phase_peak.values()),
-            peak_reserved_bytes=reserved_peak,
+            timed(times_ms, cell.batch_size),
+            peak_bytes=tracker.peak_bytes,
+            peak_reserved_bytes=tracker.reserved_peak,
             forward_peak_bytes=phase_peak["forward"],
             process_peak_bytes=process_peak,
             cuda_context_bytes=context,

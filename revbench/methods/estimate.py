@@ -53,6 +53,7 @@ from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
+from ..trackers import PeakOnlyMemTracker
 from .base import Method
 
 
@@ -99,22 +100,6 @@ class MemoryEstimate:
     @property
     def activation_bytes(self) -> int:
         return self.by_category["activations"] + self.by_category["temporaries"]
-
-
-class _PeakTracker(_mt.MemTracker):
-    """MemTracker keeping only the global peak, which is all revbench reads.
-
-    The stock tracker also updates a per-module peak on every operator by visiting every
-    module tracked so far: cost modules x operators, quadratic in depth (a depth-48
-    RevViT took minutes; RevBiFPN-S0 at 64 px 278 s, now 15 s). The global peak and its
-    snapshot are computed the same way: the bytes are unchanged.
-    """
-
-    def _update_peak_stats(self, peak_state) -> None:
-        for dev, snap in self._curr_mem_snap.items():
-            if self._peak_mem.get(dev, 0) < snap[_mt._TOTAL_KEY]:
-                self._peak_mem[dev] = snap[_mt._TOTAL_KEY]
-                self._peak_mem_snap[dev] = dict(snap)  # a flat {category: bytes} copy
 
 
 @contextlib.contextmanager
@@ -187,7 +172,7 @@ def estimate_memory(
         )
         buckets = DdpBuckets(net, ddp) if ddp else None  # records the gradients' ready order
         step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
-        tracker = _PeakTracker()
+        tracker = PeakOnlyMemTracker()
         # Registered after the warm-up: state created before track_external is not
         # attributed to its category otherwise. The batch (images, targets) lives on the
         # GPU in a real run, so it counts ("other").

@@ -2,12 +2,13 @@
 
 submitit's `AutoExecutor` submits to Slurm where `sbatch` exists and runs the jobs as local
 processes otherwise; revbench schedules nothing itself. Each job measures one cell in its
-own fresh process (`revbench.launcher.run_inline`: a failed cell becomes its status), counts
-its model, and appends the record to the run directory itself, through the store's per-record
-flock (`RunStore.append`), so the jobs' rows land even if this process is gone by the time
-they run (then `--resume` later skips them). This process waits for the array and turns a
-job that died without writing its row (OOM-killed, preempted, past its time, a segfault) into
-a row with its status. The manifest's invocation records each job's id, host and GPU.
+own fresh process (the run's task on `revbench.launcher.InlineLauncher`: a failed cell
+becomes its status), counts its model, and appends the record to the run directory
+itself, through the store's per-record flock (`RunStore.append`), so the jobs' rows land
+even if this process is gone by the time they run (then `--resume` later skips them).
+This process waits for the array and turns a job that died without writing its row
+(OOM-killed, preempted, past its time, a segfault) into a row with its status. The
+manifest's invocation records each job's id, host and GPU.
 
 A cell's timeout here is its job's time limit (`--slurm-time`, minutes; default: the longest
 cell timeout plus start-up), not the per-cell timeout the local workers enforce.
@@ -25,6 +26,8 @@ from rich.console import Console
 from . import status
 from .cell import Cell
 from .errors import UsageError
+from .launcher import Finished, InlineLauncher, Launcher, RunContext, Slot, Task, measure_task
+from .outcome import Outcome, Request
 from .results import Record, RunStore
 
 STARTUP_MIN = 5  # a job's interpreter, torch and registry start-up, on top of its cell
@@ -40,23 +43,11 @@ class JobReport:
     record: str  # the record's JSON line
 
 
-def measure_cell_job(cell_json: str, run_dir: str, thop: bool) -> dict:
-    """A job's body (runs on the compute node): measure, count, append, report."""
-    from .launcher import run_inline
-    from .runner import budget_outcome
-
+def run_task_job(cell_json: str, run_dir: str, thop: bool, task: Task = measure_task) -> dict:
+    """A job's body (runs on the compute node): the run's task on the inline launcher
+    (measure, count), the record appended, a report of where it ran."""
     cell = Cell.from_json(cell_json)
-    # a cell predicted over its budget (run --budget) is skipped, as local runs skip it
-    outcome = budget_outcome(cell, run_inline, counts=True, thop=thop)
-    if outcome is None:
-        outcome = run_inline(cell, counts=True, thop=thop)
-    record = Record.for_cell(
-        cell,
-        status=outcome.status,
-        message=outcome.message,
-        counts=outcome.counts,
-        measurement=outcome.measurement,
-    )
+    record = task(cell, Slot(InlineLauncher(), 0, RunContext(thop=thop)))
     RunStore(Path(run_dir)).append(record)
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     job_id = (
@@ -131,70 +122,80 @@ def _died_status(job, exc: BaseException) -> tuple[str, str]:
     return status.ERROR, f"job {job.job_id} {state}: {what}"[:500]
 
 
-def run_cells_submitit(
-    cells: list[Cell],
-    store: RunStore,
-    *,
-    resume: bool,
-    thop: bool,
-    console: Console,
-    options: dict,
-):
-    """Submit the cells not yet measured as one job array and wait for it (see the module)."""
-    from submitit.helpers import as_completed
+class SubmititLauncher(Launcher):
+    """Cells as one submitit job array, every job at once (the scheduler decides how many
+    run together: --array-parallelism)."""
 
-    from .progress import CellProgress
-    from .runner import RunSummary, pending_cells
+    name = "submitit"
 
-    todo, skipped = pending_cells(cells, store, resume, console)
-    if not todo:
-        return RunSummary(store, [], skipped)
-    executor = make_executor(todo, store, options)
-    jobs = executor.map_array(
-        measure_cell_job,
-        [c.to_json() for c in todo],
-        [str(store.dir)] * len(todo),
-        [thop] * len(todo),
-    )
-    console.print(
-        f"submitted {len(jobs)} job(s) to submitit's {executor.cluster} executor "
-        f"(logs: {executor.folder})"
-    )
-    by_job = {id(job): cell for job, cell in zip(jobs, todo)}
-    records: list[Record] = []
-    workers: list[dict] = []
-    interrupted = False
-    with CellProgress(console, total=len(todo), title=store.dir.parent.name) as progress:
-        try:
-            for job in as_completed(jobs, poll_frequency=1):
-                cell = by_job[id(job)]
-                try:
-                    report = job.result()
-                except Exception as exc:  # the job died before it could write its row
-                    row_status, message = _died_status(job, exc)
-                    record = Record.for_cell(cell, status=row_status, message=message)
-                    store.append(record)
-                    workers.append({"job": job.job_id, "host": None, "gpu": None})
-                else:
-                    record = Record(**_json(report["record"]))
-                    workers.append(
-                        {
-                            "job": report["job_id"] or job.job_id,
-                            "host": report["host"],
-                            "gpu": report["gpu"],
-                        }
-                    )
-                records.append(record)
-                progress.done(record)
-        except KeyboardInterrupt:
-            interrupted = True
-    store.update_invocation(executor=executor.cluster, workers=workers)
-    if interrupted:
-        console.print(
-            f"[red]interrupted[/]: {len(records)} cell(s) collected; jobs still queued or "
-            f"running append their rows to {store.dir}; collect the rest with --resume"
+    def __init__(self, store: RunStore, options: dict, console: Console) -> None:
+        self.store, self.options, self.console = store, options, console
+        self.report: dict = {}  # for the manifest: the executor and each job's host and GPU
+
+    def launch(self, request: Request, slot: int = 0) -> Outcome:
+        """One request as one job, waited for (a task's probe, should one ever run here)."""
+        from .execute import run_inline
+
+        executor = make_executor([request.cell], self.store, self.options)
+        job = executor.submit(
+            run_inline,
+            request.cell,
+            request.snapshot_path,
+            counts=request.counts,
+            thop=request.thop,
         )
-    return RunSummary(store, records, skipped, interrupted)
+        try:
+            return job.result()
+        except Exception as exc:
+            return Outcome(*_died_status(job, exc))
+
+    def manifest_fields(self, served: list[int]) -> dict:
+        return self.report
+
+    def interrupted_message(self, saved: int, run_dir: Path) -> str:
+        return (
+            f"[red]interrupted[/]: {saved} cell(s) collected; jobs still queued or "
+            f"running append their rows to {run_dir}; collect the rest with --resume"
+        )
+
+    def run_all(self, cells: list[Cell], task: Task, context: RunContext):
+        from submitit.helpers import as_completed
+
+        if not cells:
+            return
+        executor = make_executor(cells, self.store, self.options)
+        jobs = executor.map_array(
+            run_task_job,
+            [c.to_json() for c in cells],
+            [str(self.store.dir)] * len(cells),
+            [context.thop] * len(cells),
+            [task] * len(cells),
+        )
+        self.console.print(
+            f"submitted {len(jobs)} job(s) to submitit's {executor.cluster} executor "
+            f"(logs: {executor.folder})"
+        )
+        by_job = {id(job): cell for job, cell in zip(jobs, cells)}
+        workers: list[dict] = []
+        self.report = {"executor": executor.cluster, "workers": workers}
+        for job in as_completed(jobs, poll_frequency=1):
+            cell = by_job[id(job)]
+            try:
+                report = job.result()
+            except Exception as exc:  # the job died before it could write its row
+                row_status, message = _died_status(job, exc)
+                record = Record.for_cell(cell, status=row_status, message=message)
+                workers.append({"job": job.job_id, "host": None, "gpu": None})
+                yield Finished(cell, record)
+            else:
+                workers.append(
+                    {
+                        "job": report["job_id"] or job.job_id,
+                        "host": report["host"],
+                        "gpu": report["gpu"],
+                    }
+                )
+                yield Finished(cell, Record(**_json(report["record"])), stored=True)
 
 
 def _json(text: str) -> dict:
