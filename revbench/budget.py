@@ -93,5 +93,3 @@ def resolve_budgets(texts: list[str], where: str = "--budget") -> list[int]:
             raise UsageError(f"{where}: {e}") from None
         out.append(auto_budget() if nbytes is None else nbytes)
     return list(dict.fromkeys(out))
-
-

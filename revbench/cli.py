@@ -15,17 +15,21 @@ import argparse
 import shlex
 import sys
 import traceback
+from dataclasses import replace
 
 from . import __version__
+from .budget import resolve_budgets
+from .cell import model_label
 from .cli_args import (
     add_axis_flags,
     add_optimizer_flag,
+    add_run_dir_flags,
     axis_overrides,
     csv_list,
     make_console,
 )
 from .errors import UsageError
-from .outputs import EMPTY, fit_table
+from .outputs import EMPTY, check_output_dir, check_output_file, fit_table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +48,8 @@ INTERNAL_ERROR = 3
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # torch, timm and pandas load with these, when a run starts (see the module's top)
     from .methods import resolve_device
-    from .outputs import check_output_dir, check_output_file
     from .results import export_csv, load, per_sample_fit
     from .runner import RunConfig, run_suite
     from .suite import expand, load_suite
@@ -61,10 +65,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.scenario = _ddp_scenario(args.scenario, args.world_size)
     cells = expand(suite, method=method, **axis_overrides(args))
     if args.budget is not None:  # cells predicted not to fit are skipped; cuda caps at it
-        from dataclasses import replace
-
-        from .budget import resolve_budgets
-
         budgets = resolve_budgets(args.budget)
         if len(budgets) != 1:
             raise UsageError(f"--budget {','.join(args.budget)}: run takes one budget")
@@ -139,8 +139,6 @@ def _scale_out_options(args: argparse.Namespace) -> dict:
 
 
 def _summary_table(records, width: int):
-    from .cell import model_label
-
     columns = [
         "model",
         "mode",
@@ -180,8 +178,6 @@ def _given(value):
 
 
 def _fit_table(fit, width: int):
-    from .cell import model_label
-
     # Parameters and MACs belong to the model, not the cell: said once per line here.
     columns = ["model", "mode", "res", "prec", "MB/sample", "fixed MB", "batches"]
     columns += ["params", "GMACs"]
@@ -319,13 +315,7 @@ def _add_run(sub) -> None:
         help="ddp: ranks on this machine (gloo on CPU, nccl on GPUs), each with the batch",
     )
     add_optimizer_flag(run)
-    run.add_argument("--out", default="results", help="results directory (default: results/)")
-    run.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        help="continue a run, skipping measured cells: the latest run of the suite, or RUN_DIR",
-    )
+    add_run_dir_flags(run, skipping="measured cells")
     iso = run.add_mutually_exclusive_group()
     iso.add_argument(
         "--isolate",

@@ -69,6 +69,18 @@ def add_optimizer_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", help="sgd (with momentum) | adamw")
 
 
+def add_run_dir_flags(parser: argparse.ArgumentParser, *, skipping: str) -> None:
+    """--out and --resume: where runs go, and which one to continue (`skipping` says what
+    a resumed run leaves out)."""
+    parser.add_argument("--out", default="results", help="results directory (default: results/)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        help=f"continue a run, skipping {skipping}: the latest run of the suite, or RUN_DIR",
+    )
+
+
 def axis_overrides(args: argparse.Namespace) -> dict:
     """The axes given on the command line, as `revbench.suite.expand` takes them."""
     return {

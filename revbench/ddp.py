@@ -29,13 +29,16 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .axes import world_size_of
+from .cell import Cell
+from .measurement import timed
+from .scenario import build_model, step_for
 from .trackers import (
     CudaEventTimer,
     CudaPeakTracker,
@@ -263,11 +266,6 @@ def measure_rank(
     """One rank of a real `ddp-N` cell: warm-up steps, then the measured steps (cuda: the
     allocator's peak and CUDA-event times; cpu: wall-clock times, and one step's peak under
     MemTracker, which was entered before the bucket rebuild so the buckets are counted)."""
-    from dataclasses import replace
-
-    from .cell import Cell
-    from .scenario import build_model, step_for
-
     cell = replace(Cell.from_json(cell_json), scenario="train")  # each rank's own step
     device_type = "cuda" if cell.method == "cuda" else "cpu"
     device = init_rank(rank, world_size, init_file, device_type)
@@ -332,8 +330,6 @@ def cell_ddp(cell) -> DdpConfig | None:
 def measure_cell(cell):
     """A real `ddp-N` cell (cpu or cuda method): N ranks on this machine, each measured by
     `measure_rank`; the peak is the ranks' maximum, the note lists every rank's."""
-    from .measurement import timed
-
     config = cell_ddp(cell)
     if cell.method == "cuda" and torch.cuda.device_count() < config.world_size:
         raise RuntimeError(
@@ -344,8 +340,6 @@ def measure_cell(cell):
         measure_rank, config.world_size, cell.to_json(), config, timeout_s=cell.timeout_s
     )
     slowest = max(results, key=lambda r: sorted(r.step_time_ms)[len(r.step_time_ms) // 2])
-    from dataclasses import replace
-
     return replace(
         timed(slowest.step_time_ms, cell.batch_size * config.world_size),
         peak_bytes=max(r.peak_bytes for r in results),

@@ -12,8 +12,11 @@ from pathlib import Path
 
 from . import status
 from .cell import Cell
+from .counting import count_macs, count_macs_thop, count_params
 from .measurement import Counts
+from .methods import get_method
 from .outcome import Outcome, first_line, is_oom
+from .scenario import build_model
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +29,6 @@ def count(cell: Cell, thop: bool = True) -> Counts:
     that cannot be counted still runs, with the count missing.
     """
     import torch
-
-    from .counting import count_macs, count_macs_thop, count_params
-    from .scenario import build_model
 
     params = macs = macs_thop = None
     try:
@@ -53,8 +53,6 @@ def run_inline(
 ) -> Outcome:
     """Measure the cell in this process (no timeout: for debugging, `--no-isolate`), and
     count its model when `counts` is set. A failing cell is the outcome's status."""
-    from .methods import get_method
-
     method = get_method(cell.method)
     try:
         outcome = Outcome(status.OK, measurement=method.measure(cell, snapshot_path))

@@ -31,9 +31,10 @@ from . import status
 from .cell import Cell, bytes_label
 from .execute import run_inline
 from .measurement import Counts
+from .methods import get_method
 from .outcome import Outcome, Request
 from .results import Record
-from .worker import Worker, WorkerPool, run_isolated  # noqa: F401  (the worker API, by name)
+from .worker import Worker, WorkerPool, run_isolated, shared_pool  # noqa: F401  (by name)
 
 # ------------------------------------------------------------------ what a task is given
 
@@ -56,8 +57,6 @@ class RunContext:
         """The request for `cell`: counted when asked and its model not yet counted; with a
         snapshot file, numbered in the order cells are taken (unique across slots), when
         asked and its method records snapshots."""
-        from .methods import get_method
-
         with self._guard:
             counts = count and cell.model_key not in self.counted
             path = None
@@ -272,8 +271,6 @@ class PoolLauncher(Launcher):
         self._pools: list[WorkerPool] | None = None
 
     def _pool(self, slot: int) -> WorkerPool:
-        from .worker import shared_pool
-
         if self._shared:
             return shared_pool()
         if self._pools is None:

@@ -42,10 +42,18 @@ from rich.markup import escape
 
 from . import status
 from .budget import parse_margin, resolve_budgets
-from .cell import Cell, bytes_label
-from .cli_args import add_axis_flags, add_optimizer_flag, axis_overrides, csv_list, make_console
+from .cell import Cell, bytes_label, cell_label, model_label
+from .cli_args import (
+    add_axis_flags,
+    add_optimizer_flag,
+    add_run_dir_flags,
+    axis_overrides,
+    csv_list,
+    make_console,
+)
 from .errors import UsageError
 from .measurement import MaxBatch, Measurement
+from .outputs import EMPTY, fit_table
 from .results import Record
 
 if TYPE_CHECKING:
@@ -324,7 +332,7 @@ def search_cells(
     """One search per configuration of `suite` and budget: `budgets` when given, else each
     group's `budgets`. `axes` replace the suite's (models, resolutions, precisions, modes,
     scenario, optimizer), as in `revbench.suite.expand`; batch sizes are the search's."""
-    from .suite import expand
+    from .suite import expand  # the registry, hence torch: only when a search runs
 
     cells = expand(suite, method=method, batch_sizes=[1], **axes)
     declared = {g["name"]: g.get("budgets") for g in suite.groups}
@@ -378,15 +386,9 @@ class SearchProgress:
         note = f" [{where}]" if where else ""
         self.console.print(
             f"[{style}]{record.status:>7}[/] "
-            + escape(f"{record_label(record)}: {record.message}{note}"),
+            + escape(f"{cell_label(record)}: {record.message}{note}"),
             highlight=False,
         )
-
-
-def record_label(record: Record) -> str:
-    from .cell import cell_label
-
-    return cell_label(record)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -416,13 +418,7 @@ def register_cli(sub) -> None:
         p, models_help="comma-separated model names (from the suite or not)", batch_sizes=False
     )
     add_optimizer_flag(p)
-    p.add_argument("--out", default="results", help="results directory (default: results/)")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        help="continue a run, skipping finished searches: the suite's latest run, or RUN_DIR",
-    )
+    add_run_dir_flags(p, skipping="finished searches")
     p.add_argument(
         "--no-isolate",
         dest="isolate",
@@ -434,6 +430,7 @@ def register_cli(sub) -> None:
 
 
 def cmd_max_batch(args: argparse.Namespace) -> int:
+    # torch and the registry load with these, when the command runs (see the module's top)
     from .methods import resolve_device
     from .runner import RunConfig, run_suite
     from .suite import load_suite
@@ -483,9 +480,6 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
 def summary_table(records: list[Record], width: int = 80):
     """The searches as a table no wider than `width`: the answer, the peaks around it, and
     on cuda the estimate's."""
-    from .cell import model_label
-    from .outputs import EMPTY, fit_table
-
     cuda = any(r.method == "cuda" for r in records)
     columns = ["model", "mode", "res", "prec", "budget", "max batch", "peak GB", "next GB"]
     columns += ["probes"] + (["reserved GB", "retries", "estimate", "est. error"] if cuda else [])

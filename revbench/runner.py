@@ -40,6 +40,7 @@ from .launcher import (
 from .outputs import check_output_dir
 from .progress import CellProgress
 from .results import Record, RunStore
+from .submitit_launcher import SubmititLauncher, check_options
 from .suite import Suite
 
 
@@ -162,14 +163,10 @@ class RunConfig:
                 "--slurm-gpus-per-task instead of --jobs and --gpus"
             )
         if launcher == "submitit":
-            from .submitit_launcher import check_options
-
             check_options(self.launcher_options)
 
     def make_launcher(self, store: RunStore, console: Console) -> Launcher:
         if self.launcher == "submitit":
-            from .submitit_launcher import SubmititLauncher
-
             return SubmititLauncher(store, self.launcher_options, console)
         if not self.isolate:
             return InlineLauncher()

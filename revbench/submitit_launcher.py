@@ -26,6 +26,7 @@ from rich.console import Console
 from . import status
 from .cell import Cell
 from .errors import UsageError
+from .execute import run_inline
 from .launcher import Finished, InlineLauncher, Launcher, RunContext, Slot, Task, measure_task
 from .outcome import Outcome, Request
 from .results import Record, RunStore
@@ -134,8 +135,6 @@ class SubmititLauncher(Launcher):
 
     def launch(self, request: Request, slot: int = 0) -> Outcome:
         """One request as one job, waited for (a task's probe, should one ever run here)."""
-        from .execute import run_inline
-
         executor = make_executor([request.cell], self.store, self.options)
         job = executor.submit(
             run_inline,

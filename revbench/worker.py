@@ -248,7 +248,7 @@ class WorkerPool:
     def run(
         self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True
     ) -> Outcome:
-        from .methods import get_method
+        from .methods import get_method  # torch: not at the top, see `serve`
 
         request = Request(cell, snapshot_path, counts, thop)
         method = get_method(cell.method)

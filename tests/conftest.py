@@ -38,3 +38,15 @@ def run_cli(tmp_path, capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    """Writes a suite's TOML text to a file in the test's folder; returns its path."""
+
+    def write(text: str, name: str = "suite") -> str:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        return str(path)
+
+    return write

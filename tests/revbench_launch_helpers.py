@@ -3,6 +3,8 @@ called the way `revbench run` calls it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 
 from revbench.launcher import Launcher, RunContext, Slot
@@ -42,3 +44,8 @@ def run_in_loop(cells, store, *, console=None, resume=False, **config):
         context=context,
         resume=resume,
     )
+
+
+def run_dirs(out: Path) -> list[Path]:
+    """The run directories under a results folder (out/SUITE/RUN), in order."""
+    return sorted(p for p in out.glob("*/*") if p.is_dir())

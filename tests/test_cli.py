@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from revbench_launch_helpers import run_dirs
 from rich.console import Console
 
 import revbench
@@ -36,14 +37,11 @@ resolutions = [32]
 
 
 @pytest.fixture
-def tiny_suite(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY_SUITE)
-    return str(path)
+def tiny_suite(suite_file):
+    return suite_file(TINY_SUITE, "tiny")
 
 
-def _runs(out):
-    return sorted(p for p in out.glob("*/*") if p.is_dir())
+_runs = run_dirs
 
 
 def test_smoke_end_to_end(run_cli, tmp_path):

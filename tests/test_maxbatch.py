@@ -38,6 +38,7 @@ def _prober(launch) -> Prober:
 
     return Prober(slot_for(launch), {}, threading.Lock())
 
+
 # ---------------------------------------------------------------------------- budgets
 
 

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 
 import pytest
+from revbench_launch_helpers import run_dirs
 from rich.console import Console
 
 from revbench.errors import UsageError
@@ -34,14 +35,12 @@ resolutions = [32]
 
 
 @pytest.fixture
-def suite(tmp_path):
-    path = tmp_path / "scale.toml"
-    path.write_text(SUITE)
-    return str(path)
+def suite(suite_file):
+    return suite_file(SUITE, "scale")
 
 
 def _run_dir(out):
-    (run_dir,) = sorted(p for p in out.glob("*/*") if p.is_dir())
+    (run_dir,) = run_dirs(out)
     return run_dir
 
 

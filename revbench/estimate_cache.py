@@ -1,0 +1,225 @@
+"""A persistent cache of the estimator's answers: a second run of unchanged cells is instant.
+
+The estimator is deterministic: the same cell on the same software gives the same bytes.
+So an `estimate` cell's measurement, and its model's parameter and MAC counts, are kept
+under `$REVBENCH_CACHE` (default: ~/.cache/revbench) once computed, keyed by everything that
+determines them:
+
+- the cell's key (model, overrides, mode, resolution, batch, precision, scenario, optimizer,
+  method, budget) and its task;
+- the model's resolved configuration (the registered config with the cell's overrides,
+  side and mode applied), so a model whose definition changed misses;
+- the versions of torch, timm and effdet, and `ESTIMATOR_VERSION`, which is bumped whenever
+  the estimator's output changes (the ci gate refuses a changed figure under an unchanged
+  version);
+- a digest of the code that builds and steps the model (every file of `revbench.models`,
+  a plugin model's own module, and the harness modules the step runs through), so that
+  editing a model or a loss while iterating never answers from an older build.
+
+One JSON file per entry, written whole (temporary file, then rename). Every entry holds its
+full key: a file that cannot be read, does not parse, or holds another key (a copied or
+foreign entry) is ignored with a notice and replaced, never trusted. `revbench run
+--no-cache` neither reads nor writes it; `revbench gate` never reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from .cell import KEY_FIELDS, Cell
+from .measurement import Counts, Measurement
+
+ENV_VAR = "REVBENCH_CACHE"
+
+
+def default_root() -> Path:
+    """$REVBENCH_CACHE, else the user's cache folder."""
+    given = os.environ.get(ENV_VAR)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "revbench"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def software() -> dict:
+    """What besides the cell decides the estimator's bytes."""
+    import torch
+
+    from .methods.estimate import ESTIMATOR_VERSION
+
+    return {
+        "estimator": ESTIMATOR_VERSION,
+        "torch": torch.__version__,
+        "timm": _version("timm"),
+        "effdet": _version("effdet"),
+    }
+
+
+# The harness modules an estimate runs through, besides the estimator itself.
+STEP_MODULES = (
+    "revbench.scenario",
+    "revbench.tasks",
+    "revbench.autocast_policy",
+    "revbench.ddp",
+    "revbench.trackers",
+    "revbench.counting",
+    "revbench.allocator",
+)
+
+
+def code_digest(extra_files: tuple[str, ...] = ()) -> str:
+    """sha256 over the source of revbench.models, the step's harness modules, the
+    estimator's package and `extra_files` (a plugin's module)."""
+    import importlib
+
+    import revbench.methods
+    import revbench.models
+
+    files: set[Path] = set()
+    for package in (revbench.models, revbench.methods):
+        files.update(Path(package.__file__).parent.glob("*.py"))
+    for name in STEP_MODULES:
+        module = importlib.import_module(name)
+        files.add(Path(module.__file__))
+    files.update(Path(f) for f in extra_files)
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def resolved_config(cell: Cell) -> dict:
+    """The model's registered config with the cell's overrides, side and mode applied, as
+    plain data (with the config's class, so two families' equal fields differ)."""
+    from revbench.models import get_info
+
+    info = get_info(cell.model)
+    config = info.configure(
+        {**dict(cell.overrides), "img_size": cell.resolution, "mode": cell.mode}
+    )
+    data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    kind = type(config)
+    return {"class": f"{kind.__module__}.{kind.__qualname__}", "fields": data}
+
+
+def _canonical(doc: dict) -> str:
+    return json.dumps(doc, sort_keys=True, default=repr, separators=(",", ":"))
+
+
+@dataclass
+class EstimateCache:
+    """Estimates and counts kept on disk (see the module). `notices` collects what was
+    ignored and why; `hits` counts the cells answered from the cache."""
+
+    root: Path
+    hits: int = 0
+    notices: list[str] = field(default_factory=list)
+    _software: dict | None = None
+    _code: dict[str, str] = field(default_factory=dict)  # by the builder's source file
+
+    # ------------------------------------------------------------------------- keys
+
+    def _base(self, cell: Cell) -> dict:
+        import inspect
+
+        from revbench.models import get_info
+
+        if self._software is None:
+            self._software = software()
+        builder = inspect.getsourcefile(get_info(cell.model).builder) or ""
+        if builder not in self._code:
+            self._code[builder] = code_digest((builder,) if builder else ())
+        return {
+            "software": self._software,
+            "code": self._code[builder],
+            "config": resolved_config(cell),
+            "task": cell.task,
+        }
+
+    def estimate_key(self, cell: Cell) -> dict:
+        key = {f: getattr(cell, f) for f in KEY_FIELDS}
+        return {"kind": "estimate", "cell": key, **self._base(cell)}
+
+    def counts_key(self, cell: Cell, thop: bool) -> dict:
+        model = dict(zip(("model", "variant", "resolution"), cell.model_key))
+        return {"kind": "counts", "model": model, "thop": thop, **self._base(cell)}
+
+    def _path(self, key: dict) -> Path:
+        digest = hashlib.sha256(_canonical(key).encode()).hexdigest()
+        return self.root / "estimates" / digest[:2] / f"{digest}.json"
+
+    # ----------------------------------------------------------------- read, write
+
+    def _read(self, key: dict) -> dict | None:
+        path = self._path(key)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.notices.append(f"estimate cache: ignored {path}: {e.strerror or e}")
+            return None
+        try:
+            entry = json.loads(text)
+            stored = entry["key"]
+            value = entry["value"]
+        except (ValueError, KeyError, TypeError) as e:
+            self.notices.append(f"estimate cache: ignored a corrupt entry {path} ({e})")
+            return None
+        if _canonical(stored) != _canonical(json.loads(_canonical(key))):
+            self.notices.append(f"estimate cache: ignored {path}: it holds another cell's entry")
+            return None
+        return value
+
+    def _write(self, key: dict, value: dict) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                f.write(_canonical({"key": key, "value": value}))
+            os.replace(tmp, path)
+        except OSError as e:  # a cache that cannot be written costs speed, never a row
+            self.notices.append(f"estimate cache: could not write {path.parent}: {e}")
+
+    # ------------------------------------------------------------------------- API
+
+    def get_measurement(self, cell: Cell) -> Measurement | None:
+        value = self._read(self.estimate_key(cell))
+        if value is None:
+            return None
+        try:
+            return Measurement(**value)
+        except TypeError as e:  # fields of another revbench version
+            self.notices.append(f"estimate cache: ignored an entry of {cell.label()} ({e})")
+            return None
+
+    def put_measurement(self, cell: Cell, measurement: Measurement) -> None:
+        self._write(self.estimate_key(cell), asdict(measurement))
+
+    def get_counts(self, cell: Cell, thop: bool) -> Counts | None:
+        value = self._read(self.counts_key(cell, thop))
+        if value is None:
+            return None
+        try:
+            return Counts(**value)
+        except TypeError as e:
+            self.notices.append(f"estimate cache: ignored counts of {cell.label()} ({e})")
+            return None
+
+    def put_counts(self, cell: Cell, thop: bool, counts: Counts) -> None:
+        self._write(self.counts_key(cell, thop), asdict(counts))
