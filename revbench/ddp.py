@@ -3,8 +3,11 @@ DDP's memory.
 
 A `ddp-N` cell is the training step of its model under `DistributedDataParallel` on N ranks
 (processes on this machine: gloo on the CPU, nccl on GPUs), each rank with the cell's batch
-(the per-rank batch, as data-parallel recipes state it). Every rank's peak is measured; the
-record's peak is the maximum and its message lists every rank's.
+(the per-rank batch, as data-parallel recipes state it). The launch layer starts the ranks
+(`run_ranks`, from `revbench.execute`) and each runs the cell's own method, whose step
+(`revbench.scenario.cell_step`) is the DDP-wrapped train step on the rank's device. Every
+rank's peak is measured; the record's peak is the maximum and its message lists every
+rank's.
 
 What DDP adds to a rank's memory, and what the estimator models (`DdpBuckets`):
 - gradient buckets: the Reducer keeps one flat buffer per bucket, holding a copy of the
@@ -27,25 +30,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
+import signal
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .axes import world_size_of
-from .cell import Cell
-from .measurement import timed
-from .scenario import build_model, step_for
-from .trackers import (
-    CudaEventTimer,
-    CudaPeakTracker,
-    PeakOnlyMemTracker,
-    WallTimer,
-    measure_steps,
-)
+from .trackers import PeakOnlyMemTracker
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 
@@ -150,65 +144,103 @@ class DdpBuckets:
 # ------------------------------------------------------------------------- real DDP runs
 
 
-@dataclass(frozen=True)
-class RankResult:
-    rank: int
-    peak_bytes: int | None  # cuda: the allocator's peak; cpu: MemTracker's peak
-    step_time_ms: list[float]
-    bucket_bytes: list[int]  # the Reducer's buckets in the measured step, as it reports them
-
-
 def run_ranks(target: Callable, world_size: int, *args, timeout_s: float = 600.0) -> list:
-    """Run `target(rank, world_size, init_file, out_file, *args)` on `world_size` fresh
-    processes (spawned: safe from a process that already holds threads or CUDA) and return
-    what each saved to `out_file` with torch.save, by rank. A rank that fails raises here
-    with its error."""
+    """Run `target(rank, world_size, rendezvous, *args)` on `world_size` fresh processes
+    (spawned: safe from a process that already holds threads or CUDA) and return what each
+    returned, by rank. A rank that fails raises here with its error.
+
+    Nothing is left behind on any exit path: the ranks meet at a TCP store this process
+    serves on the loopback (no rendezvous file) and send their results back through pipes
+    (no result files), and each rank asks the kernel to kill it when this process dies
+    (PR_SET_PDEATHSIG), so killing the worker that runs a DDP cell takes its ranks too.
+    """
+    import io
+    from multiprocessing.connection import wait
+
+    import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory(prefix="revbench-ddp-") as tmp:
-        init_file = str(Path(tmp) / "rendezvous")
-        outs = [str(Path(tmp) / f"rank{r}.pt") for r in range(world_size)]
-        ctx = mp.get_context("spawn")
-        procs = [
-            ctx.Process(target=_rank_entry, args=(target, r, world_size, init_file, outs[r], args))
-            for r in range(world_size)
-        ]
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    rendezvous = f"127.0.0.1:{store.port}"
+    ctx = mp.get_context("spawn")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]
+    procs = [
+        ctx.Process(
+            target=_rank_entry,
+            args=(target, r, world_size, rendezvous, pipes[r][1], os.getpid(), args),
+        )
+        for r in range(world_size)
+    ]
+    for p in procs:
+        p.start()
+    for _, sender in pipes:
+        sender.close()  # the ranks hold the sending ends: end of file when a rank dies
+    received: dict[int, bytes] = {}
+    deadline = time.monotonic() + timeout_s
+    try:
+        waiting = {pipes[r][0]: r for r in range(world_size)}
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for conn in wait(list(waiting), timeout=left):
+                rank = waiting.pop(conn)
+                try:
+                    received[rank] = conn.recv_bytes()
+                except EOFError:  # died without answering
+                    pass
         for p in procs:
-            p.start()
-        try:
-            for p in procs:
-                p.join(timeout_s)
-        finally:
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-        results = []
-        for rank, p in enumerate(procs):
-            if not os.path.exists(outs[rank]):
-                raise RuntimeError(f"DDP rank {rank} of {world_size} died (exit code {p.exitcode})")
-            result = torch.load(outs[rank], weights_only=False)
-            if isinstance(result, BaseException):
-                raise RuntimeError(f"DDP rank {rank} of {world_size}: {result}") from result
-            results.append(result)
-        return results
+            p.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for receiver, _ in pipes:
+            receiver.close()
+    results = []
+    for rank, p in enumerate(procs):
+        if rank not in received:
+            raise RuntimeError(f"DDP rank {rank} of {world_size} died (exit code {p.exitcode})")
+        result = torch.load(io.BytesIO(received[rank]), weights_only=False)
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"DDP rank {rank} of {world_size}: {result}") from result
+        results.append(result)
+    return results
 
 
-def _rank_entry(target, rank, world_size, init_file, out_file, args) -> None:
+def _rank_entry(target, rank, world_size, rendezvous, conn, parent, args) -> None:
+    import io
+
     import torch.distributed as dist
 
+    _die_with(parent)
     torch.set_num_threads(1)  # ranks share the machine's cores
     try:
-        result = target(rank, world_size, init_file, *args)
+        result = target(rank, world_size, rendezvous, *args)
     except Exception as exc:  # sent back, so the caller's error names it
         result = RuntimeError(f"{type(exc).__name__}: {exc}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    torch.save(result, out_file)
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    conn.send_bytes(buffer.getvalue())
+    conn.close()
 
 
-def init_rank(rank: int, world_size: int, init_file: str, device_type: str) -> torch.device:
+def _die_with(parent: int) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux); exit at once if
+    it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def init_rank(rank: int, world_size: int, rendezvous: str, device_type: str) -> torch.device:
+    """Join the process group of `run_ranks` (its `rendezvous`, host:port) as `rank`, on
+    this rank's device."""
     import torch.distributed as dist
 
     if device_type == "cuda":
@@ -216,9 +248,9 @@ def init_rank(rank: int, world_size: int, init_file: str, device_type: str) -> t
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    dist.init_process_group(
-        BACKENDS[device_type], init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
+    host, port = rendezvous.rsplit(":", 1)
+    store = dist.TCPStore(host, int(port), is_master=False)
+    dist.init_process_group(BACKENDS[device_type], store=store, rank=rank, world_size=world_size)
     return device
 
 
@@ -260,39 +292,6 @@ def reducer_bucket_bytes(ddp: nn.Module) -> list[int]:
     ]
 
 
-def measure_rank(
-    rank: int, world_size: int, init_file: str, cell_json: str, config: DdpConfig
-) -> RankResult:
-    """One rank of a real `ddp-N` cell: warm-up steps, then the measured steps (cuda: the
-    allocator's peak and CUDA-event times; cpu: wall-clock times, and one step's peak under
-    MemTracker, which was entered before the bucket rebuild so the buckets are counted)."""
-    cell = replace(Cell.from_json(cell_json), scenario="train")  # each rank's own step
-    device_type = "cuda" if cell.method == "cuda" else "cpu"
-    device = init_rank(rank, world_size, init_file, device_type)
-    torch.manual_seed(0)  # the same weights on every rank (DDP broadcasts rank 0's anyway)
-    with torch.device(device):
-        model = build_model(cell)
-    torch.manual_seed(1 + rank)  # each rank its own batch
-    step = step_for(cell, model, device)
-    step.model = wrap(model, device, config, unused_parameters(model, step))
-    warmup = max(2, cell.warmup_steps)  # the second step rebuilds the buckets
-    if device_type == "cuda":
-        # as the cuda method measures a cell: allocator peaks per phase, CUDA-event times
-        tracker = CudaPeakTracker(device)
-        times = measure_steps(
-            step,
-            warmup=warmup,
-            measure=cell.measure_steps,
-            timer=CudaEventTimer(),
-            tracker=tracker,
-            settle=torch.cuda.synchronize,
-        )
-        return RankResult(rank, tracker.peak_bytes, times, reducer_bucket_bytes(step.model))
-    peak = tracked_peak(step, warmup)
-    times = measure_steps(step, warmup=0, measure=cell.measure_steps, timer=WallTimer())
-    return RankResult(rank, peak, times, reducer_bucket_bytes(step.model))
-
-
 def tracked_peak(step, warmup: int) -> int:
     """Run `warmup` steps, then one: the peak of that last step under MemTracker, entered
     before the second step (the bucket rebuild), its peak restarted for the last step."""
@@ -312,11 +311,6 @@ def tracked_peak(step, warmup: int) -> int:
     return int(device_snapshot["Total"])
 
 
-def rank_message(results: list[RankResult]) -> str:
-    peaks = ", ".join("-" if r.peak_bytes is None else f"{r.peak_bytes / 1e6:.1f}" for r in results)
-    return f"rank peaks MB: {peaks}"
-
-
 def round_up(nbytes: int, block: int) -> int:
     return math.ceil(nbytes / block) * block
 
@@ -325,23 +319,3 @@ def cell_ddp(cell) -> DdpConfig | None:
     """The DDP settings of a `ddp-N` cell (DDP's defaults), None for any other scenario."""
     world_size = world_size_of(cell.scenario)
     return None if world_size is None else DdpConfig(world_size)
-
-
-def measure_cell(cell):
-    """A real `ddp-N` cell (cpu or cuda method): N ranks on this machine, each measured by
-    `measure_rank`; the peak is the ranks' maximum, the note lists every rank's."""
-    config = cell_ddp(cell)
-    if cell.method == "cuda" and torch.cuda.device_count() < config.world_size:
-        raise RuntimeError(
-            f"{cell.scenario} needs {config.world_size} GPUs on this machine; "
-            f"{torch.cuda.device_count()} visible"
-        )
-    results = run_ranks(
-        measure_rank, config.world_size, cell.to_json(), config, timeout_s=cell.timeout_s
-    )
-    slowest = max(results, key=lambda r: sorted(r.step_time_ms)[len(r.step_time_ms) // 2])
-    return replace(
-        timed(slowest.step_time_ms, cell.batch_size * config.world_size),
-        peak_bytes=max(r.peak_bytes for r in results),
-        note=rank_message(results),
-    )

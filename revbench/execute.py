@@ -13,7 +13,8 @@ from pathlib import Path
 from . import status
 from .cell import Cell
 from .counting import count_macs, count_macs_thop, count_params
-from .measurement import Counts
+from .ddp import cell_ddp, init_rank, run_ranks
+from .measurement import Counts, Measurement
 from .methods import get_method
 from .outcome import Outcome, first_line, is_oom
 from .scenario import build_model
@@ -55,7 +56,11 @@ def run_inline(
     count its model when `counts` is set. A failing cell is the outcome's status."""
     method = get_method(cell.method)
     try:
-        outcome = Outcome(status.OK, measurement=method.measure(cell, snapshot_path))
+        if cell_ddp(cell) and method.runs_ddp_ranks:
+            measurement = measure_on_ranks(cell)
+        else:
+            measurement = method.measure(cell, snapshot_path)
+        outcome = Outcome(status.OK, measurement=measurement)
     except (Exception, SystemExit) as exc:  # a failed cell becomes a row, never a crash of the run
         failed = status.OOM if is_oom(exc) else status.ERROR
         if failed == status.ERROR and os.environ.get("REVBENCH_DEBUG"):
@@ -64,3 +69,40 @@ def run_inline(
     finally:
         method.cleanup()
     return replace(outcome, counts=count(cell, thop)) if counts else outcome
+
+
+def measure_on_ranks(cell: Cell) -> Measurement:
+    """A `ddp-N` cell on a real method: N ranks on this machine (`revbench.ddp.run_ranks`),
+    each measured by the cell's own method; the peak is the ranks' maximum (every rank's in
+    the note), the time the slowest rank's, the throughput that of all N batches."""
+    import torch
+
+    config = cell_ddp(cell)
+    if cell.method == "cuda" and torch.cuda.device_count() < config.world_size:
+        raise RuntimeError(
+            f"{cell.scenario} needs {config.world_size} GPUs on this machine; "
+            f"{torch.cuda.device_count()} visible"
+        )
+    ranks = run_ranks(_measure_rank, config.world_size, cell.to_json(), timeout_s=cell.timeout_s)
+    slowest = max(ranks, key=lambda m: m.step_time_ms_median)
+    median = slowest.step_time_ms_median
+    samples = cell.batch_size * config.world_size
+    peaks = ", ".join("-" if m.peak_bytes is None else f"{m.peak_bytes / 1e6:.1f}" for m in ranks)
+    return Measurement(
+        step_time_ms_median=median,
+        step_time_ms_iqr=slowest.step_time_ms_iqr,
+        step_time_ms_min=slowest.step_time_ms_min,
+        throughput_samples_per_s=samples / (median / 1000.0) if median > 0 else None,
+        measure_steps=slowest.measure_steps,
+        peak_bytes=max(m.peak_bytes for m in ranks),
+        note=f"rank peaks MB: {peaks}",
+    )
+
+
+def _measure_rank(rank: int, world_size: int, rendezvous: str, cell_json: str) -> Measurement:
+    """One rank: join the group, then the cell's method measures its DDP step (at least two
+    warm-up steps: DDP rebuilds its buckets at the second)."""
+    cell = Cell.from_json(cell_json)
+    init_rank(rank, world_size, rendezvous, "cuda" if cell.method == "cuda" else "cpu")
+    rank_cell = replace(cell, warmup_steps=max(2, cell.warmup_steps))
+    return get_method(cell.method).measure(rank_cell)

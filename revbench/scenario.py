@@ -9,7 +9,7 @@ can attribute peak memory to each.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from revbench.models import create
 
 from .axes import OPTIMIZERS, PRECISIONS, SCENARIOS
 from .cell import Cell
+from .ddp import cell_ddp, unused_parameters, wrap
 from .tasks import Task, get_task
 
 _AMP_DTYPES = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
@@ -152,7 +153,24 @@ def step_for(cell: Cell, model: nn.Module, device: torch.device | str) -> Step:
 
 
 def cell_step(cell: Cell, device: torch.device | str) -> Step:
-    """The cell's model built on `device` and its step: what the real-run methods time."""
+    """The cell's model built on `device` and its step: what the real-run methods time.
+
+    A `ddp-N` cell's step runs on one rank of a process group (`revbench.ddp.run_ranks`):
+    the train step with the model under DistributedDataParallel, the same weights on every
+    rank (DDP broadcasts rank 0's anyway) and each rank its own batch."""
+    config = cell_ddp(cell)
+    if config is None:
+        with torch.device(device):
+            model = build_model(cell)
+        return step_for(cell, model, device)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError(f"{cell.scenario} runs on ranks: launch it through revbench.ddp")
+    torch.manual_seed(0)
     with torch.device(device):
         model = build_model(cell)
-    return step_for(cell, model, device)
+    torch.manual_seed(1 + dist.get_rank())
+    step = step_for(replace(cell, scenario="train"), model, device)
+    step.model = wrap(model, torch.device(device), config, unused_parameters(model, step))
+    return step

@@ -20,6 +20,9 @@ class Method(ABC):
     # True where the memory measured is the host's own (cpu): a worker the kernel's OOM killer
     # took ran out of the device's memory then, an `oom`; elsewhere the host ran out, an error.
     host_memory_is_device = False
+    # True where a `ddp-N` cell is N real ranks, each measured by this method (cpu, cuda);
+    # the estimator models data-parallel memory in one process instead.
+    runs_ddp_ranks = False
 
     @abstractmethod
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:

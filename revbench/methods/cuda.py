@@ -29,8 +29,6 @@ from pathlib import Path
 import torch
 
 from ..cell import Cell
-from ..ddp import cell_ddp
-from ..ddp import measure_cell as measure_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
 from ..trackers import CudaEventTimer, CudaPeakTracker, measure_steps
@@ -123,6 +121,7 @@ class CudaMethod(Method):
     name = "cuda"
     fresh_worker_per_cell = True  # a clean allocator: no cell inherits another's segments
     records_snapshots = True
+    runs_ddp_ranks = True
 
     def unavailable(self) -> str | None:
         return None if torch.cuda.is_available() else "no CUDA GPU is visible"
@@ -130,9 +129,8 @@ class CudaMethod(Method):
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
         if not torch.cuda.is_available():
             raise RuntimeError("the cuda method needs a CUDA GPU; none is visible")
-        if cell_ddp(cell):  # N nccl ranks, one card each
-            return measure_ddp(cell)
-        device = torch.device("cuda", 0)
+        # the current card: 0 in a cell's own worker, the rank's on a DDP rank
+        device = torch.device("cuda", torch.cuda.current_device())
         # A budget caps the allocator: a batch that would not fit a card of that size runs
         # out of memory here too, whatever this card's size. Set for every cell, so a cell
         # run in the same process after a capped one gets the whole card back.
