@@ -1,15 +1,62 @@
-"""Data helpers shared by the report and the figures: orderings and joins of stored results."""
+"""Data helpers shared by the report and the figures: per-sample fits, orderings and joins of
+stored results."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from revbench.models import UnknownModelError, get_info, list_models
 
-from .results import FIT_GROUP
+from .status import OK
+
+FIT_GROUP = [
+    "model",
+    "variant",
+    "mode",
+    "resolution",
+    "precision",
+    "scenario",
+    "optimizer",
+    "method",
+]
+
+
+def per_sample_fit(df: pd.DataFrame) -> pd.DataFrame:
+    """Memory per sample and fixed memory per model configuration.
+
+    Least-squares line of peak bytes over batch size, over the `ok` rows of each
+    (model, variant, mode, resolution, precision, scenario, optimizer, method): the slope is the
+    memory per sample, the intercept the fixed memory (weights, optimizer state, ...).
+    A configuration needs two distinct batch sizes to be fitted.
+    """
+    ok = df[(df["status"] == OK) & df["peak_bytes"].notna()]
+    rows = []
+    for key, g in ok.groupby(FIT_GROUP, dropna=False, sort=False):
+        batches = g["batch_size"].to_numpy(dtype=float)
+        if len(set(batches)) < 2:
+            continue
+        slope, intercept = np.polyfit(batches, g["peak_bytes"].to_numpy(dtype=float), 1)
+        first = g.iloc[0]
+        rows.append(
+            {
+                **dict(zip(FIT_GROUP, key)),
+                "family": first["family"],
+                "kind": first["kind"],
+                "size": first["size"],
+                "params": first["params"],
+                "macs": first["macs"],
+                "macs_thop": first["macs_thop"],
+                "bytes_per_sample": float(slope),
+                "fixed_bytes": float(intercept),
+                "n_points": len(g),
+                "batch_sizes": ",".join(str(int(b)) for b in sorted(set(batches))),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def natural_key(value) -> tuple:

@@ -68,9 +68,10 @@ def _ints(value: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .analysis import per_sample_fit
+    from .loading import export_csv, load
     from .methods import resolve_device
     from .outputs import check_output_dir, check_output_file
-    from .results import export_csv, load, per_sample_fit
     from .runner import run_suite
     from .suite import expand, load_suite
 

@@ -26,6 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .analysis import (
+    FIT_GROUP,
     NAMED_VARIANTS,
     MemoryKind,
     estimate_pairs,
@@ -40,7 +41,6 @@ from .cell import bytes_label, model_label, variant_label
 from .labels import Label, freeze_layout, place_labels
 from .measurement import MEMORY_CATEGORIES
 from .published import published_card
-from .results import FIT_GROUP
 
 GB = 1e9  # decimal units, as the papers print them
 MB = 1e6

@@ -25,7 +25,8 @@ from rich.console import Console
 from . import status
 from .cell import Cell
 from .errors import UsageError
-from .results import Record, RunStore
+from .records import Record
+from .store import RunStore
 
 STARTUP_MIN = 5  # a job's interpreter, torch and registry start-up, on top of its cell
 

@@ -48,7 +48,7 @@ from . import status
 from .cell import Cell, bytes_label
 from .errors import UsageError
 from .measurement import Counts, MaxBatch, Measurement
-from .results import Record
+from .records import Record
 
 if TYPE_CHECKING:
     from .runner import RunSummary

@@ -2,7 +2,7 @@
 
     revbench plot results/imagenet-train-mem --out reports/ --format png,svg --memory reserved
 
-Reads results files or run directories (`revbench.results.load`), renders every figure of
+Reads results files or run directories (`revbench.loading.load`), renders every figure of
 `revbench.figures` per suite and per facet (scenario, precision, method) for one memory
 kind (`--memory`: allocated, reserved or process), and writes `<out>/report.md`
 (`revbench.report`) with every figure embedded by relative link, and `<out>/report.html`
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import status
+from .analysis import per_sample_fit
 from .errors import UsageError
+from .loading import load, load_manifests
 from .outputs import check_output_dir
-from .results import load, load_manifests, per_sample_fit
 
 if TYPE_CHECKING:
     from .report import Rendered

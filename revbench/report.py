@@ -26,6 +26,7 @@ from revbench.models import UnknownModelError, get_info
 
 from . import status
 from .analysis import (
+    FIT_GROUP,
     MEMORY_KINDS,
     NAMED_VARIANTS,
     MemoryKind,
@@ -35,6 +36,7 @@ from .analysis import (
     method_word,
     model_order,
     natural_key,
+    per_sample_fit,
     sample_word,
     task_caption,
 )
@@ -50,7 +52,6 @@ from .markdown import (
     md_table,
     to_markdown,
 )
-from .results import FIT_GROUP, per_sample_fit
 
 # Ours and published disagree when their ratio is off 1 by more than this.
 DISAGREE = 0.25

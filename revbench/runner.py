@@ -37,7 +37,8 @@ from .measurement import Counts
 from .methods import get_method
 from .outputs import check_output_dir
 from .progress import CellProgress
-from .results import Record, RunStore
+from .records import Record
+from .store import RunStore
 from .suite import Suite, expand
 
 log = logging.getLogger(__name__)

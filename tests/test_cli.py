@@ -18,8 +18,8 @@ from revbench import launcher, runner
 from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_cells
 from revbench.cli import MODULE_COMMANDS, build_parser
 from revbench.launcher import Outcome
+from revbench.loading import load
 from revbench.methods.estimate import on_real_tensors
-from revbench.results import load
 from revbench.suite import expand, load_suite
 
 TINY_SUITE = """
@@ -405,7 +405,7 @@ def test_progress_off_a_terminal_is_one_line_per_cell(run_cli, tmp_path, tiny_su
 def test_progress_on_a_terminal_draws_a_bar_and_keeps_the_cell_lines():
     from revbench.cell import Cell
     from revbench.progress import CellProgress
-    from revbench.results import Record
+    from revbench.records import Record
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=80)

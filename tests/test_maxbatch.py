@@ -13,6 +13,7 @@ from revbench import status
 from revbench.comparison import REGRESSION, compare
 from revbench.errors import UsageError
 from revbench.launcher import Outcome
+from revbench.loading import load
 from revbench.maxbatch import (
     MAX_BATCH_CAP,
     OVER_BUDGET,
@@ -26,7 +27,7 @@ from revbench.maxbatch import (
 )
 from revbench.measurement import Counts, Measurement
 from revbench.methods.estimate import estimate_memory
-from revbench.results import Record, load
+from revbench.records import Record
 from revbench.runner import budget_outcome
 from revbench.suite import make_cell
 

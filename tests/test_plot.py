@@ -15,12 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from revbench.analysis import per_sample_fit
 from revbench.cell import Cell
 from revbench.cli import main
 from revbench.measurement import Counts, Measurement
 from revbench.models import get_info, list_models
 from revbench.published import load_published, memory_points
-from revbench.results import Record, RunStore, per_sample_fit
+from revbench.records import Record
+from revbench.store import RunStore
 from revbench.suite import make_cell
 
 FIXED = 300e6
@@ -516,8 +518,8 @@ def test_unknown_family_gets_a_stable_palette_colour():
 
 def test_headline_table_sets_each_claim_beside_ours(tmp_path):
     from revbench.analysis import MEMORY_KINDS
+    from revbench.loading import load
     from revbench.report import headline_table
-    from revbench.results import load
 
     per_sample = {
         ("revbifpn_s6", "reversible", ""): 0.115e9,
@@ -716,7 +718,7 @@ def test_log_axes_have_three_labelled_ticks_in_any_range(lo, hi):
 def test_batch_axis_has_integer_ticks_only(detector_report):
     from revbench.analysis import MEMORY_KINDS
     from revbench.figures import memory_vs_batch
-    from revbench.results import load
+    from revbench.loading import load
 
     rows = load(detector_report.parent / "results")
     rows["variant"] = rows["variant"].fillna("")
@@ -748,7 +750,7 @@ def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
     assert (out / "neck-scaling" / "mem_vs_neck-layers.svg").is_file()
     assert not list((out / "neck-scaling").glob("mem_vs_num_*"))  # not one figure per key
 
-    from revbench.results import load
+    from revbench.loading import load
 
     rows = load(runs)
     assert F.numeric_override_keys(rows) == [("num_layers", "num_ext_layers")]

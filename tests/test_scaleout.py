@@ -11,8 +11,10 @@ import pytest
 from rich.console import Console
 
 from revbench.errors import UsageError
-from revbench.results import Record, RunStore, load
+from revbench.loading import load
+from revbench.records import Record
 from revbench.runner import cpu_slots, resolve_gpus, run_cells
+from revbench.store import RunStore
 from revbench.suite import make_cell
 
 FAULTS = "revbench_fault_models"
