@@ -435,7 +435,8 @@ def test_report_compares_fp32_searches_on_the_papers_card_with_the_paper(tmp_pat
 
 
 def test_max_batch_bars_overlay_published_batches_on_the_16gb_panel_only():
-    from revbench.figures import NoData, max_batch_bars
+    from revbench.figures.max_batch import max_batch_bars
+    from revbench.figures.style import NoData
     from revbench.published import load_published, max_batch_points
 
     rows = []

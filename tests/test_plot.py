@@ -411,7 +411,8 @@ def _native(fit: pd.DataFrame) -> dict[str, int]:
 
 def test_headline_is_the_revbifpn_papers_figure_with_published_points_hollow():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, headline
+    from revbench.figures.macs import headline
+    from revbench.figures.style import finish
 
     fit = _macs_fit()
     points = memory_points(load_published())
@@ -435,7 +436,8 @@ def test_headline_is_the_revbifpn_papers_figure_with_published_points_hollow():
 
 def test_headline_labels_never_overlap():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, headline
+    from revbench.figures.macs import headline
+    from revbench.figures.style import finish
     from revbench.labels import label_boxes, overlapping_pairs
 
     fit = _macs_fit()
@@ -456,7 +458,7 @@ def test_headline_labels_never_overlap():
 
 
 def test_label_placer_separates_a_crowded_cluster():
-    from revbench.figures import new_figure
+    from revbench.figures.style import new_figure
     from revbench.labels import Label, freeze_layout, label_boxes, overlapping_pairs, place_labels
 
     fig = new_figure(4, 3)
@@ -483,7 +485,8 @@ def test_label_placer_separates_a_crowded_cluster():
 
 def test_family_panels_count_macs_in_each_papers_convention():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, macs_panels
+    from revbench.figures.macs import macs_panels
+    from revbench.figures.style import finish
 
     fit = _macs_fit()
     points = memory_points(load_published())
@@ -509,7 +512,7 @@ def test_family_panels_count_macs_in_each_papers_convention():
 
 
 def test_unknown_family_gets_a_stable_palette_colour():
-    from revbench.figures import FAMILY_COLOURS, TOL_MUTED, family_colour
+    from revbench.figures.style import FAMILY_COLOURS, TOL_MUTED, family_colour
 
     assert family_colour("SomeNewNet") == family_colour("SomeNewNet")
     assert family_colour("SomeNewNet") in TOL_MUTED
@@ -674,7 +677,8 @@ def _detector_fit() -> pd.DataFrame:
 
 def test_published_points_without_macs_are_drawn_at_ours_or_named():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, macs_panels
+    from revbench.figures.macs import macs_panels
+    from revbench.figures.style import finish
     from revbench.published import detector_points
 
     fit = _detector_fit()
@@ -701,14 +705,14 @@ def test_published_points_without_macs_are_drawn_at_ours_or_named():
 
 @pytest.mark.parametrize("lo,hi", [(940.0, 3500.0), (179.0, 198.0), (0.9, 2.2), (1e-3, 1e3)])
 def test_log_axes_have_three_labelled_ticks_in_any_range(lo, hi):
-    from revbench.figures import _plain_log_axis, new_figure
+    from revbench.figures.style import new_figure, plain_log_axis
 
     fig = new_figure(4, 3)
     ax = fig.add_subplot()
     ax.plot([lo, hi], [lo, hi])
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
-    _plain_log_axis(ax.yaxis)
+    plain_log_axis(ax.yaxis)
     ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
     assert len(ticks) >= 3
     labels = [ax.yaxis.get_major_formatter()(t, 0) for t in ticks]
@@ -717,7 +721,7 @@ def test_log_axes_have_three_labelled_ticks_in_any_range(lo, hi):
 
 def test_batch_axis_has_integer_ticks_only(detector_report):
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import memory_vs_batch
+    from revbench.figures.memory import memory_vs_batch
     from revbench.loading import load
 
     rows = load(detector_report.parent / "results")
@@ -732,7 +736,7 @@ def test_batch_axis_has_integer_ticks_only(detector_report):
 def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
     # BiFPN varies num_layers, RevBiFPN num_ext_layers: both count neck layers, and the
     # neck-scaling figure puts them on one axis (one line grows, the other stays flat).
-    from revbench import figures as F
+    from revbench.figures.memory import memory_vs_override, numeric_override_keys
 
     records = []
     for layers in (2, 4, 8):
@@ -753,12 +757,12 @@ def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
     from revbench.loading import load
 
     rows = load(runs)
-    assert F.numeric_override_keys(rows) == [("num_layers", "num_ext_layers")]
+    assert numeric_override_keys(rows) == [("num_layers", "num_ext_layers")]
     fit = per_sample_fit(rows)
     from revbench.analysis import MEMORY_KINDS
 
     shared = ("num_layers", "num_ext_layers")
-    fig = F.memory_vs_override(rows, fit, shared, MEMORY_KINDS["allocated"])
+    fig = memory_vs_override(rows, fit, shared, MEMORY_KINDS["allocated"])
     (ax,) = fig.axes
     lines = {ln.get_label(): ln.get_ydata() for ln in ax.get_lines()}
     assert len(lines) == 2 and ax.get_xlabel().startswith("neck layers")
