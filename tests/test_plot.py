@@ -631,6 +631,14 @@ def test_detector_figures_and_tables_say_per_image_and_name_head_and_size(detect
     assert sample_word(rows) == "image" and task_caption(rows) == "Mask R-CNN, 1333x800 images"
     assert sample_word(rows.assign(task="classify")) == "sample"
     assert task_caption(rows.assign(task="classify")) == ""
+    # A per-sample fit carries its records' task: no registry lookup, so a model that is not
+    # registered (results kept after it was renamed) still reads per image.
+    records = [
+        dataclasses.asdict(dataclasses.replace(r, model="unregistered_detector"))
+        for r in _detector_records()
+    ]
+    fit = per_sample_fit(pd.DataFrame(records))
+    assert set(fit["task"]) == {"detect"} and sample_word(fit) == "image"
 
 
 def test_detector_counts_table_shows_published_det_macs(detector_report):
@@ -667,6 +675,7 @@ def _detector_fit() -> pd.DataFrame:
                 "family": info.family,
                 "kind": info.kind,
                 "size": info.size,
+                "task": info.task,  # a fit carries its records' task, as per_sample_fit's do
                 "macs": DETECTOR_MACS[model],
                 "macs_thop": DETECTOR_MACS[model],
                 "bytes_per_sample": per_image,
