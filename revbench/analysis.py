@@ -1,15 +1,61 @@
-"""Data helpers shared by the report and the figures: orderings and joins of stored results."""
+"""Data helpers shared by the report and the figures: per-sample fits, orderings and joins of
+stored results."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
-from revbench.models import UnknownModelError, get_info, list_models
+from .status import OK
 
-from .results import FIT_GROUP
+FIT_GROUP = [
+    "model",
+    "variant",
+    "mode",
+    "resolution",
+    "precision",
+    "scenario",
+    "optimizer",
+    "method",
+]
+
+
+def per_sample_fit(df: pd.DataFrame) -> pd.DataFrame:
+    """Memory per sample and fixed memory per model configuration.
+
+    Least-squares line of peak bytes over batch size, over the `ok` rows of each
+    (model, variant, mode, resolution, precision, scenario, optimizer, method): the slope is the
+    memory per sample, the intercept the fixed memory (weights, optimizer state, ...).
+    A configuration needs two distinct batch sizes to be fitted.
+    """
+    ok = df[(df["status"] == OK) & df["peak_bytes"].notna()]
+    rows = []
+    for key, g in ok.groupby(FIT_GROUP, dropna=False, sort=False):
+        batches = g["batch_size"].to_numpy(dtype=float)
+        if len(set(batches)) < 2:
+            continue
+        slope, intercept = np.polyfit(batches, g["peak_bytes"].to_numpy(dtype=float), 1)
+        first = g.iloc[0]
+        rows.append(
+            {
+                **dict(zip(FIT_GROUP, key)),
+                "family": first["family"],
+                "kind": first["kind"],
+                "size": first["size"],
+                "task": first["task"],
+                "params": first["params"],
+                "macs": first["macs"],
+                "macs_thop": first["macs_thop"],
+                "bytes_per_sample": float(slope),
+                "fixed_bytes": float(intercept),
+                "n_points": len(g),
+                "batch_sizes": ",".join(str(int(b)) for b in sorted(set(batches))),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def natural_key(value) -> tuple:
@@ -20,14 +66,22 @@ def natural_key(value) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
 
 
+# model_order and native_resolutions are the analysis side's only reads of the model
+# registry: records carry neither a model's registration order nor its native resolution.
+
+
 def model_order(models) -> dict[str, int]:
     """Registry order (S0 before S1, T before S before B): legends and tables read in it."""
+    from revbench.models import list_models
+
     rank = {info.name: i for i, info in enumerate(list_models())}
     return {m: rank.get(m, len(rank)) for m in models}
 
 
 def native_resolutions(models) -> dict[str, int]:
     """Each registered model's native resolution; results of unregistered models are left out."""
+    from revbench.models import UnknownModelError, get_info
+
     native = {}
     for m in models:
         try:
@@ -133,17 +187,8 @@ IMAGE_TASK_HEADS = {
 
 
 def _tasks(rows: pd.DataFrame) -> set[str]:
-    """The tasks of `rows`: their `task` column, or their registered models' (per-sample
-    fits carry no task)."""
-    if "task" in rows:
-        return set(rows["task"].dropna())
-    tasks = set()
-    for model in rows["model"].unique() if "model" in rows else ():
-        try:
-            tasks.add(get_info(model).task)
-        except UnknownModelError:  # results of a model no longer registered
-            pass
-    return tasks
+    """The tasks of `rows` (records and per-sample fits carry their task)."""
+    return set(rows["task"].dropna()) if "task" in rows else set()
 
 
 def sample_word(rows: pd.DataFrame) -> str:

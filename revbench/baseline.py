@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from .environment import environment
 from .errors import UsageError
-from .results import (
-    MANIFEST_FILE,
-    RECORD_FIELDS,
-    RESULTS_FILE,
-    SCHEMA_VERSION,
-    Record,
-    environment,
-    load_manifests,
-)
+from .loading import load_manifests
+from .records import RECORD_FIELDS, SCHEMA_VERSION, Record
+from .store import MANIFEST_FILE, RESULTS_FILE
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -49,8 +49,9 @@ INTERNAL_ERROR = 3
 
 def cmd_run(args: argparse.Namespace) -> int:
     # torch, timm and pandas load with these, when a run starts (see the module's top)
+    from .analysis import per_sample_fit
+    from .loading import export_csv, load
     from .methods import resolve_device
-    from .results import export_csv, load, per_sample_fit
     from .runner import RunConfig, run_suite
     from .suite import expand, load_suite
 

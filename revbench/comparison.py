@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import status
+from .analysis import FIT_GROUP, per_sample_fit
 from .cell import KEY_FIELDS, cell_label
 from .errors import UsageError
 from .measurement import MEMORY_CATEGORIES
-from .results import FIT_GROUP, per_sample_fit
 
 # ---------------------------------------------------------------------------- metrics
 

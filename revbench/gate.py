@@ -34,8 +34,8 @@ from .cell import KEY_FIELDS, cell_label
 from .comparison import FIT_METRIC, OK, compare, parse_tolerances, row_key
 from .errors import UsageError
 from .gate_render import benchmark_entries, markdown, print_text
+from .loading import load
 from .outputs import check_output_dir, check_output_file
-from .results import load
 
 
 def load_side(paths: list[str], what: str) -> pd.DataFrame:

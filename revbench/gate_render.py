@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import status
+from .analysis import per_sample_fit
 from .cell import cell_label
 from .comparison import (
     CHANGED,
@@ -25,7 +26,6 @@ from .comparison import (
     metric_value,
 )
 from .markdown import md_table
-from .results import per_sample_fit
 
 VERDICT_STYLE = {OK: "", REGRESSION: "bold red", IMPROVED: "green", CHANGED: "yellow"}
 

@@ -33,7 +33,7 @@ from .execute import run_inline
 from .measurement import Counts
 from .methods import get_method
 from .outcome import Outcome, Request
-from .results import Record
+from .records import Record
 from .worker import Worker, WorkerPool, run_isolated, shared_pool  # noqa: F401  (by name)
 
 # ------------------------------------------------------------------ what a task is given

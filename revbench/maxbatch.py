@@ -54,7 +54,7 @@ from .cli_args import (
 from .errors import UsageError
 from .measurement import MaxBatch, Measurement
 from .outputs import EMPTY, fit_table
-from .results import Record
+from .records import Record
 
 if TYPE_CHECKING:
     from .launcher import Slot

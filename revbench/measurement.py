@@ -1,7 +1,7 @@
 """What measuring a cell yields: counts of the model and a method's measurement.
 
 Units are in the field names; None means not measured. The field names are the record's
-columns (`revbench.results.Record` has every one of them), so a method fills a typed
+columns (`revbench.records.Record` has every one of them), so a method fills a typed
 result and the record copies it field by field.
 """
 

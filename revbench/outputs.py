@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
-MANIFEST_FILE = "manifest.json"  # what makes a directory a run directory (revbench.results)
+MANIFEST_FILE = "manifest.json"  # what makes a directory a run directory (revbench.store)
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -2,7 +2,7 @@
 
     revbench plot results/imagenet-train-mem --out reports/ --format png,svg --memory reserved
 
-Reads results files or run directories (`revbench.results.load`), renders every figure of
+Reads results files or run directories (`revbench.loading.load`), renders every figure of
 `revbench.figures` per suite and per facet (scenario, precision, method) for one memory
 kind (`--memory`: allocated, reserved or process), and writes `<out>/report.md`
 (`revbench.report`) with every figure embedded by relative link, and `<out>/report.html`
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import status
+from .analysis import per_sample_fit
 from .errors import UsageError
+from .loading import load, load_manifests
 from .outputs import check_output_dir
-from .results import load, load_manifests, per_sample_fit
 
 if TYPE_CHECKING:
     from .report import Rendered
@@ -153,8 +154,18 @@ def _slug(text: str) -> str:
 
 def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame, native, kind):
     """(name, title, draw) for every figure of one facet; draw() returns a Figure."""
-    from . import figures as F
     from .analysis import sample_word
+    from .figures.macs import headline, macs_panels
+    from .figures.max_batch import max_batch_bars
+    from .figures.memory import (
+        memory_by_category,
+        memory_vs_batch,
+        memory_vs_override,
+        memory_vs_resolution,
+        numeric_override_keys,
+        override_axis_name,
+        throughput_vs_memory,
+    )
 
     per = sample_word(rows)  # "image" for detection and segmentation
     train = rows["scenario"].iloc[0] == "train"
@@ -163,27 +174,27 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
         (
             "headline",
             "RevBiFPN vs EfficientNet, the RevBiFPN paper's figure",
-            lambda: F.headline(fit, pub, native, kind),
+            lambda: headline(fit, pub, native, kind),
         ),
         (
             "mem_vs_macs",
             f"Memory per {per} vs MACs by reversible family",
-            lambda: F.macs_panels(fit, pub, native, kind),
+            lambda: macs_panels(fit, pub, native, kind),
         ),
-        ("mem_vs_batch", "Peak memory vs batch size", lambda: F.memory_vs_batch(rows, fit, kind)),
+        ("mem_vs_batch", "Peak memory vs batch size", lambda: memory_vs_batch(rows, fit, kind)),
         (
             "mem_vs_resolution",
             "Memory vs resolution",
-            lambda: F.memory_vs_resolution(rows, fit, kind),
+            lambda: memory_vs_resolution(rows, fit, kind),
         ),
     ]
-    keys = F.numeric_override_keys(rows)
+    keys = numeric_override_keys(rows)
     for key in keys:
         specs.append(
             (
-                f"mem_vs_{_slug(F.override_axis_name(key))}",
-                f"Memory vs {F.override_axis_name(key)}",
-                lambda key=key: F.memory_vs_override(rows, fit, key, kind),
+                f"mem_vs_{_slug(override_axis_name(key))}",
+                f"Memory vs {override_axis_name(key)}",
+                lambda key=key: memory_vs_override(rows, fit, key, kind),
             )
         )
     if not keys:
@@ -198,12 +209,12 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
         (
             "mem_by_category",
             "Allocated memory by category at the peak",
-            lambda: F.memory_by_category(rows),
+            lambda: memory_by_category(rows),
         ),
         (
             "throughput_vs_memory",
             f"Throughput vs memory per {per}",
-            lambda: F.throughput_vs_memory(rows, fit, kind),
+            lambda: throughput_vs_memory(rows, fit, kind),
         ),
     ]
     if rows["max_batch"].notna().any():  # a max-batch run: its searches' answers
@@ -211,14 +222,14 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
         def max_batch():
             from .published import load_published, max_batch_points
 
-            return F.max_batch_bars(rows, max_batch_points(load_published()))
+            return max_batch_bars(rows, max_batch_points(load_published()))
 
         specs.append(("max_batch", "Max batch within each budget", max_batch))
     return specs
 
 
 def _no_data(reason: str):
-    from .figures import NoData
+    from .figures.style import NoData
 
     def draw():
         raise NoData(reason)
@@ -252,8 +263,9 @@ def render_suite(
 
     import matplotlib
 
-    from . import figures as F
     from .analysis import MEMORY_KINDS, native_resolutions, task_caption
+    from .figures.memory import estimated_vs_measured
+    from .figures.style import STYLE, NoData, finish
     from .report import Rendered
 
     kind = kind or MEMORY_KINDS["allocated"]
@@ -276,23 +288,23 @@ def render_suite(
                 f"estimated_vs_measured{suffix}",
                 "Estimated vs measured peak",
                 facet,
-                _no_data(no_kind) if no_kind else lambda g=g: F.estimated_vs_measured(g, kind),
+                _no_data(no_kind) if no_kind else lambda g=g: estimated_vs_measured(g, kind),
             )
         )
     for name, title, facet, draw in jobs:
         item = Rendered(name, title, facet, suite=suite_dir)
         # A salt per figure keeps the SVG ids of figures inlined in one HTML page apart.
-        style = {**F.STYLE, "svg.hashsalt": f"{suite_dir}/{name}"}
+        style = {**STYLE, "svg.hashsalt": f"{suite_dir}/{name}"}
         with matplotlib.rc_context(style):
             try:
                 fig = draw()
-            except F.NoData as e:
+            except NoData as e:
                 item.skipped = str(e)
                 rendered.append(item)
                 continue
             # Detection and segmentation: the head and the image size it was measured at.
             caption = task_caption(rows)
-            F.finish(fig, f"{title}\n{suite_dir}: {facet}" + (f"; {caption}" if caption else ""))
+            finish(fig, f"{title}\n{suite_dir}: {facet}" + (f"; {caption}" if caption else ""))
             (out / suite_dir).mkdir(parents=True, exist_ok=True)
             for fmt in formats:
                 rel = f"{suite_dir}/{name}.{fmt}"

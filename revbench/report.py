@@ -2,7 +2,7 @@
 
 First the papers' headline claims beside ours, then the runs' manifests; per suite the
 cells that did not measure, memory per sample against the published figures
-(`revbench/data/published.csv`), params and MACs against the registry's published counts,
+(`revbench/data/published.csv`), params and MACs against each model's own published counts,
 estimated against measured peaks, and every figure (`revbench.plot` renders them).
 Published figures compare only like with like: the unmodified model (or a named variant
 such as the RevBiFPN neck not recomputed), at the published resolution, in the published
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from revbench.models import UnknownModelError, get_info
+from revbench.models.published import model_figures
 
 from . import status
 from .analysis import (
+    FIT_GROUP,
     MEMORY_KINDS,
     NAMED_VARIANTS,
     MemoryKind,
@@ -35,6 +36,7 @@ from .analysis import (
     method_word,
     model_order,
     natural_key,
+    per_sample_fit,
     sample_word,
     task_caption,
 )
@@ -50,7 +52,6 @@ from .markdown import (
     md_table,
     to_markdown,
 )
-from .results import FIT_GROUP, per_sample_fit
 
 # Ours and published disagree when their ratio is off 1 by more than this.
 DISAGREE = 0.25
@@ -230,14 +231,15 @@ def _variant_evidence(table: list[list], family: str, rows: pd.DataFrame) -> str
 
 
 def counts_table(rows: pd.DataFrame, published: pd.DataFrame | None = None) -> Table:
-    """Params and MACs against the registry's published figures (native resolution only);
-    the MACs ratio counts in the published convention (thop for RevBiFPN). A detector's
-    published MACs (`det_macs`, which the registry does not hold) come from the published
-    memory points (`published`, `revbench.published.detector_points`)."""
+    """Params and MACs against each model's own published figures (`revbench/data/
+    published.csv`, at the resolution they were counted at); the MACs ratio counts in the
+    published convention (thop for RevBiFPN). A detector's published MACs (`det_macs`, not
+    a model's own row) come from the published memory points (`published`,
+    `revbench.published.detector_points`)."""
     point_macs = {}
     if published is not None and len(published):
         known = published[published["macs"].notna()]
-        point_macs = dict(zip(known["model"], known["macs"]))
+        point_macs = dict(zip(zip(known["model"], known["resolution"]), known["macs"]))
     headers = [
         "model",
         "size",
@@ -259,14 +261,12 @@ def counts_table(rows: pd.DataFrame, published: pd.DataFrame | None = None) -> T
         groups, key=lambda kg: (order[kg[0][0]], natural_key(kg[0]))
     ):
         first = g.iloc[0]
-        try:
-            info = get_info(model)
-        except UnknownModelError:
-            info = None
-        # Published counts are for the unmodified model at its native resolution.
-        comparable = info is not None and not variant and res == info.native_resolution
-        pub_params = info.published_params if comparable else None
-        pub_macs = (info.published_macs or point_macs.get(model)) if comparable else None
+        # Published counts are for the unmodified model at the resolution they were counted
+        # at (the model's native one: the table states it).
+        pub_params = _published_count(model, variant, res, "params")
+        pub_macs = _published_count(model, variant, res, "macs")
+        if not variant:
+            pub_macs = pub_macs or point_macs.get((model, res))
         column = mac_column(str(first["family"]))
         table.append(
             [
@@ -285,6 +285,15 @@ def counts_table(rows: pd.DataFrame, published: pd.DataFrame | None = None) -> T
             ]
         )
     return Table(headers, table, right=tuple(headers[4:11]))
+
+
+def _published_count(model: str, variant: str, resolution: int, metric: str) -> int | None:
+    """The model's own published `metric` (params, macs) where `variant` and `resolution`
+    are what it was published for, else None."""
+    figure = model_figures().get((model, metric))
+    if variant or figure is None or figure.resolution != resolution:
+        return None
+    return round(figure.value_base)
 
 
 def _ratio_convention(column: str, ours, pub_macs) -> str:

@@ -39,7 +39,8 @@ from .launcher import (
 )
 from .outputs import check_output_dir
 from .progress import CellProgress
-from .results import Record, RunStore
+from .records import Record
+from .store import RunStore
 from .submitit_launcher import SubmititLauncher, check_options
 from .suite import Suite
 

@@ -29,7 +29,8 @@ from .errors import UsageError
 from .execute import run_inline
 from .launcher import Finished, InlineLauncher, Launcher, RunContext, Slot, Task, measure_task
 from .outcome import Outcome, Request
-from .results import Record, RunStore
+from .records import Record
+from .store import RunStore
 
 STARTUP_MIN = 5  # a job's interpreter, torch and registry start-up, on top of its cell
 

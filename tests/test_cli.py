@@ -18,9 +18,9 @@ import revbench
 from revbench import launcher
 from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_cells
 from revbench.cli import MODULE_COMMANDS, build_parser
+from revbench.loading import load
 from revbench.methods.estimate import on_real_tensors
 from revbench.outcome import Outcome
-from revbench.results import load
 from revbench.suite import expand, load_suite
 
 TINY_SUITE = """
@@ -403,7 +403,7 @@ def test_progress_off_a_terminal_is_one_line_per_cell(run_cli, tmp_path, tiny_su
 def test_progress_on_a_terminal_draws_a_bar_and_keeps_the_cell_lines():
     from revbench.cell import Cell
     from revbench.progress import CellProgress
-    from revbench.results import Record
+    from revbench.records import Record
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=80)

@@ -23,8 +23,10 @@ import pytest
 from revbench.cell import KEY_FIELDS
 from revbench.errors import UsageError
 from revbench.launcher import Worker, WorkerPool, run_inline, run_isolated
+from revbench.loading import load
 from revbench.measurement import Counts, Measurement
-from revbench.results import Record, RunStore, load, read_records
+from revbench.records import Record, read_records
+from revbench.store import RunStore
 from revbench.suite import make_cell
 
 FAULTS = "revbench_fault_models"

@@ -9,9 +9,11 @@ import pytest
 
 from revbench import cli
 from revbench.cell import KEY_FIELDS
+from revbench.loading import load
 from revbench.measurement import Counts, Measurement
 from revbench.models import list_models
-from revbench.results import Record, RunStore, load
+from revbench.records import Record
+from revbench.store import RunStore
 from revbench.suite import expand, load_suite, make_cell
 
 SUITE = "gate-test"

@@ -4,6 +4,8 @@ launcher, runner."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -12,15 +14,18 @@ from revbench_launch_helpers import run_in_loop
 from rich.console import Console
 from torch import nn
 
+from revbench.analysis import per_sample_fit
 from revbench.cell import Cell
 from revbench.errors import UsageError
 from revbench.execute import run_inline
+from revbench.loading import load
 from revbench.measurement import Measurement
 from revbench.methods import METHODS, Method
 from revbench.methods.estimate import CUDA_BLOCK_BYTES, estimate_memory
 from revbench.models import ResolutionError, UnknownModelError, create, get_info, list_models
 from revbench.outcome import Outcome
-from revbench.results import Record, RunStore, load, per_sample_fit
+from revbench.records import Record
+from revbench.store import RunStore
 from revbench.suite import expand, load_suite, make_cell
 from revbench.trackers import cuda_peak
 from revbench.worker import run_isolated
@@ -332,8 +337,19 @@ def test_schema_version_mismatch_is_a_usage_error(tmp_path):
         load(path)
 
 
+def test_records_and_store_load_neither_torch_nor_pandas():
+    # The writer's and --resume's side of the results: a fresh interpreter shows what they pull in.
+    probe = (
+        "import sys, revbench.records, revbench.store, revbench.environment\n"
+        "print(','.join(m for m in ('torch', 'pandas', 'revbench.methods') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+
+
 def test_csv_export(tmp_path):
-    from revbench.results import export_csv
+    from revbench.loading import export_csv
 
     store = RunStore.create(tmp_path, "csv")
     store.append(_record(1, 10))

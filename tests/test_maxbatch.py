@@ -15,6 +15,7 @@ from revbench.budget import parse_budget, parse_margin, resolve_budgets
 from revbench.comparison import REGRESSION, compare
 from revbench.errors import UsageError
 from revbench.launcher import budget_outcome
+from revbench.loading import load
 from revbench.maxbatch import (
     MAX_BATCH_CAP,
     OVER_BUDGET,
@@ -26,7 +27,7 @@ from revbench.maxbatch import (
 from revbench.measurement import Counts, Measurement
 from revbench.methods.estimate import estimate_memory
 from revbench.outcome import Outcome
-from revbench.results import Record, load
+from revbench.records import Record
 from revbench.suite import make_cell
 
 GiB = 2**30
@@ -441,7 +442,8 @@ def test_report_compares_fp32_searches_on_the_papers_card_with_the_paper(tmp_pat
 
 
 def test_max_batch_bars_overlay_published_batches_on_the_16gb_panel_only():
-    from revbench.figures import NoData, max_batch_bars
+    from revbench.figures.max_batch import max_batch_bars
+    from revbench.figures.style import NoData
     from revbench.published import load_published, max_batch_points
 
     rows = []

@@ -24,10 +24,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from revbench import allocator
 from revbench.allocator import MiB, peak_live_bytes, round_size
 from revbench.autocast_policy import CUDA_POLICY, cpu_overrides, cuda_cast_policy
+from revbench.environment import cuda_settings, environment
 from revbench.measurement import Measurement
 from revbench.methods import cuda
 from revbench.methods.estimate import EstimateMethod, estimate_memory
-from revbench.results import RECORD_FIELDS, check_record, environment
+from revbench.records import RECORD_FIELDS, check_record
 from revbench.trackers import cuda_peak
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,7 +108,7 @@ def test_estimate_records_carry_reserved_and_fragmentation():
 
 @pytest.mark.parametrize("column", ["fragmentation_bytes", "process_peak_bytes", "num_ooms"])
 def test_new_columns_are_validated_like_the_others(column):
-    from revbench.results import SCHEMA_VERSION
+    from revbench.records import SCHEMA_VERSION
 
     row = {
         **dict.fromkeys(RECORD_FIELDS),
@@ -318,7 +319,7 @@ def test_nvml_not_listing_this_process_reads_none(monkeypatch):
 def test_nvml_absent_or_failing_is_a_note_not_a_crash(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
     assert cuda.ProcessMemory.open("x", 0) == (None, cuda.NVML_MISSING)
-    assert cuda.cuda_settings()["nvml"] == cuda.NVML_MISSING
+    assert cuda_settings()["nvml"] == cuda.NVML_MISSING
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(init_error=True))
     reader, why = cuda.ProcessMemory.open("x", 0)
     assert reader is None and "Driver Not Loaded" in why

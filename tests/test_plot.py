@@ -15,12 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from revbench.analysis import per_sample_fit
 from revbench.cell import Cell
 from revbench.cli import main
 from revbench.measurement import Counts, Measurement
 from revbench.models import get_info, list_models
 from revbench.published import load_published, memory_points
-from revbench.results import Record, RunStore, per_sample_fit
+from revbench.records import Record
+from revbench.store import RunStore
 from revbench.suite import make_cell
 
 FIXED = 300e6
@@ -409,7 +411,8 @@ def _native(fit: pd.DataFrame) -> dict[str, int]:
 
 def test_headline_is_the_revbifpn_papers_figure_with_published_points_hollow():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, headline
+    from revbench.figures.macs import headline
+    from revbench.figures.style import finish
 
     fit = _macs_fit()
     points = memory_points(load_published())
@@ -433,7 +436,8 @@ def test_headline_is_the_revbifpn_papers_figure_with_published_points_hollow():
 
 def test_headline_labels_never_overlap():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, headline
+    from revbench.figures.macs import headline
+    from revbench.figures.style import finish
     from revbench.labels import label_boxes, overlapping_pairs
 
     fit = _macs_fit()
@@ -454,7 +458,7 @@ def test_headline_labels_never_overlap():
 
 
 def test_label_placer_separates_a_crowded_cluster():
-    from revbench.figures import new_figure
+    from revbench.figures.style import new_figure
     from revbench.labels import Label, freeze_layout, label_boxes, overlapping_pairs, place_labels
 
     fig = new_figure(4, 3)
@@ -481,7 +485,8 @@ def test_label_placer_separates_a_crowded_cluster():
 
 def test_family_panels_count_macs_in_each_papers_convention():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, macs_panels
+    from revbench.figures.macs import macs_panels
+    from revbench.figures.style import finish
 
     fit = _macs_fit()
     points = memory_points(load_published())
@@ -507,7 +512,7 @@ def test_family_panels_count_macs_in_each_papers_convention():
 
 
 def test_unknown_family_gets_a_stable_palette_colour():
-    from revbench.figures import FAMILY_COLOURS, TOL_MUTED, family_colour
+    from revbench.figures.style import FAMILY_COLOURS, TOL_MUTED, family_colour
 
     assert family_colour("SomeNewNet") == family_colour("SomeNewNet")
     assert family_colour("SomeNewNet") in TOL_MUTED
@@ -516,8 +521,8 @@ def test_unknown_family_gets_a_stable_palette_colour():
 
 def test_headline_table_sets_each_claim_beside_ours(tmp_path):
     from revbench.analysis import MEMORY_KINDS
+    from revbench.loading import load
     from revbench.report import headline_table
-    from revbench.results import load
 
     per_sample = {
         ("revbifpn_s6", "reversible", ""): 0.115e9,
@@ -626,6 +631,14 @@ def test_detector_figures_and_tables_say_per_image_and_name_head_and_size(detect
     assert sample_word(rows) == "image" and task_caption(rows) == "Mask R-CNN, 1333x800 images"
     assert sample_word(rows.assign(task="classify")) == "sample"
     assert task_caption(rows.assign(task="classify")) == ""
+    # A per-sample fit carries its records' task: no registry lookup, so a model that is not
+    # registered (results kept after it was renamed) still reads per image.
+    records = [
+        dataclasses.asdict(dataclasses.replace(r, model="unregistered_detector"))
+        for r in _detector_records()
+    ]
+    fit = per_sample_fit(pd.DataFrame(records))
+    assert set(fit["task"]) == {"detect"} and sample_word(fit) == "image"
 
 
 def test_detector_counts_table_shows_published_det_macs(detector_report):
@@ -662,6 +675,7 @@ def _detector_fit() -> pd.DataFrame:
                 "family": info.family,
                 "kind": info.kind,
                 "size": info.size,
+                "task": info.task,  # a fit carries its records' task, as per_sample_fit's do
                 "macs": DETECTOR_MACS[model],
                 "macs_thop": DETECTOR_MACS[model],
                 "bytes_per_sample": per_image,
@@ -672,7 +686,8 @@ def _detector_fit() -> pd.DataFrame:
 
 def test_published_points_without_macs_are_drawn_at_ours_or_named():
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import finish, macs_panels
+    from revbench.figures.macs import macs_panels
+    from revbench.figures.style import finish
     from revbench.published import detector_points
 
     fit = _detector_fit()
@@ -699,14 +714,14 @@ def test_published_points_without_macs_are_drawn_at_ours_or_named():
 
 @pytest.mark.parametrize("lo,hi", [(940.0, 3500.0), (179.0, 198.0), (0.9, 2.2), (1e-3, 1e3)])
 def test_log_axes_have_three_labelled_ticks_in_any_range(lo, hi):
-    from revbench.figures import _plain_log_axis, new_figure
+    from revbench.figures.style import new_figure, plain_log_axis
 
     fig = new_figure(4, 3)
     ax = fig.add_subplot()
     ax.plot([lo, hi], [lo, hi])
     ax.set_yscale("log")
     ax.set_ylim(lo, hi)
-    _plain_log_axis(ax.yaxis)
+    plain_log_axis(ax.yaxis)
     ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
     assert len(ticks) >= 3
     labels = [ax.yaxis.get_major_formatter()(t, 0) for t in ticks]
@@ -715,8 +730,8 @@ def test_log_axes_have_three_labelled_ticks_in_any_range(lo, hi):
 
 def test_batch_axis_has_integer_ticks_only(detector_report):
     from revbench.analysis import MEMORY_KINDS
-    from revbench.figures import memory_vs_batch
-    from revbench.results import load
+    from revbench.figures.memory import memory_vs_batch
+    from revbench.loading import load
 
     rows = load(detector_report.parent / "results")
     rows["variant"] = rows["variant"].fillna("")
@@ -730,7 +745,7 @@ def test_batch_axis_has_integer_ticks_only(detector_report):
 def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
     # BiFPN varies num_layers, RevBiFPN num_ext_layers: both count neck layers, and the
     # neck-scaling figure puts them on one axis (one line grows, the other stays flat).
-    from revbench import figures as F
+    from revbench.figures.memory import memory_vs_override, numeric_override_keys
 
     records = []
     for layers in (2, 4, 8):
@@ -748,15 +763,15 @@ def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
     assert (out / "neck-scaling" / "mem_vs_neck-layers.svg").is_file()
     assert not list((out / "neck-scaling").glob("mem_vs_num_*"))  # not one figure per key
 
-    from revbench.results import load
+    from revbench.loading import load
 
     rows = load(runs)
-    assert F.numeric_override_keys(rows) == [("num_layers", "num_ext_layers")]
+    assert numeric_override_keys(rows) == [("num_layers", "num_ext_layers")]
     fit = per_sample_fit(rows)
     from revbench.analysis import MEMORY_KINDS
 
     shared = ("num_layers", "num_ext_layers")
-    fig = F.memory_vs_override(rows, fit, shared, MEMORY_KINDS["allocated"])
+    fig = memory_vs_override(rows, fit, shared, MEMORY_KINDS["allocated"])
     (ax,) = fig.axes
     lines = {ln.get_label(): ln.get_ydata() for ln in ax.get_lines()}
     assert len(lines) == 2 and ax.get_xlabel().startswith("neck layers")

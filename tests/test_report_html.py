@@ -17,8 +17,9 @@ import pytest
 from revbench.cli import main
 from revbench.measurement import Counts, Measurement
 from revbench.models import get_info
+from revbench.records import Record
 from revbench.report_html import inline
-from revbench.results import Record, RunStore
+from revbench.store import RunStore
 from revbench.suite import make_cell
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

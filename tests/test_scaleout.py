@@ -13,9 +13,11 @@ from rich.console import Console
 
 from revbench.errors import UsageError
 from revbench.launcher import PoolLauncher, RunContext, cpu_slots, gpu_slots
+from revbench.loading import load
 from revbench.progress import CellProgress
-from revbench.results import Record, RunStore, load
+from revbench.records import Record
 from revbench.runner import resolve_gpus, run_cells
+from revbench.store import RunStore
 from revbench.suite import make_cell
 
 FAULTS = "revbench_fault_models"

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..cell import Cell
+from ..environment import NVML_MISSING
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
 from ..trackers import CudaEventTimer, CudaPeakTracker, measure_steps
@@ -48,11 +49,6 @@ def memory_history(path: Path | None) -> Iterator[None]:
         torch.cuda.memory._dump_snapshot(str(path))
     finally:
         torch.cuda.memory._record_memory_history(enabled=None)
-
-
-NVML_MISSING = (
-    "nvidia-ml-py is not installed (pip install revbench[gpu]): process memory not measured"
-)
 
 
 class ProcessMemory:
@@ -96,25 +92,6 @@ class ProcessMemory:
                 used = process.usedGpuMemory
                 return int(used) if used is not None else None  # None: hidden (MIG, WSL)
         return None
-
-
-def cuda_settings() -> dict:
-    """What changes CUDA memory and speed besides the cell, for the run's manifest."""
-    settings = {
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "cudnn_deterministic": torch.backends.cudnn.deterministic,
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
-        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-    }
-    try:
-        import pynvml  # noqa: F401
-
-        settings["nvml"] = "nvidia-ml-py installed"
-    except ImportError:
-        settings["nvml"] = NVML_MISSING
-    return settings
 
 
 class CudaMethod(Method):

@@ -1,0 +1,60 @@
+"""Loading stored runs for analysis: results files as a pandas DataFrame, their manifests,
+and CSV export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .cell import KEY_FIELDS
+from .errors import UsageError
+from .records import BUDGET_FIELDS, RECORD_FIELDS, read_records
+from .store import RunStore
+
+
+def result_files(paths: list[str | Path]) -> list[Path]:
+    """results.jsonl files under the given files or directories (searched recursively)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found.extend(sorted(p.rglob("*.jsonl")))
+        else:
+            raise UsageError(f"no results at {p}: no such file or directory")
+    if not found:
+        raise UsageError(f"no results found in {', '.join(map(str, paths))}")
+    return found
+
+
+def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
+    """Records from results files or run directories as a DataFrame.
+
+    With `latest_only`, a cell measured several times (a resumed error, say) keeps its
+    last record.
+    """
+    rows = []
+    for path in result_files(list(paths)):
+        for row in read_records(path):
+            row["source_file"] = str(path)
+            rows.append(row)
+    df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "source_file"])
+    for name in BUDGET_FIELDS:  # None, not NaN, where no budget: keys must equal Cell.key
+        df[name] = df[name].astype(object).where(df[name].notna(), None)
+    if latest_only and not df.empty:
+        df = df.drop_duplicates(subset=list(KEY_FIELDS), keep="last").reset_index(drop=True)
+    return df
+
+
+def load_manifests(*paths: str | Path) -> list[dict]:
+    manifests = []
+    for path in result_files(list(paths)):
+        manifest = RunStore(path.parent).read_manifest()
+        if manifest is not None:
+            manifests.append(manifest)
+    return manifests
+
+
+def export_csv(df: pd.DataFrame, path: str | Path) -> None:
+    df.to_csv(path, index=False)
