@@ -24,6 +24,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._pytree import tree_map
 
+from revbench.models.registry import Registry
+
 
 class Task(ABC):
     """Inputs, targets and loss of one kind of model output."""
@@ -174,32 +176,26 @@ class Segment(Detect):
 
 def task_geometry(task: str, resolution: int) -> dict[str, int | None]:
     """What a record states about a cell's inputs: image height, width, boxes per image."""
-    the_task = _TASKS.get(task)
+    the_task = _TASKS.get(task, None)
     if isinstance(the_task, Detect):
         height, width = the_task.image_shape(resolution)
         return {"image_height": height, "image_width": width, "boxes_per_image": BOXES_PER_IMAGE}
     return {"image_height": resolution, "image_width": resolution, "boxes_per_image": None}
 
 
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(task: Task) -> Task:
-    if task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is registered twice")
-    _TASKS[task.name] = task
-    return task
+    return _TASKS.register(task.name, task)
 
 
 def get_task(name: str) -> Task:
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise ValueError(f"task {name!r} is invalid; valid: {', '.join(_TASKS)}") from None
+    return _TASKS.get(name)
 
 
 def task_names() -> tuple[str, ...]:
-    return tuple(_TASKS)
+    return _TASKS.names()
 
 
 register_task(Classify())
