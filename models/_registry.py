@@ -279,8 +279,10 @@ def register_family(
 
 
 def _ensure_loaded() -> None:
-    # Importing the package imports the family modules, which register their models.
-    from revbench import models  # noqa: F401
+    # The family modules and plugins register their models when the package loads them.
+    from revbench import models
+
+    models.load()
 
 
 def list_models(kind: str | None = None, family: str | None = None) -> list[ModelInfo]:
