@@ -41,7 +41,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from ._registry import ModelConfig, check_positive_ints, create, register_model
-from .reversible import MODES, check_mode
+from .reversible import MODES, ReversibleModel
 
 HEADS = ("faster_rcnn", "mask_rcnn")
 COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals
@@ -154,14 +154,14 @@ def _make_backbone(cfg: DetectorConfig) -> nn.Module:
     return resnet_fpn_backbone(backbone_name=cfg.backbone, weights=None, trainable_layers=3)
 
 
-class Detector(nn.Module):
-    """A torchvision two-stage detector called on `(images, targets)`."""
+class Detector(ReversibleModel):
+    """A torchvision two-stage detector called on `(images, targets)`; its mode is the
+    RevBiFPN trunk's (`set_mode` switches both), "vanilla" for the other trunks."""
 
     def __init__(self, cfg: DetectorConfig):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        self.mode = cfg.mode
         head = MaskRCNN if cfg.head == "mask_rcnn" else FasterRCNN
         height, width = dense_image_shape(cfg.img_size)
         # min/max sizes equal to the task's image: torchvision's transform keeps the scale
@@ -197,12 +197,6 @@ class Detector(nn.Module):
             yield
         finally:
             transform.min_size, transform.max_size = saved
-
-    def set_mode(self, mode: str) -> Detector:
-        check_mode(mode, self.cfg.modes)
-        self.detector.backbone.body.set_mode(mode)
-        self.mode = mode
-        return self
 
     def forward(self, batch):
         if isinstance(batch, Tensor):

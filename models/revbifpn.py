@@ -595,7 +595,6 @@ class RevBiFPN(ReversibleModel):
     def __init__(self, cfg: RevBiFPNConfig):
         super().__init__()
         self.cfg = cfg
-        self.mode = cfg.mode
         self.features_only = cfg.features_only
         # timm's convention: a backbone without a classifier has num_classes 0.
         self.num_classes = 0 if cfg.features_only else cfg.num_classes

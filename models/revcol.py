@@ -387,7 +387,6 @@ class RevCol(ReversibleModel):
         else:
             self.columns = ReversibleStack(columns, cfg.mode, cfg.store_columns)
         self.head = ClassifierHead(ch[3], cfg.num_classes)
-        self.mode = cfg.mode
         self.apply(_init_weights)
 
     @torch.no_grad()

@@ -145,7 +145,6 @@ class RevViT(ReversibleModel):
         )
         self.norm = nn.LayerNorm(2 * C, eps=1e-6)
         self.head = nn.Linear(2 * C, cfg.num_classes)
-        self.mode = cfg.mode
         init_vit_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 

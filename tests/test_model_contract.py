@@ -248,12 +248,31 @@ def test_mode_switch_keeps_the_weights(name: str) -> None:
     assert states["reversible"].keys() == states["vanilla"].keys()
     for key, value in states["vanilla"].items():
         assert torch.equal(states["reversible"][key], value), key
-    # ... and set_mode reaches every reversible stack (the gradient checks switch one model).
+    # ... and set_mode reaches every reversible stack (the gradient checks switch one model)
+    # and the config, the mode's one home, which `model.mode` reads.
     stacks = [m for m in model.modules() if isinstance(m, ReversibleStack)]
     assert stacks
     for mode in MODES:
         model.set_mode(mode)
-        assert model.mode == mode and {s.mode for s in stacks} == {mode}
+        assert model.mode == model.cfg.mode == mode and {s.mode for s in stacks} == {mode}
+    with pytest.raises(ValueError, match="mode 'fast' is invalid; valid: reversible, vanilla"):
+        model.set_mode("fast")
+    assert model.mode == mode and {s.mode for s in stacks} == {mode}  # nothing changed
+
+
+def test_mode_switch_reaches_a_reversible_trunk_and_stays_in_the_config() -> None:
+    # A detector's mode is its RevBiFPN trunk's: one switch moves both configs and the
+    # trunk's stacks; a detector on an ordinary trunk has only "vanilla".
+    with torch.device("meta"):
+        detector = create("faster_rcnn_revbifpn_s0", img_size=64)
+        plain = create("faster_rcnn_r50_fpn", img_size=64)
+    trunk = detector.detector.backbone.body
+    detector.set_mode("checkpoint")
+    assert detector.mode == detector.cfg.mode == trunk.mode == trunk.cfg.mode == "checkpoint"
+    assert {s.mode for s in trunk.modules() if isinstance(s, ReversibleStack)} == {"checkpoint"}
+    with pytest.raises(ValueError, match="mode 'checkpoint' is invalid; valid: vanilla$"):
+        plain.set_mode("checkpoint")
+    assert plain.set_mode("vanilla").mode == "vanilla"
 
 
 # ------------------------------------------------------------------------ published counts
