@@ -186,12 +186,8 @@ def register_task(task: Task) -> Task:
     return _TASKS.register(task.name, task)
 
 
-def get_task(name: str) -> Task:
-    return _TASKS.get(name)
-
-
-def task_names() -> tuple[str, ...]:
-    return _TASKS.names()
+get_task = _TASKS.get
+task_names = _TASKS.names
 
 
 register_task(Classify())

@@ -43,9 +43,5 @@ def register_method(method: Method) -> Method:
     return METHODS.register(method.name, method)
 
 
-def get_method(name: str) -> Method:
-    return METHODS.get(name)
-
-
-def method_names() -> tuple[str, ...]:
-    return METHODS.names()
+get_method = METHODS.get
+method_names = METHODS.names
