@@ -4,40 +4,92 @@
     model = create("revvit_small", mode="reversible")
 
 Each family lives in its own file and registers its models on import, through
-`register_model` (models/_registry.py), as plugins named in REVBENCH_PLUGINS do.
+`register_family` (models/_registry.py), as plugins named in REVBENCH_PLUGINS do through
+`register_model`.
+
+Importing the package itself is light (no torch): it is the bottom layer, and the harness
+takes its `UsageError` from here, also where a command must answer at once (`--help`).
+The family modules and the plugins are imported on first use of the registry: the first
+name taken from this package, or the first `list_models`, `get_info` or `create`.
 """
 
-# Importing a family module registers its models.
-from . import baselines, bifpn, detection, efficientdet, rev_mvit, revbifpn, revcol, revvit  # noqa: F401
-from ._registry import (
-    ModelConfig,
-    ModelInfo,
-    ResolutionError,
-    ReversibleConfig,
-    UnknownModelError,
-    create,
-    get_info,
-    list_models,
-    register_model,
-)
-from .reversible import MODES, ReversibleBlock, ReversibleModel, ReversibleStack, set_mode
+from __future__ import annotations
 
-__all__ = [
-    "MODES",
-    "ModelConfig",
-    "ModelInfo",
-    "ResolutionError",
-    "ReversibleBlock",
-    "ReversibleConfig",
-    "ReversibleModel",
-    "ReversibleStack",
-    "UnknownModelError",
-    "create",
-    "get_info",
-    "list_models",
-    "register_model",
-    "set_mode",
-]
+import importlib
+import os
+from typing import Any
+
+from .errors import UsageError
+
+# Importing a family module registers its models; this is their registration order.
+FAMILY_MODULES = (
+    "baselines",
+    "bifpn",
+    "detection",
+    "efficientdet",
+    "rev_mvit",
+    "revbifpn",
+    "revcol",
+    "revvit",
+)
+
+# The package's names: where each is defined.
+_DEFINED_IN = {
+    **dict.fromkeys(
+        (
+            "ModelConfig",
+            "ModelInfo",
+            "ResolutionError",
+            "ReversibleConfig",
+            "UnknownModelError",
+            "create",
+            "get_info",
+            "list_models",
+            "register_family",
+            "register_model",
+        ),
+        "_registry",
+    ),
+    **dict.fromkeys(
+        ("MODES", "ReversibleBlock", "ReversibleModel", "ReversibleStack", "set_mode"),
+        "reversible",
+    ),
+    "Registry": "registry",
+}
+
+__all__ = sorted([*_DEFINED_IN, "UsageError", "load"])
+
+_loaded = False
+
+
+def load() -> None:
+    """Import every family module and every plugin, once (the registry calls it)."""
+    global _loaded
+    if _loaded:
+        return
+    # Set first: the families and plugins import this package back while they load.
+    _loaded = True
+    try:
+        for module in FAMILY_MODULES:
+            importlib.import_module(f"{__name__}.{module}")
+        _load_plugins()
+    except BaseException:
+        _loaded = False  # the next use tries again, and fails again with the same line
+        raise
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: called for names not yet in the package, so a name is looked up once.
+    if name in _DEFINED_IN:
+        load()
+        value = getattr(importlib.import_module(f"{__name__}.{_DEFINED_IN[name]}"), name)
+    elif name in FAMILY_MODULES:
+        load()
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def _load_plugins() -> None:
@@ -45,11 +97,6 @@ def _load_plugins() -> None:
     # or tests'); every process, subprocess workers included, imports them here. A plugin
     # that cannot be imported (missing, raising, registering a name already taken) is a
     # one-line UsageError naming it and the cause: exit 2 in the CLI, not a traceback.
-    import importlib
-    import os
-
-    from revbench.errors import UsageError
-
     for name in filter(
         None, (n.strip() for n in os.environ.get("REVBENCH_PLUGINS", "").split(","))
     ):
@@ -65,6 +112,3 @@ def _load_plugins() -> None:
             )
             what = "cannot be found" if missing else "failed on import"
             raise UsageError(f"REVBENCH_PLUGINS: plugin {name!r} {what} ({cause})") from None
-
-
-_load_plugins()

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import nn
 
 from .published import PublishedFigure, model_figures
+from .registry import Registry
 from .reversible import MODES, check_mode
 
 Overrides = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
@@ -223,7 +224,9 @@ class ModelInfo:
         return "; ".join(dict.fromkeys(f.source for f in figures if f is not None))
 
 
-_REGISTRY: dict[str, ModelInfo] = {}
+_MODELS: Registry[ModelInfo] = Registry(
+    "model", error=UnknownModelError, unknown="unknown {kind} {name}; valid: {valid}"
+)
 
 
 def register_model(
@@ -242,16 +245,44 @@ def register_model(
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"{name}: config must be a ModelConfig, not {type(config).__name__}")
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice")
-    info = ModelInfo(name, family, size, config, builder, pretrained_url)
-    _REGISTRY[name] = info
-    return info
+    return _MODELS.register(name, ModelInfo(name, family, size, config, builder, pretrained_url))
+
+
+def register_family(
+    family: str,
+    variants: Mapping[str, tuple[str, ModelConfig]],
+    builder: Callable[[Any], nn.Module] | None = None,
+    *,
+    builder_for: Callable[[str], Callable[[Any], nn.Module]] | None = None,
+    pretrained_urls: Mapping[str, str] | None = None,
+) -> list[ModelInfo]:
+    """Register a family's table of `name: (size, config)`, in its order.
+
+    One `builder` builds every size (the family's model class), or `builder_for(name)`
+    gives each name its own (timm's models: one builder per timm name). `pretrained_urls`
+    maps the names with published weights to them.
+    """
+    if (builder is None) == (builder_for is None):
+        raise TypeError(f"{family}: give either builder or builder_for")
+    urls = pretrained_urls or {}
+    return [
+        register_model(
+            name,
+            config,
+            family=family,
+            size=size,
+            builder=builder or builder_for(name),  # type: ignore[misc]
+            pretrained_url=urls.get(name),
+        )
+        for name, (size, config) in variants.items()
+    ]
 
 
 def _ensure_loaded() -> None:
-    # Importing the package imports the family modules, which register their models.
-    from revbench import models  # noqa: F401
+    # The family modules and plugins register their models when the package loads them.
+    from revbench import models
+
+    models.load()
 
 
 def list_models(kind: str | None = None, family: str | None = None) -> list[ModelInfo]:
@@ -259,17 +290,14 @@ def list_models(kind: str | None = None, family: str | None = None) -> list[Mode
     _ensure_loaded()
     return [
         i
-        for i in _REGISTRY.values()
+        for i in _MODELS
         if (kind is None or i.kind == kind) and (family is None or i.family == family)
     ]
 
 
 def get_info(name: str) -> ModelInfo:
     _ensure_loaded()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(_REGISTRY)}") from None
+    return _MODELS.get(name)
 
 
 def create(
@@ -291,7 +319,7 @@ def create(
     if pretrained:
         loads = hasattr(info.builder, "load_pretrained")
         if not loads or (pretrained is True and info.pretrained_url is None):
-            with_weights = [i for i in _REGISTRY.values() if i.pretrained_url]
+            with_weights = [i for i in _MODELS if i.pretrained_url]
             # Its own family's first: what the user most likely meant.
             with_weights.sort(key=lambda i: i.family != info.family)
             raise ValueError(

@@ -18,7 +18,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from ._registry import ModelConfig, check_positive_ints, register_model
+from ._registry import ModelConfig, check_positive_ints, register_family
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,27 +54,40 @@ _HRNET = TimmConfig(img_size=224, resolution_multiple=32)
 # ViT's patch embedding tiles the image; its position embedding follows the resolution.
 _VIT = TimmConfig(img_size=224, resolution_multiple=16, sized_by_input=True)
 
-# name: (family, size, config)
-VARIANTS: dict[str, tuple[str, str, TimmConfig]] = {
-    "tf_efficientnet_b0": ("EfficientNet", "B0", TimmConfig(img_size=224)),
-    "tf_efficientnet_b1": ("EfficientNet", "B1", TimmConfig(img_size=240)),
-    "tf_efficientnet_b2": ("EfficientNet", "B2", TimmConfig(img_size=260)),
-    "tf_efficientnet_b3": ("EfficientNet", "B3", TimmConfig(img_size=300)),
-    "tf_efficientnet_b4": ("EfficientNet", "B4", TimmConfig(img_size=380)),
-    "tf_efficientnet_b5": ("EfficientNet", "B5", TimmConfig(img_size=456)),
-    "tf_efficientnet_b6": ("EfficientNet", "B6", TimmConfig(img_size=528)),
-    "tf_efficientnet_b7": ("EfficientNet", "B7", TimmConfig(img_size=600)),
-    "hrnet_w18_small": ("HRNet", "W18-S", _HRNET),
-    "hrnet_w18": ("HRNet", "W18", _HRNET),
-    "hrnet_w32": ("HRNet", "W32", _HRNET),
-    "hrnet_w48": ("HRNet", "W48", _HRNET),
-    "hrnet_w64": ("HRNet", "W64", _HRNET),
-    "vit_small_patch16_224": ("ViT", "S", _VIT),
-    "vit_base_patch16_224": ("ViT", "B", _VIT),
-    "vit_large_patch16_224": ("ViT", "L", _VIT),
-    "resnet50": ("ResNet", "50", TimmConfig(img_size=224)),
-    "resnet101": ("ResNet", "101", TimmConfig(img_size=224)),
+# family: {name: (size, config)}
+FAMILIES: dict[str, dict[str, tuple[str, TimmConfig]]] = {
+    "EfficientNet": {
+        "tf_efficientnet_b0": ("B0", TimmConfig(img_size=224)),
+        "tf_efficientnet_b1": ("B1", TimmConfig(img_size=240)),
+        "tf_efficientnet_b2": ("B2", TimmConfig(img_size=260)),
+        "tf_efficientnet_b3": ("B3", TimmConfig(img_size=300)),
+        "tf_efficientnet_b4": ("B4", TimmConfig(img_size=380)),
+        "tf_efficientnet_b5": ("B5", TimmConfig(img_size=456)),
+        "tf_efficientnet_b6": ("B6", TimmConfig(img_size=528)),
+        "tf_efficientnet_b7": ("B7", TimmConfig(img_size=600)),
+    },
+    "HRNet": {
+        "hrnet_w18_small": ("W18-S", _HRNET),
+        "hrnet_w18": ("W18", _HRNET),
+        "hrnet_w32": ("W32", _HRNET),
+        "hrnet_w48": ("W48", _HRNET),
+        "hrnet_w64": ("W64", _HRNET),
+    },
+    "ViT": {
+        "vit_small_patch16_224": ("S", _VIT),
+        "vit_base_patch16_224": ("B", _VIT),
+        "vit_large_patch16_224": ("L", _VIT),
+    },
+    "ResNet": {
+        "resnet50": ("50", TimmConfig(img_size=224)),
+        "resnet101": ("101", TimmConfig(img_size=224)),
+    },
 }
 
-for _name, (_family, _size, _config) in VARIANTS.items():
-    register_model(_name, _config, family=_family, size=_size, builder=partial(build_timm, _name))
+
+def _timm_builder(name: str) -> partial[nn.Module]:
+    return partial(build_timm, name)
+
+
+for _family, _variants in FAMILIES.items():
+    register_family(_family, _variants, builder_for=_timm_builder)

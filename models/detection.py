@@ -19,10 +19,10 @@ HRNetV2p neck (Wang et al., TPAMI 2020; MMDetection's HRFPN), from branches x_k 
     z   = conv1x1(concat(x_0, up(x_1), up(x_2), up(x_3)))   # up: bilinear to x_0's size
     p_i = conv3x3(avgpool_{2^i}(z)),  i = 0..4                # five levels, strides 4-64
 
-The detector takes `(images, targets)` (see revbench.tasks.Detect): in training it returns
-torchvision's loss dict, in eval its detections. Called on a bare image tensor it runs the
-data-independent part for counting, as MMDetection's `get_flops` does: backbone, neck, RPN
-head, the box head on 1000 RoIs and (Mask R-CNN) the mask head on 100.
+The detector takes `(images, targets)` (the harness's `detect` and `segment` tasks): in
+training it returns torchvision's loss dict, in eval its detections. Called on a bare image
+tensor it runs the data-independent part for counting, as MMDetection's `get_flops` does:
+backbone, neck, RPN head, the box head on 1000 RoIs and (Mask R-CNN) the mask head on 100.
 """
 
 from __future__ import annotations
@@ -40,16 +40,21 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from revbench.tasks import dense_image_shape
-
 from ._registry import ModelConfig, check_positive_ints, create, register_model
-from .reversible import MODES, check_mode
+from .reversible import MODES, ReversibleModel
 
 HEADS = ("faster_rcnn", "mask_rcnn")
 COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals
 COUNT_MASK_ROIS = 100  # and the mask head on the first 100
 NECK_CHANNELS = 256
 NECK_LEVELS = 5
+COCO_IMAGE = (800, 1333)  # MMDetection's (height, width) for 2x-scale COCO training
+
+
+def dense_image_shape(resolution: int) -> tuple[int, int]:
+    """(height, width) of a detection image whose short side is `resolution` (the
+    `detect` and `segment` tasks' images, and so this file's detectors')."""
+    return resolution, round(resolution * COCO_IMAGE[1] / COCO_IMAGE[0])
 
 
 class HRFPN(nn.Module):
@@ -149,14 +154,14 @@ def _make_backbone(cfg: DetectorConfig) -> nn.Module:
     return resnet_fpn_backbone(backbone_name=cfg.backbone, weights=None, trainable_layers=3)
 
 
-class Detector(nn.Module):
-    """A torchvision two-stage detector called on `(images, targets)`."""
+class Detector(ReversibleModel):
+    """A torchvision two-stage detector called on `(images, targets)`; its mode is the
+    RevBiFPN trunk's (`set_mode` switches both), "vanilla" for the other trunks."""
 
     def __init__(self, cfg: DetectorConfig):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        self.mode = cfg.mode
         head = MaskRCNN if cfg.head == "mask_rcnn" else FasterRCNN
         height, width = dense_image_shape(cfg.img_size)
         # min/max sizes equal to the task's image: torchvision's transform keeps the scale
@@ -192,12 +197,6 @@ class Detector(nn.Module):
             yield
         finally:
             transform.min_size, transform.max_size = saved
-
-    def set_mode(self, mode: str) -> Detector:
-        check_mode(mode, self.cfg.modes)
-        self.detector.backbone.body.set_mode(mode)
-        self.mode = mode
-        return self
 
     def forward(self, batch):
         if isinstance(batch, Tensor):

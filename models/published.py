@@ -10,7 +10,8 @@ ViT, ResNet). A model-card figure is timm counting timm's own model, so measured
 published is 1.00 by construction and proves nothing: those rows carry `self_count` 1.
 The registry (`ModelInfo.published_*`) and the report read the same rows.
 
-`revbench.published.load_published` is the pandas view of this table for reports.
+The harness's pandas view of this table, for reports, is `load_published`
+(revbench/published.py).
 """
 
 from __future__ import annotations

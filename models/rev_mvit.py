@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
-from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_family
 from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
 from .revvit import MLPSubBlock
 
@@ -293,7 +293,6 @@ class RevMViT(ReversibleModel):
         self.layers = nn.ModuleList(layers)
         self.norm = nn.LayerNorm(2 * C, eps=1e-6)
         self.head = nn.Linear(2 * C, cfg.num_classes)
-        self.mode = cfg.mode
         init_vit_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -384,12 +383,4 @@ VARIANTS: dict[str, tuple[str, RevMViTConfig]] = {
     "rev_mvit_base": ("B", RevMViTConfig()),
 }
 
-for _name, (_size, _config) in VARIANTS.items():
-    register_model(
-        _name,
-        _config,
-        family="Rev-MViT",
-        size=_size,
-        builder=RevMViT,
-        pretrained_url=PUBLISHED_URLS.get(_name),
-    )
+register_family("Rev-MViT", VARIANTS, RevMViT, pretrained_urls=PUBLISHED_URLS)

@@ -86,7 +86,13 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import drop_path_layer
-from ._registry import ReversibleConfig, check_positive_ints, check_rate, check_side, register_model
+from ._registry import (
+    ReversibleConfig,
+    check_positive_ints,
+    check_rate,
+    check_side,
+    register_family,
+)
 from .reversible import (
     ReversibleBlock,
     ReversibleModel,
@@ -589,7 +595,6 @@ class RevBiFPN(ReversibleModel):
     def __init__(self, cfg: RevBiFPNConfig):
         super().__init__()
         self.cfg = cfg
-        self.mode = cfg.mode
         self.features_only = cfg.features_only
         # timm's convention: a backbone without a classifier has num_classes 0.
         self.num_classes = 0 if cfg.features_only else cfg.num_classes
@@ -785,12 +790,9 @@ VARIANTS: dict[str, tuple[str, RevBiFPNConfig]] = {
     "revbifpn_s6": ("S6", _scaled_config(20 / 3, 5, 0.6, 0.3, 352)),
 }
 
-for _name, (_size, _config) in VARIANTS.items():
-    register_model(
-        _name,
-        _config,
-        family="RevBiFPN",
-        size=_size,
-        builder=RevBiFPN,
-        pretrained_url=PUBLISHED_URL.format(name=_name),
-    )
+register_family(
+    "RevBiFPN",
+    VARIANTS,
+    RevBiFPN,
+    pretrained_urls={name: PUBLISHED_URL.format(name=name) for name in VARIANTS},
+)

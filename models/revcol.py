@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import drop_path_layer, drop_path_rates
-from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_family
 from .reversible import ReversibleBlock, ReversibleModel, ReversibleStack
 
 ALPHA_INIT = 0.5
@@ -387,7 +387,6 @@ class RevCol(ReversibleModel):
         else:
             self.columns = ReversibleStack(columns, cfg.mode, cfg.store_columns)
         self.head = ClassifierHead(ch[3], cfg.num_classes)
-        self.mode = cfg.mode
         self.apply(_init_weights)
 
     @torch.no_grad()
@@ -544,12 +543,4 @@ VARIANTS: dict[str, tuple[str, RevColConfig]] = {
     ),
 }
 
-for _name, (_size, _config) in VARIANTS.items():
-    register_model(
-        _name,
-        _config,
-        family="RevCol",
-        size=_size,
-        builder=RevCol,
-        pretrained_url=PUBLISHED_URLS.get(_name),
-    )
+register_family("RevCol", VARIANTS, RevCol, pretrained_urls=PUBLISHED_URLS)

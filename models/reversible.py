@@ -25,7 +25,9 @@ The contract:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -414,17 +416,34 @@ def checkpointed(module: nn.Module, *xs: Tensor):
 
 
 def set_mode(module: nn.Module, mode: str) -> nn.Module:
-    """Switch every reversible stack inside `module` to `mode` (same weights)."""
+    """Switch `module` to `mode` on the same weights.
+
+    A model's mode has one home, its config (`cfg.mode`, which `model.mode` reads): every
+    `ReversibleModel` inside `module` gets its config with `mode` (validated there, so a
+    mode the config does not allow is refused before anything changes), then every
+    `ReversibleStack` runs in it.
+    """
     check_mode(mode)
+    models = [m for m in module.modules() if isinstance(m, ReversibleModel)]
+    configs = [dataclasses.replace(m.cfg, mode=mode) for m in models]
+    for model, cfg in zip(models, configs):
+        model.cfg = cfg
     for m in module.modules():
         if isinstance(m, ReversibleStack):
             m.mode = mode
-    module.mode = mode  # type: ignore[assignment]
     return module
 
 
 class ReversibleModel(nn.Module):
-    """Base for reversible models: a `mode` chosen at construction or by `set_mode`."""
+    """Base for models run in the engine's modes (the reversible families, and detectors
+    whose trunk may be one). Subclasses set `self.cfg`, a frozen `ModelConfig`; its `mode`
+    is the model's, chosen at construction or by `set_mode`."""
+
+    cfg: Any
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.mode
 
     def set_mode(self, mode: str) -> ReversibleModel:
         return set_mode(self, mode)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
-from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_model
+from ._registry import ReversibleConfig, check_positive_ints, check_rate, register_family
 from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
 
 # ------------------------------------------------------------------------ building blocks
@@ -145,7 +145,6 @@ class RevViT(ReversibleModel):
         )
         self.norm = nn.LayerNorm(2 * C, eps=1e-6)
         self.head = nn.Linear(2 * C, cfg.num_classes)
-        self.mode = cfg.mode
         init_vit_weights(self)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -227,12 +226,4 @@ VARIANTS: dict[str, tuple[str, RevViTConfig]] = {
     ),
 }
 
-for _name, (_size, _config) in VARIANTS.items():
-    register_model(
-        _name,
-        _config,
-        family="RevViT",
-        size=_size,
-        builder=RevViT,
-        pretrained_url=PUBLISHED_URLS.get(_name),
-    )
+register_family("RevViT", VARIANTS, RevViT, pretrained_urls=PUBLISHED_URLS)

@@ -1,7 +1,5 @@
 """User-facing errors: the CLI prints them as one line and exits with code 2."""
 
+from revbench.models.errors import UsageError
 
-class UsageError(Exception):
-    """Bad input from the user: a one-line message naming the bad value and valid choices."""
-
-    exit_code = 2
+__all__ = ["UsageError"]

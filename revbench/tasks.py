@@ -7,10 +7,11 @@ Detection and segmentation register here beside classification.
 Dense tasks (`detect`, `segment`) follow MMDetection's conventions, the detection papers'
 harness: images of 1333x800 (width x height). A cell has one resolution, so for them it is
 the short side (the image height) and the width follows the 1333:800 aspect
-(`dense_image_shape`: 800 -> 800x1333, 64 -> 64x107). The targets are synthetic COCO-like
-annotations drawn from a fixed seed, the same on every machine: `BOXES_PER_IMAGE` boxes per
-image with labels (and instance masks for `segment`). Memory per sample is per image.
-`detect_square` is `detect` on R x R images, EfficientDet's convention.
+(`dense_image_shape`, beside the detectors in models/detection.py: 800 -> 800x1333, 64 ->
+64x107). The targets are synthetic COCO-like annotations drawn from a fixed seed, the same
+on every machine: `BOXES_PER_IMAGE` boxes per image with labels (and instance masks for
+`segment`). Memory per sample is per image. `detect_square` is `detect` on R x R images,
+EfficientDet's convention.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._pytree import tree_map
+
+from revbench.models.detection import dense_image_shape
+from revbench.models.registry import Registry
 
 
 class Task(ABC):
@@ -65,14 +69,8 @@ class Classify(Task):
         return F.cross_entropy(outputs.float(), targets)  # outputs: (B, num_classes)
 
 
-COCO_IMAGE = (800, 1333)  # MMDetection's (height, width) for 2x-scale COCO training
 BOXES_PER_IMAGE = 7  # COCO train2017 averages 7.3 annotated instances per image
 TARGET_SEED = 0
-
-
-def dense_image_shape(resolution: int) -> tuple[int, int]:
-    """(height, width) of a detection image whose short side is `resolution`."""
-    return resolution, round(resolution * COCO_IMAGE[1] / COCO_IMAGE[0])
 
 
 def synthetic_targets(
@@ -174,32 +172,22 @@ class Segment(Detect):
 
 def task_geometry(task: str, resolution: int) -> dict[str, int | None]:
     """What a record states about a cell's inputs: image height, width, boxes per image."""
-    the_task = _TASKS.get(task)
+    the_task = _TASKS.get(task, None)
     if isinstance(the_task, Detect):
         height, width = the_task.image_shape(resolution)
         return {"image_height": height, "image_width": width, "boxes_per_image": BOXES_PER_IMAGE}
     return {"image_height": resolution, "image_width": resolution, "boxes_per_image": None}
 
 
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry("task")
 
 
 def register_task(task: Task) -> Task:
-    if task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is registered twice")
-    _TASKS[task.name] = task
-    return task
+    return _TASKS.register(task.name, task)
 
 
-def get_task(name: str) -> Task:
-    try:
-        return _TASKS[name]
-    except KeyError:
-        raise ValueError(f"task {name!r} is invalid; valid: {', '.join(_TASKS)}") from None
-
-
-def task_names() -> tuple[str, ...]:
-    return tuple(_TASKS)
+get_task = _TASKS.get
+task_names = _TASKS.names
 
 
 register_task(Classify())

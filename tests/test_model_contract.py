@@ -27,9 +27,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from revbench.counting import count_params
+from revbench.counting import count_macs, count_params
 from revbench.models import MODES, ReversibleStack, create, get_info, list_models
 from revbench.models.published import read_published
+from revbench.models.reversible import TwoStreamBlock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,6 +43,10 @@ class Family:
     shallow: dict
     deep: dict  # ... and the same with `added` more reversible blocks (RevCol: columns)
     added: int
+    # FlopCounterMode's MACs over the published figure, at the native resolution, for
+    # every registered size: (low, high), exclusive. None: counted another way (RevBiFPN's
+    # paper counts with thop, checked exactly in tests/test_revbifpn.py).
+    macs_ratio: tuple[float, float] | None
 
 
 FAMILIES: dict[str, Family] = {
@@ -50,6 +55,8 @@ FAMILIES: dict[str, Family] = {
         shallow=dict(depth=2, img_size=32),
         deep=dict(depth=5, img_size=32),
         added=3,
+        # fvcore (the published figures) also counts LayerNorm, about 0.2% more.
+        macs_ratio=(0.99, 1.005),
     ),
     "Rev-MViT": Family(
         # Depth 16, transitions (1, 3, 14) as registered: a 32 px image ends on a 1 x 1 grid.
@@ -57,6 +64,7 @@ FAMILIES: dict[str, Family] = {
         shallow=dict(depth=6, transitions=(1, 3), img_size=64),  # runs of 1, 1, 2 blocks
         deep=dict(depth=9, transitions=(1, 3), img_size=64),  # runs of 1, 1, 5
         added=3,
+        macs_ratio=(0.98, 1.0),  # fvcore's LayerNorms, which FlopCounterMode omits: 0.4%
     ),
     "RevBiFPN": Family(
         tiny=dict(
@@ -72,6 +80,7 @@ FAMILIES: dict[str, Family] = {
         shallow=dict(num_ext_layers=0, blocks_per_stage=0, img_size=64),
         deep=dict(num_ext_layers=1, blocks_per_stage=0, img_size=64),
         added=1,
+        macs_ratio=None,
     ),
     "RevCol": Family(
         tiny=dict(channels=(4, 8, 8, 8), img_size=32, drop_path=0.3),
@@ -79,6 +88,7 @@ FAMILIES: dict[str, Family] = {
         shallow=dict(num_columns=3, layers=(1, 1, 1, 1), img_size=64),
         deep=dict(num_columns=4, layers=(1, 1, 1, 1), img_size=64),
         added=1,
+        macs_ratio=(0.99, 1.01),  # published to 2-3 significant figures (L: "39G")
     ),
 }
 NUM_CLASSES = 5
@@ -116,12 +126,25 @@ def _has_batchnorm(name: str) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
+def _shared_drop_path_blocks(model: nn.Module) -> list[TwoStreamBlock]:
+    """The two-stream blocks whose F and G share one drop path mask, at a rate above 0."""
+    return [m for m in model.modules() if isinstance(m, TwoStreamBlock) and m.drop_path > 0]
+
+
+def _has_shared_drop_path(name: str) -> bool:
+    with torch.device("meta"):
+        model = create(name, **FAMILIES[get_info(name).family].tiny)
+    return bool(_shared_drop_path_blocks(model))
+
+
 REVERSIBLE = [info.name for info in _classifiers(kind="reversible")]
 LAYOUTS = _layouts()
 CHECKED_MODES = [m for m in MODES if m != "vanilla"]
 CASES = [(g, mode) for g in LAYOUTS for mode in CHECKED_MODES]
 FAMILY_FIRSTS = _first_of_each_family([g[0] for g in LAYOUTS])
 WITH_BATCHNORM = {get_info(n).family for n in FAMILY_FIRSTS if _has_batchnorm(n)}
+SHARED_DROP_PATH = [n for n in FAMILY_FIRSTS if _has_shared_drop_path(n)]
+MACS_CHECKED = [n for n in REVERSIBLE if FAMILIES[get_info(n).family].macs_ratio]
 # One model per family: every model of a family is built by the same code.
 CLASSIFIERS = _first_of_each_family([i.name for i in _classifiers() if i.family != "Test"])
 
@@ -248,12 +271,57 @@ def test_mode_switch_keeps_the_weights(name: str) -> None:
     assert states["reversible"].keys() == states["vanilla"].keys()
     for key, value in states["vanilla"].items():
         assert torch.equal(states["reversible"][key], value), key
-    # ... and set_mode reaches every reversible stack (the gradient checks switch one model).
+    # ... and set_mode reaches every reversible stack (the gradient checks switch one model)
+    # and the config, the mode's one home, which `model.mode` reads.
     stacks = [m for m in model.modules() if isinstance(m, ReversibleStack)]
     assert stacks
     for mode in MODES:
         model.set_mode(mode)
-        assert model.mode == mode and {s.mode for s in stacks} == {mode}
+        assert model.mode == model.cfg.mode == mode and {s.mode for s in stacks} == {mode}
+    with pytest.raises(ValueError, match="mode 'fast' is invalid; valid: reversible, vanilla"):
+        model.set_mode("fast")
+    assert model.mode == mode and {s.mode for s in stacks} == {mode}  # nothing changed
+
+
+def test_mode_switch_reaches_a_reversible_trunk_and_stays_in_the_config() -> None:
+    # A detector's mode is its RevBiFPN trunk's: one switch moves both configs and the
+    # trunk's stacks; a detector on an ordinary trunk has only "vanilla".
+    with torch.device("meta"):
+        detector = create("faster_rcnn_revbifpn_s0", img_size=64)
+        plain = create("faster_rcnn_r50_fpn", img_size=64)
+    trunk = detector.detector.backbone.body
+    detector.set_mode("checkpoint")
+    assert detector.mode == detector.cfg.mode == trunk.mode == trunk.cfg.mode == "checkpoint"
+    assert {s.mode for s in trunk.modules() if isinstance(s, ReversibleStack)} == {"checkpoint"}
+    with pytest.raises(ValueError, match="mode 'checkpoint' is invalid; valid: vanilla$"):
+        plain.set_mode("checkpoint")
+    assert plain.set_mode("vanilla").mode == "vanilla"
+
+
+def test_shared_drop_path_cases_exist() -> None:
+    assert {"RevViT", "Rev-MViT"} <= {get_info(n).family for n in SHARED_DROP_PATH}
+
+
+@pytest.mark.parametrize("name", SHARED_DROP_PATH)
+def test_drop_path_one_mask_for_f_and_g(name: str) -> None:
+    # The official RevViT and Rev-MViT drop F's and G's residuals of a block for the same
+    # samples. The last such block (the highest rate), on 32 samples of its own inputs.
+    model = tiny(name).float()
+    block = _shared_drop_path_blocks(model)[-1]
+    seen = []
+    hook = block.register_forward_pre_hook(lambda _, xs: seen.append(xs))
+    side = model.cfg.img_size
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, side, side))
+    hook.remove()
+    x1, x2 = (torch.randn(32, *x.shape[1:]) for x in seen[0])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y1, y2 = block.train()(x1, x2)
+    f_dropped = (y1 - x1).flatten(1).abs().amax(1) == 0
+    g_dropped = (y2 - x2).flatten(1).abs().amax(1) == 0
+    assert 0 < int(f_dropped.sum()) < 32
+    assert torch.equal(f_dropped, g_dropped)
 
 
 # ------------------------------------------------------------------------ published counts
@@ -267,6 +335,15 @@ def test_parameter_count_is_the_published_one(name: str) -> None:
         params = count_params(create(name))
     # Exact where printed exactly; within the printed rounding where rounded ("39.7" M).
     assert abs(params - figure.value_base) <= figure.rounding, (params, figure.printed)
+
+
+@pytest.mark.parametrize("name", MACS_CHECKED)
+def test_macs_match_published(name: str) -> None:
+    info = get_info(name)
+    low, high = FAMILIES[info.family].macs_ratio
+    with torch.device("meta"):
+        model = create(name)
+    assert low < count_macs(model, info.native_resolution) / info.published_macs < high
 
 
 def test_published_figures_come_from_one_table(tmp_path) -> None:
@@ -382,3 +459,24 @@ def test_classifier_returns_logits_over_num_classes(name: str) -> None:
 def test_overrides_that_change_the_output_change_the_task(name, overrides, task) -> None:
     assert get_info(name).task == "classify"
     assert get_info(name).task_for(overrides) == task
+
+
+def test_registry_keeps_order_refuses_twice_and_names_the_valid_ones() -> None:
+    from revbench.models import Registry, UnknownModelError
+
+    things: Registry[int] = Registry("thing", error=LookupError)
+    things.register("b", 2)
+    things.register("a", 1)
+    assert things.names() == ("b", "a") and list(things) == [2, 1] and len(things) == 2
+    with pytest.raises(ValueError, match="^thing 'a' is registered twice$"):
+        things.register("a", 3)
+    with pytest.raises(LookupError, match="^thing 'c' is invalid; valid: b, a$"):
+        things.get("c")
+    assert things.get("c", None) is None and "c" not in things
+    with pytest.raises(LookupError, match="'c' is not registered"):
+        things["c"] = 3  # swapping is for registered entries only
+    things["a"] = 4
+    assert things["a"] == 4
+    # The model registry's own wording, as before it was one of these.
+    with pytest.raises(UnknownModelError, match="^unknown model 'revvit'; valid: tf_eff"):
+        get_info("revvit")

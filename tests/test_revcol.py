@@ -1,7 +1,7 @@
-"""RevCol: MACs, the inversion path, autocast, intermediate supervision.
+"""RevCol: the inversion path, autocast, intermediate supervision.
 
 The engine guarantees with stored column states (gradients, replay, modes, published
-parameter counts, memory per column) are checked for every size in
+parameter counts and MACs, memory per column) are checked for every size in
 tests/test_model_contract.py. Full-size models are built on the meta device; everything
 that runs is a tiny RevCol (widths 8-16-32-64, one block per level, 64px).
 """
@@ -53,17 +53,6 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- sizes
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_macs_match_published(name: str) -> None:
-    from revbench.counting import count_macs
-
-    with torch.device("meta"):
-        model = create(name)
-    published = get_info(name).published_macs
-    # Published to 2-3 significant figures (L: "39G").
-    assert abs(count_macs(model, 224) - published) / published < 0.01
 
 
 # --------------------------------------------------------------------- interface

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from revbench.models.registry import Registry
+
 from ..cell import Cell
 from ..measurement import Measurement
 
@@ -37,22 +39,12 @@ class Method(ABC):
         return None
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(method: Method) -> Method:
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method)
 
 
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"method {name!r} is invalid; valid: {', '.join(METHODS)}") from None
-
-
-def method_names() -> tuple[str, ...]:
-    return tuple(METHODS)
+get_method = METHODS.get
+method_names = METHODS.names
