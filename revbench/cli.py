@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         thop=not args.no_thop,
         command=shlex.join(["revbench", *args.argv]),
         note=fallback_note,
+        cache=not args.no_cache,
         **_scale_out_options(args),
     )
     if args.dry_run:
@@ -340,6 +341,12 @@ def _add_run(sub) -> None:
         "--no-thop",
         action="store_true",
         help="skip the thop MAC count (a real CPU forward per model)",
+    )
+    run.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="estimate every cell again instead of answering unchanged ones from the "
+        "estimate cache ($REVBENCH_CACHE, default ~/.cache/revbench)",
     )
     run.add_argument("--csv", help="also export the run's results as CSV to this file")
     run.add_argument("--dry-run", action="store_true", help="list the cells and exit")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import status
 from .cell import Cell, bytes_label
+from .estimate_cache import EstimateCache
 from .execute import run_inline
 from .measurement import Counts
 from .methods import get_method
@@ -49,6 +50,7 @@ class RunContext:
     snapshots_in: Path | None = None  # --memory-snapshot: the run directory
     snapshots_before: int = 0  # records earlier invocations stored: numbering goes on
     on_start: Callable[[Cell, int], None] | None = None  # a slot took a cell
+    cache: EstimateCache | None = None  # estimate cells answered from, and kept in, it
     counted: dict[tuple, Counts] = field(default_factory=dict)
     _taken: int = 0
     _guard: threading.Lock = field(default_factory=threading.Lock)
@@ -67,13 +69,41 @@ class RunContext:
                 self._taken += 1
         return Request(cell, path, counts, self.thop)
 
-    def took(self, request: Request, outcome: Outcome) -> None:
+    def took(self, cell: Cell, outcome: Outcome) -> None:
         if outcome.counts is not None:
             with self._guard:
-                self.counted.setdefault(request.cell.model_key, outcome.counts)
+                self.counted.setdefault(cell.model_key, outcome.counts)
 
     def counts(self, cell: Cell) -> Counts | None:
         return self.counted.get(cell.model_key)
+
+    def cached(self, cell: Cell, *, count: bool) -> Outcome | None:
+        """An estimate cell's outcome from the cache, counts included when it is to count
+        its model; None when the cache lacks either (then the cell is launched)."""
+        if self.cache is None or cell.method != "estimate":
+            return None
+        measurement = self.cache.get_measurement(cell)
+        if measurement is None:
+            return None
+        counts = None
+        if count and cell.model_key not in self.counted:
+            counts = self.cache.get_counts(cell, self.thop)
+            if counts is None:
+                return None
+        with self._guard:
+            self.cache.hits += 1
+        return Outcome(status.OK, measurement=measurement, counts=counts, cached=True)
+
+    def remember(self, request: Request, outcome: Outcome) -> None:
+        """Keep a measured estimate (and its model's counts, when they were all taken)."""
+        cell = request.cell
+        if self.cache is None or cell.method != "estimate" or outcome.status != status.OK:
+            return
+        self.cache.put_measurement(cell, outcome.measurement)
+        counts = outcome.counts
+        if request.counts and counts is not None and counts.params is not None:
+            if counts.macs is not None and (counts.macs_thop is not None or not request.thop):
+                self.cache.put_counts(cell, request.thop, counts)
 
 
 @dataclass
@@ -87,9 +117,12 @@ class Slot:
     def launch(self, cell: Cell, *, count: bool = True, snapshot: bool = False) -> Outcome:
         """Launch `cell` on this slot; its model is counted by this launch unless it
         already is (or `count` is False)."""
-        request = self.context.request(cell, count=count, snapshot=snapshot)
-        outcome = self.launcher.launch(request, self.index)
-        self.context.took(request, outcome)
+        outcome = self.context.cached(cell, count=count)
+        if outcome is None:
+            request = self.context.request(cell, count=count, snapshot=snapshot)
+            outcome = self.launcher.launch(request, self.index)
+            self.context.remember(request, outcome)
+        self.context.took(cell, outcome)
         return outcome
 
     def counts(self, cell: Cell) -> Counts | None:
@@ -137,6 +170,7 @@ def record_of(cell: Cell, outcome: Outcome, counts: Counts | None) -> Record:
         message=outcome.message,
         counts=counts,
         measurement=outcome.measurement,
+        from_cache=outcome.cached,
     )
 
 

@@ -54,6 +54,7 @@ class Outcome:
     message: str = ""
     measurement: Measurement = Measurement()
     counts: Counts | None = None  # None: not counted by this launch
+    cached: bool = False  # answered from the estimate cache, not measured now
 
     def to_json(self) -> str:
         return json.dumps(

@@ -100,6 +100,8 @@ class Record:
     estimated_max_batch: int | None = None
     estimated_peak_bytes: int | None = None
     probes: int | None = None
+    # an estimate answered from the estimate cache (revbench.estimate_cache), not run now
+    from_cache: bool = False
     schema_version: int = SCHEMA_VERSION
     measured_at: str = ""
 
@@ -113,6 +115,7 @@ class Record:
         counts: Counts | None = None,
         measurement: Measurement | None = None,
         max_batch: MaxBatch | None = None,
+        from_cache: bool = False,
     ) -> Record:
         # tasks builds inputs with torch: imported here so that reading records never loads it
         from .tasks import task_geometry
@@ -148,6 +151,7 @@ class Record:
             **asdict(counts or Counts()),
             **measured,
             **asdict(max_batch or MaxBatch()),
+            from_cache=from_cache,
         )
 
     @property

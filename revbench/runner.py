@@ -27,6 +27,7 @@ from rich.markup import escape
 from . import status
 from .cell import KEY_FIELDS, Cell
 from .errors import UsageError
+from .estimate_cache import EstimateCache, default_root
 from .launcher import (
     InlineLauncher,
     Launcher,
@@ -134,6 +135,9 @@ class RunConfig:
     gpus: list[str] | None = None
     launcher: str = "local"
     launcher_options: dict = field(default_factory=dict)
+    # estimate cells answered from, and kept in, the estimate cache (revbench.estimate_cache);
+    # `revbench run --no-cache` and the gate turn it off
+    cache: bool = False
 
     def __post_init__(self) -> None:
         method, jobs, gpus, launcher, isolate = (
@@ -176,6 +180,14 @@ class RunConfig:
         if self.jobs > 1:
             return PoolLauncher(cpu_slots(self.jobs))
         return PoolLauncher([{}], shared=True)
+
+    def make_context(self, store: RunStore) -> RunContext:
+        """What the run's slots share: counting, snapshots, the estimate cache."""
+        return RunContext(
+            thop=self.thop,
+            snapshots_in=store.dir if self.memory_snapshot else None,
+            cache=EstimateCache(default_root()) if self.cache else None,
+        )
 
     def manifest(self, suite: str, cells: int) -> dict:
         return {
@@ -222,16 +234,12 @@ def run_suite(
             f"{suite.name}: {len(cells)} {what}, method {config.method}, writing {store.dir}"
         )
         launcher = config.make_launcher(store, console)
-        context = RunContext(
-            thop=config.thop,
-            snapshots_in=store.dir if config.memory_snapshot else None,
-        )
         return run_cells(
             store,
             cells,
             launcher,
             progress or CellProgress(console, total=0, title=store.dir.parent.name),
-            context=context,
+            context=config.make_context(store),
             task=task,
             resume=config.resume is not None,
         )
@@ -279,6 +287,19 @@ def run_cells(
             fields = launcher.manifest_fields(served)
             if fields:
                 store.update_invocation(**fields)
+    cache = context.cache
+    if cache is not None:
+        for notice in dict.fromkeys(cache.notices):
+            console.print(escape(notice), highlight=False, soft_wrap=True)
+        if cache.hits:
+            console.print(
+                escape(
+                    f"{cache.hits} of {len(records)} cell(s) from the estimate cache "
+                    f"({cache.root}; --no-cache measures them again)"
+                ),
+                highlight=False,
+                soft_wrap=True,
+            )
     if interrupted:
         console.print(launcher.interrupted_message(len(records), store.dir))
     return RunSummary(store, records, skipped, interrupted)

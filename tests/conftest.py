@@ -18,6 +18,13 @@ __import__(PLUGIN)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def own_estimate_cache(tmp_path_factory, monkeypatch):
+    """Each test its own, empty estimate cache: no test answers from another's estimates,
+    and none writes to the user's ~/.cache."""
+    monkeypatch.setenv("REVBENCH_CACHE", str(tmp_path_factory.mktemp("estimate-cache")))
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread for the test: large-model tests then do not fight over shared cores."""

@@ -33,9 +33,7 @@ def run_in_loop(cells, store, *, console=None, resume=False, **config):
     """`run_cells` as `run_suite` drives it, with a RunConfig built from `config`."""
     config = RunConfig(method=cells[0].method, **config)
     console = console or Console(quiet=True)
-    context = RunContext(
-        thop=config.thop, snapshots_in=store.dir if config.memory_snapshot else None
-    )
+    context = config.make_context(store)
     return run_cells(
         store,
         cells,
