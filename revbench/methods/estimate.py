@@ -33,9 +33,9 @@ here, its inference (NMS) there.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,14 @@ from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
+from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: estimate_dense's too)
+    CATEGORIES,
+    CUDA_BLOCK_BYTES,
+    LedgerTracker,
+    StepTrace,
+    extrapolate,
+    replay,
+)
 
 
 def on_real_tensors(cell: Cell) -> bool:
@@ -65,18 +73,9 @@ def on_real_tensors(cell: Cell) -> bool:
     return scenario not in get_task(cell.task).shape_only_scenarios
 
 
-CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
-
-# MemTracker's reference types, in the names revbench records use.
-CATEGORIES = {
-    "PARAM": "parameters",
-    "BUFFER": "buffers",
-    "GRAD": "gradients",
-    "ACT": "activations",
-    "TEMP": "temporaries",
-    "OPT": "optimizer_state",
-    "OTH": "other",
-}
+# Bump whenever the estimator's output changes for any cell: persistent caches of its
+# figures are keyed on it.
+ESTIMATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -102,12 +101,11 @@ class MemoryEstimate:
 
 
 class _PeakTracker(_mt.MemTracker):
-    """MemTracker keeping only the global peak, which is all revbench reads.
+    """MemTracker keeping only the global peak (revbench.ddp's real CPU ranks read it).
 
     The stock tracker also updates a per-module peak on every operator by visiting every
-    module tracked so far: cost modules x operators, quadratic in depth (a depth-48
-    RevViT took minutes; RevBiFPN-S0 at 64 px 278 s, now 15 s). The global peak and its
-    snapshot are computed the same way: the bytes are unchanged.
+    module tracked so far: cost modules x operators, quadratic in depth. The global peak and
+    its snapshot are computed the same way: the bytes are unchanged.
     """
 
     def _update_peak_stats(self, peak_state) -> None:
@@ -117,22 +115,120 @@ class _PeakTracker(_mt.MemTracker):
                 self._peak_mem_snap[dev] = dict(snap)  # a flat {category: bytes} copy
 
 
-@contextlib.contextmanager
-def _cuda_rounding() -> Iterator[None]:
-    # MemTracker rounds storages to 512 bytes only for tensors on a CUDA device; our fake
-    # tensors live on the CPU, so apply the allocator's rounding to every storage here.
-    cls = _mt._WeakRefInfo
-    original = cls._calculate_mem_consumed
+def from_trace(trace: StepTrace) -> MemoryEstimate:
+    """The estimate a traced (or extrapolated) step gives: MemTracker's peak and breakdown,
+    and the allocator model's replay of its events."""
+    peak = replay(trace)
+    events = trace.events or ()
+    return MemoryEstimate(
+        peak_bytes=peak.peak_bytes,
+        by_category=peak.by_category,
+        reserved=simulate(events) if trace.events is not None else None,
+        events=events,
+    )
 
-    def rounded(self) -> int:
-        nbytes = self.size * self.element_size
-        return math.ceil(nbytes / CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
 
-    cls._calculate_mem_consumed = rounded
-    try:
-        yield
-    finally:
-        cls._calculate_mem_consumed = original
+class StepEstimator:
+    """Estimates of one model's step (everything of a cell but the batch) at any batch size.
+
+    The model is built once, as fake tensors, and warmed up once (optimizer state and
+    anything the model builds on first use); each batch size then runs only its tracked
+    step, on the same model and optimizer. Once two batch sizes are traced and their traces
+    line up (the step runs the same operators at both), every other batch size is
+    extrapolated from them exactly, without a step (`revbench.methods.step_trace`).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], nn.Module],
+        *,
+        resolution: int,
+        scenario: str = "train",
+        precision: str = "fp32",
+        optimizer: str = "sgd",
+        task: str = "classify",
+        predict_reserved: bool = True,
+        ddp: DdpConfig | None = None,
+    ):
+        self.resolution, self.scenario, self.precision = resolution, scenario, precision
+        self.optimizer, self.task, self.ddp = optimizer, task, ddp
+        self.predict_reserved = predict_reserved
+        self._factory = factory
+        self._fake_mode: FakeTensorMode | None = None
+        self._net: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._ready: list[int] = []  # DDP: the order gradients became ready in the warm-up
+        self._traced: list[StepTrace] = []  # the first two traced batch sizes
+        self._estimates: dict[int, MemoryEstimate] = {}
+        self.steps_run = 0  # warm-up and tracked steps, for tests and benchmarks
+
+    def estimate(self, batch_size: int) -> MemoryEstimate:
+        """The estimate at `batch_size`: extrapolated where it can be, traced otherwise."""
+        est = self._estimates.get(batch_size)
+        if est is None:
+            trace = self._extrapolated(batch_size) or self._trace(batch_size)
+            est = self._estimates[batch_size] = from_trace(trace)
+        return est
+
+    def _extrapolated(self, batch_size: int) -> StepTrace | None:
+        if len(self._traced) < 2:
+            return None
+        return extrapolate(*self._traced, batch_size)
+
+    def _trace(self, batch_size: int) -> StepTrace:
+        if self._net is None:
+            # Built on the meta device first: model constructors may read values (`.item()`
+            # on a linspace of drop-path rates), which fake tensors refuse; to_empty then
+            # gives the weights fake CPU storage.
+            with torch.device("meta"):
+                net = self._factory()
+            self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with self._fake_mode:
+                self._net = net.to_empty(device="cpu")
+        with self._fake_mode, amp_policy(self.precision):
+            trace = self._tracked_step(batch_size)
+        if len(self._traced) < 2:
+            self._traced.append(trace)
+        return trace
+
+    def _tracked_step(self, batch_size: int) -> StepTrace:
+        net = self._net
+        first = self.steps_run == 0
+        step = build_step(
+            net,
+            task=self.task,
+            scenario=self.scenario,
+            precision=self.precision,
+            batch_size=batch_size,
+            resolution=self.resolution,
+            device="cpu",
+            optimizer=self.optimizer,
+        )
+        if not first:
+            step.optimizer = self._optimizer  # its state is the warm-up's
+        buckets = DdpBuckets(net, self.ddp) if self.ddp else None
+        if first:
+            step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
+            self.steps_run += 1
+            self._optimizer = step.optimizer
+            self._ready = list(buckets.ready) if buckets else []
+        elif buckets:
+            buckets.ready = list(self._ready)  # the rebuilt buckets of the warm-up's order
+        tracker = LedgerTracker()
+        # Registered after the warm-up: state created before track_external is not
+        # attributed to its category otherwise. The batch (images, targets) lives on the
+        # GPU in a real run, so it counts ("other").
+        tracker.track_external(
+            net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
+        )
+        recorder = AllocationRecorder() if self.predict_reserved else contextlib.nullcontext()
+        with tracker, recorder, buckets.alive() if buckets else contextlib.nullcontext():
+            if self.predict_reserved:
+                recorder.track(*live_tensors(net, step))
+            step.run()
+        self.steps_run += 1
+        events = tuple(recorder.events) if self.predict_reserved else None
+        return StepTrace(batch_size, tuple(tracker.ops), tuple(tracker.sizes), events)
 
 
 def estimate_memory(
@@ -156,63 +252,30 @@ def estimate_memory(
     allocations and frees and replays them through the caching-allocator model
     (`revbench.allocator`) for the reserved peak; False skips it (allocated peak only).
     `ddp`: one rank of a data-parallel train step, DDP's gradient buckets included
-    (revbench.ddp).
+    (revbench.ddp). For several batch sizes of one model, `StepEstimator` runs fewer steps.
     """
+    return StepEstimator(
+        model_factory(model, resolution, overrides),
+        resolution=resolution,
+        scenario=scenario,
+        precision=precision,
+        optimizer=optimizer,
+        task=task,
+        predict_reserved=predict_reserved,
+        ddp=ddp,
+    ).estimate(batch_size)
+
+
+def model_factory(
+    model: str | Callable[[], nn.Module], resolution: int, overrides: dict
+) -> Callable[[], nn.Module]:
+    """A zero-argument factory of `model`: a registered name built at `resolution` with
+    `overrides`, or a factory given as is (overrides apply only to names)."""
     if isinstance(model, str):
-        name = model
-
-        def factory() -> nn.Module:
-            return create(name, img_size=resolution, **overrides)
-    else:
-        if overrides:
-            raise ValueError("overrides apply only when the model is given by name")
-        factory = model
-
-    # Built on the meta device first: model constructors may read values (`.item()` on
-    # a linspace of drop-path rates), which fake tensors refuse; to_empty then gives the
-    # weights fake CPU storage.
-    with torch.device("meta"):
-        net = factory()
-    with FakeTensorMode(allow_non_fake_inputs=True), _cuda_rounding(), amp_policy(precision):
-        net = net.to_empty(device="cpu")
-        step = build_step(
-            net,
-            task=task,
-            scenario=scenario,
-            precision=precision,
-            batch_size=batch_size,
-            resolution=resolution,
-            device="cpu",
-            optimizer=optimizer,
-        )
-        buckets = DdpBuckets(net, ddp) if ddp else None  # records the gradients' ready order
-        step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
-        tracker = _PeakTracker()
-        # Registered after the warm-up: state created before track_external is not
-        # attributed to its category otherwise. The batch (images, targets) lives on the
-        # GPU in a real run, so it counts ("other").
-        tracker.track_external(
-            net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
-        )
-        recorder = AllocationRecorder() if predict_reserved else contextlib.nullcontext()
-        with tracker, recorder, buckets.alive() if buckets else contextlib.nullcontext():
-            if predict_reserved:
-                recorder.track(*live_tensors(net, step))
-            step.run()
-        snapshot = tracker.get_tracker_snapshot("peak")
-    events = tuple(recorder.events) if predict_reserved else ()
-    reserved = simulate(events) if predict_reserved else None
-    (device_snapshot,) = snapshot.values()
-    by_category = {name: 0 for name in CATEGORIES.values()}
-    total = 0
-    for key, nbytes in device_snapshot.items():
-        if key == "Total":
-            total = int(nbytes)
-        else:
-            by_category[CATEGORIES[key.name]] = int(nbytes)
-    return MemoryEstimate(
-        peak_bytes=total, by_category=by_category, reserved=reserved, events=events
-    )
+        return lambda: create(model, img_size=resolution, **overrides)
+    if overrides:
+        raise ValueError("overrides apply only when the model is given by name")
+    return model
 
 
 def amp_policy(precision: str) -> contextlib.AbstractContextManager:
@@ -240,9 +303,18 @@ def live_tensors(net: nn.Module, step) -> list[torch.Tensor]:
 
 
 class EstimateMethod(Method):
-    """The estimate method for one cell (see `estimate_memory`)."""
+    """The estimate method for one cell (see `estimate_memory`).
+
+    A worker serves cell after cell: the method keeps a `StepEstimator` per model (the cell
+    but its batch size), so a model's other batch sizes, and max-batch's probes, reuse its
+    built model and warm-up, and from the third batch size on its two traces.
+    """
 
     name = "estimate"
+    MODELS_KEPT = 4  # estimators kept, least recently used dropped first
+
+    def __init__(self) -> None:
+        self._estimators: OrderedDict[Cell, StepEstimator] = OrderedDict()
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
         if on_real_tensors(cell):  # data-dependent detectors: real tensors, see the module
@@ -260,10 +332,19 @@ class EstimateMethod(Method):
                     optimizer=cell.optimizer,
                 )
             return _measurement(est)
+        key = replace(cell, batch_size=0)
+        estimator = self._estimators.pop(key, None) or self._estimator(cell)
+        est = estimator.estimate(cell.batch_size)  # a failed step keeps no estimator
+        self._estimators[key] = estimator
+        while len(self._estimators) > self.MODELS_KEPT:
+            self._estimators.popitem(last=False)
+        return _measurement(est)
+
+    @staticmethod
+    def _estimator(cell: Cell) -> StepEstimator:
         ddp = cell_ddp(cell)
-        est = estimate_memory(
-            lambda: build_model(cell),
-            batch_size=cell.batch_size,
+        return StepEstimator(
+            lambda: build_model(cell),  # the batch size plays no part in the model
             resolution=cell.resolution,
             scenario="train" if ddp else cell.scenario,
             ddp=ddp,
@@ -271,7 +352,6 @@ class EstimateMethod(Method):
             optimizer=cell.optimizer,
             task=cell.task,
         )
-        return _measurement(est)
 
 
 def _measurement(est: MemoryEstimate) -> Measurement:
