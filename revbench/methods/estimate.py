@@ -133,9 +133,9 @@ class StepEstimator:
 
     The model is built once, as fake tensors, and warmed up once (optimizer state and
     anything the model builds on first use); each batch size then runs only its tracked
-    step, on the same model and optimizer. Once two batch sizes are traced and their traces
-    line up (the step runs the same operators at both), every other batch size is
-    extrapolated from them exactly, without a step (`revbench.methods.step_trace`).
+    step, on the same model and optimizer. Once two batch sizes above 1 are traced and their
+    traces line up (the step runs the same operators at both), every other batch size above
+    1 is extrapolated from them exactly, without a step (`revbench.methods.step_trace`).
     """
 
     def __init__(
@@ -171,7 +171,10 @@ class StepEstimator:
         return est
 
     def _extrapolated(self, batch_size: int) -> StepTrace | None:
-        if len(self._traced) < 2:
+        # Batch 1 is traced, never extrapolated to: a dimension of size 1 lets operators
+        # return views where larger batches copy (a (1, C, H, W) tensor is contiguous in
+        # more layouts), so its trace may hold fewer storages than any other's.
+        if batch_size == 1 or len(self._traced) < 2:
             return None
         return extrapolate(*self._traced, batch_size)
 
@@ -187,7 +190,7 @@ class StepEstimator:
                 self._net = net.to_empty(device="cpu")
         with self._fake_mode, amp_policy(self.precision):
             trace = self._tracked_step(batch_size)
-        if len(self._traced) < 2:
+        if batch_size > 1 and len(self._traced) < 2:  # batch 1 may differ (above)
             self._traced.append(trace)
         return trace
 
