@@ -805,19 +805,27 @@ class AllocationRecorder(TorchDispatchMode):
         self.events.append(Event("reset_peak"))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.note_inputs(args, kwargs)
+        out = func(*args, **(kwargs or {}))
+        self.note_outputs(out)
+        return out
+
+    def note_inputs(self, args, kwargs) -> None:
+        """Before an operator runs: the storages it reads exist already (not allocations)."""
         for leaf in tree_leaves((args, kwargs)):
             if isinstance(leaf, torch.Tensor):
                 storage = leaf.untyped_storage()
                 if self._storages.get(storage) is None:
                     self._storages[storage] = _Storage(storage.nbytes())
-        out = func(*args, **(kwargs or {}))
+
+    def note_outputs(self, out) -> None:
+        """After an operator ran: a new (or resized) storage among its outputs is allocated."""
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 storage = leaf.untyped_storage()
                 known = self._storages.get(storage)
                 if known is None or known.nbytes != storage.nbytes():
                     self._allocate(storage)
-        return out
 
     def _allocate(self, storage) -> None:
         record = self._storages.get(storage)
@@ -844,19 +852,27 @@ class AllocationRecorder(TorchDispatchMode):
             record.alloc_id = None
 
     def __enter__(self):
-        self._gc_was_enabled = gc.isenabled()
-        gc.disable()
+        self.start()
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            for finalizer in self._finalizers:
-                finalizer.detach()  # storages that outlive the recording free nothing here
-            self._finalizers.clear()
-            if self._gc_was_enabled:
-                gc.enable()
+            self.stop()
+
+    def start(self) -> None:
+        """Begin recording (entering the mode does it; a mode that calls `note_inputs` and
+        `note_outputs` itself calls this instead)."""
+        self._gc_was_enabled = gc.isenabled()
+        gc.disable()
+
+    def stop(self) -> None:
+        for finalizer in self._finalizers:
+            finalizer.detach()  # storages that outlive the recording free nothing here
+        self._finalizers.clear()
+        if self._gc_was_enabled:
+            gc.enable()
 
 
 def trace_step(

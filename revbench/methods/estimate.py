@@ -217,20 +217,20 @@ class StepEstimator:
             self._ready = list(buckets.ready) if buckets else []
         elif buckets:
             buckets.ready = list(self._ready)  # the rebuilt buckets of the warm-up's order
-        tracker = LedgerTracker()
+        recorder = AllocationRecorder() if self.predict_reserved else None
+        tracker = LedgerTracker(recorder)
         # Registered after the warm-up: state created before track_external is not
         # attributed to its category otherwise. The batch (images, targets) lives on the
         # GPU in a real run, so it counts ("other").
         tracker.track_external(
             net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
         )
-        recorder = AllocationRecorder() if self.predict_reserved else contextlib.nullcontext()
-        with tracker, recorder, buckets.alive() if buckets else contextlib.nullcontext():
-            if self.predict_reserved:
+        with tracker, buckets.alive() if buckets else contextlib.nullcontext():
+            if recorder is not None:
                 recorder.track(*live_tensors(net, step))
             step.run()
         self.steps_run += 1
-        events = tuple(recorder.events) if self.predict_reserved else None
+        events = tuple(recorder.events) if recorder is not None else None
         return StepTrace(batch_size, tuple(tracker.ops), tuple(tracker.sizes), events)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from torch.distributed._tools import mem_tracker as _mt
 
-from ..allocator import Event
+from ..allocator import AllocationRecorder, Event
 
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
 
@@ -57,12 +57,17 @@ class LedgerTracker(_mt.MemTracker):
     `ops` holds (kind, storage number, category, previous category) per entry; `sizes` the
     storage's bytes before rounding for each ADD and SIZE entry, in order. Storages are
     numbered in the order MemTracker first counts them, so two runs of the same operators
-    number them alike. Enter it inside `rounded_storages()` so the tracker's own running
-    counts are CUDA's (they are not read, but its zero test follows them).
+    number them alike. MemTracker's own counts stay unrounded on CPU tensors: only their
+    zero test is read, and a storage is zero bytes rounded or not.
+
+    `recorder`: an allocation recorder fed from this mode's dispatch, so one Python
+    dispatch layer serves both (a mode of its own costs a layer on every operator); its
+    events are what it would record as a mode entered inside this one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: AllocationRecorder | None = None) -> None:
         super().__init__()
+        self.recorder = recorder
         self.ops: list[tuple] = []
         self.sizes: list[int] = []
         self._count = 0
@@ -94,7 +99,25 @@ class LedgerTracker(_mt.MemTracker):
     def __enter__(self):
         self.ops.append((ENTER,))
         self._added = False
-        return super().__enter__()
+        entered = super().__enter__()
+        if self.recorder is not None:
+            self.recorder.start()
+        return entered
+
+    def __exit__(self, *exc) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.recorder is not None:
+                self.recorder.stop()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.recorder is None:
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        self.recorder.note_inputs(args, kwargs)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        self.recorder.note_outputs(out)
+        return out
 
 
 @dataclass(frozen=True)
