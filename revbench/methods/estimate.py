@@ -15,7 +15,7 @@ softmax and the losses run in float32 as on a GPU.
 
 Three memory kinds come out: the allocated peak (`peak_bytes`, MemTracker: bytes in live
 tensors), and, from the same step's allocation and free events replayed through the
-caching-allocator model (`revbench.allocator`), the reserved peak and the fragmentation at
+caching-allocator model (`revbench.caching_allocator`), the reserved peak and the fragmentation at
 it. The two agree on the tensors: the largest sum of live blocks in the recorded events is
 `peak_bytes` exactly; the model's own allocated peak can be a little higher, because c10
 hands out a cached large block whole (and counts it allocated) when the rest would be
@@ -46,14 +46,15 @@ from torch.utils._pytree import tree_leaves
 
 from revbench.models import create, get_info
 
-from ..allocator import AllocationRecorder, AllocatorStats, Event, simulate
 from ..autocast_policy import cuda_cast_policy
+from ..caching_allocator import AllocatorStats, Event, simulate
 from ..cell import Cell
 from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
+from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: estimate_dense's too)
     CATEGORIES,
     CUDA_BLOCK_BYTES,
@@ -82,7 +83,7 @@ ESTIMATOR_VERSION = 1
 class MemoryEstimate:
     peak_bytes: int
     by_category: dict[str, int]  # bytes per category at the moment of the peak; sums to peak
-    # The caching-allocator model (revbench.allocator) replaying the tracked step's
+    # The caching-allocator model (revbench.caching_allocator) replaying the tracked step's
     # allocations and frees; None where no trace was recorded.
     reserved: AllocatorStats | None = None
     events: tuple[Event, ...] = ()  # the tracked step's allocator events, live tensors first
@@ -253,7 +254,7 @@ def estimate_memory(
     zero-argument factory returning a module that serves `task` (for classify: (B, 3, R, R)
     images to logits, with a `num_classes` attribute). `predict_reserved` records the step's
     allocations and frees and replays them through the caching-allocator model
-    (`revbench.allocator`) for the reserved peak; False skips it (allocated peak only).
+    (`revbench.caching_allocator`) for the reserved peak; False skips it (allocated peak only).
     `ddp`: one rank of a data-parallel train step, DDP's gradient buckets included
     (revbench.ddp). For several batch sizes of one model, `StepEstimator` runs fewer steps.
     """

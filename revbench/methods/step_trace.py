@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from torch.distributed._tools import mem_tracker as _mt
 
-from ..allocator import AllocationRecorder, Event
+from ..caching_allocator import Event
+from .recorder import AllocationRecorder
 
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
 
