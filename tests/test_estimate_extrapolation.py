@@ -20,6 +20,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
+from revbench.ddp import DdpConfig
 from revbench.methods.estimate import (
     EstimateMethod,
     StepEstimator,
@@ -184,6 +185,31 @@ def _names() -> list[str]:
 def test_extrapolated_estimate_is_the_direct_one(family):
     name, resolution, overrides = TINY_BY_FAMILY[family]
     assert check_extrapolation(name, resolution, **overrides), f"{name}: not extrapolated"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(precision="amp-bf16", optimizer="adamw"),
+        dict(ddp=DdpConfig(2)),
+        dict(ddp=DdpConfig(2, bucket_cap_mb=0.01, gradient_as_bucket_view=True)),
+        dict(scenario="infer"),
+    ],
+    ids=["amp-adamw", "ddp", "ddp-bucket-views", "infer"],
+)
+def test_step_settings_extrapolate_too(settings):
+    estimator = StepEstimator(
+        model_factory("revvit_small", 32, REVVIT_TINY), resolution=32, **settings
+    )
+    for batch in TRACED:
+        estimator.estimate(batch)
+    steps = estimator.steps_run
+    extrapolated = estimator.estimate(OTHER)
+    assert estimator.steps_run == steps
+    direct = estimate_memory(
+        "revvit_small", batch_size=OTHER, resolution=32, **settings, **REVVIT_TINY
+    )
+    assert figures(extrapolated) == figures(direct)
 
 
 class PerSample(nn.Module):

@@ -160,16 +160,16 @@ class StepEstimator:
         self._optimizer: torch.optim.Optimizer | None = None
         self._ready: list[int] = []  # DDP: the order gradients became ready in the warm-up
         self._traced: list[StepTrace] = []  # the first two traced batch sizes
-        self._estimates: dict[int, MemoryEstimate] = {}
         self.steps_run = 0  # warm-up and tracked steps, for tests and benchmarks
 
     def estimate(self, batch_size: int) -> MemoryEstimate:
-        """The estimate at `batch_size`: extrapolated where it can be, traced otherwise."""
-        est = self._estimates.get(batch_size)
-        if est is None:
-            trace = self._extrapolated(batch_size) or self._trace(batch_size)
-            est = self._estimates[batch_size] = from_trace(trace)
-        return est
+        """The estimate at `batch_size`: extrapolated where it can be, traced otherwise.
+
+        Only the two traces extrapolation starts from are kept (a max-batch search asks for
+        many batch sizes; each answer is a replay of a kept or extrapolated trace)."""
+        kept = next((t for t in self._traced if t.batch_size == batch_size), None)
+        trace = kept or self._extrapolated(batch_size) or self._trace(batch_size)
+        return from_trace(trace)
 
     def _extrapolated(self, batch_size: int) -> StepTrace | None:
         # Batch 1 is traced, never extrapolated to: a dimension of size 1 lets operators
