@@ -7,6 +7,14 @@ step is the steady state, then one tracked step. Every tensor alive at the peak 
 attributed to a category. The result is deterministic: the same cell gives the same bytes
 on every run and machine, so it can be gated exactly.
 
+Cost per model, not per cell (`StepEstimator`): a model is built and warmed up once, each
+batch size runs only its tracked step, and once two batch sizes are traced every other one
+follows from them exactly, without a step (`revbench.methods.step_trace`: each storage's
+bytes are affine in the batch where the step runs the same operators at every batch size;
+where it does not, each batch size is traced). The method keeps a model's estimator from
+cell to cell, so a suite's batch sizes and max-batch's probes cost a warm-up and two
+tracked steps.
+
 Why fake CPU tensors rather than the meta device: autocast does not apply to meta
 tensors, so amp precisions could not be estimated there. Sizes are rounded as CUDA's
 caching allocator rounds them (512-byte blocks), so figures read as CUDA bytes. Autocast
@@ -15,11 +23,11 @@ softmax and the losses run in float32 as on a GPU.
 
 Three memory kinds come out: the allocated peak (`peak_bytes`, MemTracker: bytes in live
 tensors), and, from the same step's allocation and free events replayed through the
-caching-allocator model (`revbench.caching_allocator`), the reserved peak and the fragmentation at
-it. The two agree on the tensors: the largest sum of live blocks in the recorded events is
-`peak_bytes` exactly; the model's own allocated peak can be a little higher, because c10
-hands out a cached large block whole (and counts it allocated) when the rest would be
-1 MiB or less.
+caching-allocator model (`revbench.caching_allocator`), the reserved peak and the
+fragmentation at it. The two agree on the tensors: the largest sum of live blocks in the
+recorded events is `peak_bytes` exactly; the model's own allocated peak can be a little
+higher, because c10 hands out a cached large block whole (and counts it allocated) when the
+rest would be 1 MiB or less.
 
 Attribution at the peak follows MemTracker: a gradient counts as `gradients` once it is
 accumulated into `.grad`; one still being produced when the peak occurs counts as a
