@@ -10,6 +10,7 @@
   Linear = output elements x in_features; zero for activations, additions, pooling and
   the squeeze-excite multiply. thop 0.1.x itself counts BatchNorm differently and drops
   the conv bias term, so every module type that matters gets an explicit rule here.
+  Every rule reads shapes only: it counts on the meta device as on real tensors.
 """
 
 from __future__ import annotations
@@ -110,12 +111,15 @@ THOP_PUBLISHED_RULES: dict[type, Callable] = {
 
 
 def count_macs_thop(model: nn.Module, resolution: int) -> int:
-    """MACs at batch 1 under the published thop convention (needs real tensors, CPU)."""
+    """MACs at batch 1 under the published thop convention, on the model's device: the
+    meta device counts any size for nothing (every rule reads shapes, never values), as
+    real CPU tensors count it."""
     import thop
 
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, 3, *input_shape(model, resolution))
+    x = torch.zeros(1, 3, *input_shape(model, resolution), device=device)
     try:
         with torch.no_grad():
             macs, _ = thop.profile(

@@ -77,7 +77,7 @@ STEP_MODULES = (
     "revbench.ddp",
     "revbench.trackers",
     "revbench.counting",
-    "revbench.allocator",
+    "revbench.caching_allocator",
 )
 
 

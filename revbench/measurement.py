@@ -39,7 +39,7 @@ class Measurement:
     # estimate: MemTracker's peak.
     peak_bytes: int | None = None
     # reserved: segments the caching allocator holds. cuda: max_memory_reserved; estimate:
-    # the allocator model (revbench.allocator) replaying the step's allocations and frees.
+    # the allocator model (revbench.caching_allocator) replaying the step's allocations and frees.
     peak_reserved_bytes: int | None = None
     # reserved but not allocated at the reserved peak (estimate: the allocator model)
     fragmentation_bytes: int | None = None

@@ -16,16 +16,15 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from revbench.allocator import (
-    Event,
+from revbench.caching_allocator import Event, simulate
+from revbench.memory_snapshot import (
     events_from_snapshot,
     events_to_snapshot,
     load_snapshot,
     real_reserved_from_snapshot,
     replay_snapshot,
-    simulate,
-    trace_step,
 )
+from revbench.methods.recorder import trace_step
 
 MiB = 1 << 20
 EMPTY_CACHE = Event("empty_cache")

@@ -22,8 +22,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from revbench import allocator
-from revbench.allocator import MiB, peak_live_bytes, round_size
 from revbench.autocast_policy import CUDA_POLICY, cpu_overrides, cuda_cast_policy
+from revbench.caching_allocator import MiB, peak_live_bytes, round_size
 from revbench.environment import cuda_settings, environment
 from revbench.measurement import Measurement
 from revbench.methods import cuda

@@ -7,6 +7,14 @@ step is the steady state, then one tracked step. Every tensor alive at the peak 
 attributed to a category. The result is deterministic: the same cell gives the same bytes
 on every run and machine, so it can be gated exactly.
 
+Cost per model, not per cell (`StepEstimator`): a model is built and warmed up once, each
+batch size runs only its tracked step, and once two batch sizes are traced every other one
+follows from them exactly, without a step (`revbench.methods.step_trace`: each storage's
+bytes are affine in the batch where the step runs the same operators at every batch size;
+where it does not, each batch size is traced). The method keeps a model's estimator from
+cell to cell, so a suite's batch sizes and max-batch's probes cost a warm-up and two
+tracked steps.
+
 Why fake CPU tensors rather than the meta device: autocast does not apply to meta
 tensors, so amp precisions could not be estimated there. Sizes are rounded as CUDA's
 caching allocator rounds them (512-byte blocks), so figures read as CUDA bytes. Autocast
@@ -15,11 +23,11 @@ softmax and the losses run in float32 as on a GPU.
 
 Three memory kinds come out: the allocated peak (`peak_bytes`, MemTracker: bytes in live
 tensors), and, from the same step's allocation and free events replayed through the
-caching-allocator model (`revbench.allocator`), the reserved peak and the fragmentation at
-it. The two agree on the tensors: the largest sum of live blocks in the recorded events is
-`peak_bytes` exactly; the model's own allocated peak can be a little higher, because c10
-hands out a cached large block whole (and counts it allocated) when the rest would be
-1 MiB or less.
+caching-allocator model (`revbench.caching_allocator`), the reserved peak and the
+fragmentation at it. The two agree on the tensors: the largest sum of live blocks in the
+recorded events is `peak_bytes` exactly; the model's own allocated peak can be a little
+higher, because c10 hands out a cached large block whole (and counts it allocated) when the
+rest would be 1 MiB or less.
 
 Attribution at the peak follows MemTracker: a gradient counts as `gradients` once it is
 accumulated into `.grad`; one still being produced when the peak occurs counts as a
@@ -33,28 +41,35 @@ here, its inference (NMS) there.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools import mem_tracker as _mt
 from torch.utils._pytree import tree_leaves
 
 from revbench.models import create, get_info
 
-from ..allocator import AllocationRecorder, AllocatorStats, Event, simulate
 from ..autocast_policy import cuda_cast_policy
+from ..caching_allocator import AllocatorStats, Event, simulate
 from ..cell import Cell
 from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
-from ..trackers import PeakOnlyMemTracker
 from .base import Method
+from .recorder import AllocationRecorder
+from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: estimate_dense's too)
+    CATEGORIES,
+    CUDA_BLOCK_BYTES,
+    LedgerTracker,
+    StepTrace,
+    extrapolate,
+    replay,
+)
 
 
 def on_real_tensors(cell: Cell) -> bool:
@@ -66,25 +81,16 @@ def on_real_tensors(cell: Cell) -> bool:
     return scenario not in get_task(cell.task).shape_only_scenarios
 
 
-CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
-
-# MemTracker's reference types, in the names revbench records use.
-CATEGORIES = {
-    "PARAM": "parameters",
-    "BUFFER": "buffers",
-    "GRAD": "gradients",
-    "ACT": "activations",
-    "TEMP": "temporaries",
-    "OPT": "optimizer_state",
-    "OTH": "other",
-}
+# Bump whenever the estimator's output changes for any cell: persistent caches of its
+# figures are keyed on it.
+ESTIMATOR_VERSION = 1
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
     peak_bytes: int
     by_category: dict[str, int]  # bytes per category at the moment of the peak; sums to peak
-    # The caching-allocator model (revbench.allocator) replaying the tracked step's
+    # The caching-allocator model (revbench.caching_allocator) replaying the tracked step's
     # allocations and frees; None where no trace was recorded.
     reserved: AllocatorStats | None = None
     events: tuple[Event, ...] = ()  # the tracked step's allocator events, live tensors first
@@ -102,22 +108,123 @@ class MemoryEstimate:
         return self.by_category["activations"] + self.by_category["temporaries"]
 
 
-@contextlib.contextmanager
-def _cuda_rounding() -> Iterator[None]:
-    # MemTracker rounds storages to 512 bytes only for tensors on a CUDA device; our fake
-    # tensors live on the CPU, so apply the allocator's rounding to every storage here.
-    cls = _mt._WeakRefInfo
-    original = cls._calculate_mem_consumed
+def from_trace(trace: StepTrace) -> MemoryEstimate:
+    """The estimate a traced (or extrapolated) step gives: MemTracker's peak and breakdown,
+    and the allocator model's replay of its events."""
+    peak = replay(trace)
+    events = trace.events or ()
+    return MemoryEstimate(
+        peak_bytes=peak.peak_bytes,
+        by_category=peak.by_category,
+        reserved=simulate(events) if trace.events is not None else None,
+        events=events,
+    )
 
-    def rounded(self) -> int:
-        nbytes = self.size * self.element_size
-        return math.ceil(nbytes / CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
 
-    cls._calculate_mem_consumed = rounded
-    try:
-        yield
-    finally:
-        cls._calculate_mem_consumed = original
+class StepEstimator:
+    """Estimates of one model's step (everything of a cell but the batch) at any batch size.
+
+    The model is built once, as fake tensors, and warmed up once (optimizer state and
+    anything the model builds on first use); each batch size then runs only its tracked
+    step, on the same model and optimizer. Once two batch sizes above 1 are traced and their
+    traces line up (the step runs the same operators at both), every other batch size above
+    1 is extrapolated from them exactly, without a step (`revbench.methods.step_trace`).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], nn.Module],
+        *,
+        resolution: int,
+        scenario: str = "train",
+        precision: str = "fp32",
+        optimizer: str = "sgd",
+        task: str = "classify",
+        predict_reserved: bool = True,
+        ddp: DdpConfig | None = None,
+    ):
+        self.resolution, self.scenario, self.precision = resolution, scenario, precision
+        self.optimizer, self.task, self.ddp = optimizer, task, ddp
+        self.predict_reserved = predict_reserved
+        self._factory = factory
+        self._fake_mode: FakeTensorMode | None = None
+        self._net: nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._ready: list[int] = []  # DDP: the order gradients became ready in the warm-up
+        self._traced: list[StepTrace] = []  # the first two traced batch sizes
+        self.steps_run = 0  # warm-up and tracked steps, for tests and benchmarks
+
+    def estimate(self, batch_size: int) -> MemoryEstimate:
+        """The estimate at `batch_size`: extrapolated where it can be, traced otherwise.
+
+        Only the two traces extrapolation starts from are kept (a max-batch search asks for
+        many batch sizes; each answer is a replay of a kept or extrapolated trace)."""
+        kept = next((t for t in self._traced if t.batch_size == batch_size), None)
+        trace = kept or self._extrapolated(batch_size) or self._trace(batch_size)
+        return from_trace(trace)
+
+    def _extrapolated(self, batch_size: int) -> StepTrace | None:
+        # Batch 1 is traced, never extrapolated to: a dimension of size 1 lets operators
+        # return views where larger batches copy (a (1, C, H, W) tensor is contiguous in
+        # more layouts), so its trace may hold fewer storages than any other's.
+        if batch_size == 1 or len(self._traced) < 2:
+            return None
+        return extrapolate(*self._traced, batch_size)
+
+    def _trace(self, batch_size: int) -> StepTrace:
+        if self._net is None:
+            # Built on the meta device first: model constructors may read values (`.item()`
+            # on a linspace of drop-path rates), which fake tensors refuse; to_empty then
+            # gives the weights fake CPU storage.
+            with torch.device("meta"):
+                net = self._factory()
+            self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+            with self._fake_mode:
+                self._net = net.to_empty(device="cpu")
+        with self._fake_mode, amp_policy(self.precision):
+            trace = self._tracked_step(batch_size)
+        if batch_size > 1 and len(self._traced) < 2:  # batch 1 may differ (above)
+            self._traced.append(trace)
+        return trace
+
+    def _tracked_step(self, batch_size: int) -> StepTrace:
+        net = self._net
+        first = self.steps_run == 0
+        step = build_step(
+            net,
+            task=self.task,
+            scenario=self.scenario,
+            precision=self.precision,
+            batch_size=batch_size,
+            resolution=self.resolution,
+            device="cpu",
+            optimizer=self.optimizer,
+        )
+        if not first:
+            step.optimizer = self._optimizer  # its state is the warm-up's
+        buckets = DdpBuckets(net, self.ddp) if self.ddp else None
+        if first:
+            step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
+            self.steps_run += 1
+            self._optimizer = step.optimizer
+            self._ready = list(buckets.ready) if buckets else []
+        elif buckets:
+            buckets.ready = list(self._ready)  # the rebuilt buckets of the warm-up's order
+        recorder = AllocationRecorder() if self.predict_reserved else None
+        tracker = LedgerTracker(recorder)
+        # Registered after the warm-up: state created before track_external is not
+        # attributed to its category otherwise. The batch (images, targets) lives on the
+        # GPU in a real run, so it counts ("other").
+        tracker.track_external(
+            net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
+        )
+        with tracker, buckets.alive() if buckets else contextlib.nullcontext():
+            if recorder is not None:
+                recorder.track(*live_tensors(net, step))
+            step.run()
+        self.steps_run += 1
+        events = tuple(recorder.events) if recorder is not None else None
+        return StepTrace(batch_size, tuple(tracker.ops), tuple(tracker.sizes), events)
 
 
 def estimate_memory(
@@ -139,65 +246,32 @@ def estimate_memory(
     zero-argument factory returning a module that serves `task` (for classify: (B, 3, R, R)
     images to logits, with a `num_classes` attribute). `predict_reserved` records the step's
     allocations and frees and replays them through the caching-allocator model
-    (`revbench.allocator`) for the reserved peak; False skips it (allocated peak only).
+    (`revbench.caching_allocator`) for the reserved peak; False skips it (allocated peak only).
     `ddp`: one rank of a data-parallel train step, DDP's gradient buckets included
-    (revbench.ddp).
+    (revbench.ddp). For several batch sizes of one model, `StepEstimator` runs fewer steps.
     """
+    return StepEstimator(
+        model_factory(model, resolution, overrides),
+        resolution=resolution,
+        scenario=scenario,
+        precision=precision,
+        optimizer=optimizer,
+        task=task,
+        predict_reserved=predict_reserved,
+        ddp=ddp,
+    ).estimate(batch_size)
+
+
+def model_factory(
+    model: str | Callable[[], nn.Module], resolution: int, overrides: dict
+) -> Callable[[], nn.Module]:
+    """A zero-argument factory of `model`: a registered name built at `resolution` with
+    `overrides`, or a factory given as is (overrides apply only to names)."""
     if isinstance(model, str):
-        name = model
-
-        def factory() -> nn.Module:
-            return create(name, img_size=resolution, **overrides)
-    else:
-        if overrides:
-            raise ValueError("overrides apply only when the model is given by name")
-        factory = model
-
-    # Built on the meta device first: model constructors may read values (`.item()` on
-    # a linspace of drop-path rates), which fake tensors refuse; to_empty then gives the
-    # weights fake CPU storage.
-    with torch.device("meta"):
-        net = factory()
-    with FakeTensorMode(allow_non_fake_inputs=True), _cuda_rounding(), amp_policy(precision):
-        net = net.to_empty(device="cpu")
-        step = build_step(
-            net,
-            task=task,
-            scenario=scenario,
-            precision=precision,
-            batch_size=batch_size,
-            resolution=resolution,
-            device="cpu",
-            optimizer=optimizer,
-        )
-        buckets = DdpBuckets(net, ddp) if ddp else None  # records the gradients' ready order
-        step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
-        tracker = PeakOnlyMemTracker()
-        # Registered after the warm-up: state created before track_external is not
-        # attributed to its category otherwise. The batch (images, targets) lives on the
-        # GPU in a real run, so it counts ("other").
-        tracker.track_external(
-            net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
-        )
-        recorder = AllocationRecorder() if predict_reserved else contextlib.nullcontext()
-        with tracker, recorder, buckets.alive() if buckets else contextlib.nullcontext():
-            if predict_reserved:
-                recorder.track(*live_tensors(net, step))
-            step.run()
-        snapshot = tracker.get_tracker_snapshot("peak")
-    events = tuple(recorder.events) if predict_reserved else ()
-    reserved = simulate(events) if predict_reserved else None
-    (device_snapshot,) = snapshot.values()
-    by_category = {name: 0 for name in CATEGORIES.values()}
-    total = 0
-    for key, nbytes in device_snapshot.items():
-        if key == "Total":
-            total = int(nbytes)
-        else:
-            by_category[CATEGORIES[key.name]] = int(nbytes)
-    return MemoryEstimate(
-        peak_bytes=total, by_category=by_category, reserved=reserved, events=events
-    )
+        return lambda: create(model, img_size=resolution, **overrides)
+    if overrides:
+        raise ValueError("overrides apply only when the model is given by name")
+    return model
 
 
 def amp_policy(precision: str) -> contextlib.AbstractContextManager:
@@ -225,9 +299,18 @@ def live_tensors(net: nn.Module, step) -> list[torch.Tensor]:
 
 
 class EstimateMethod(Method):
-    """The estimate method for one cell (see `estimate_memory`)."""
+    """The estimate method for one cell (see `estimate_memory`).
+
+    A worker serves cell after cell: the method keeps a `StepEstimator` per model (the cell
+    but its batch size), so a model's other batch sizes, and max-batch's probes, reuse its
+    built model and warm-up, and from the third batch size on its two traces.
+    """
 
     name = "estimate"
+    MODELS_KEPT = 4  # estimators kept, least recently used dropped first
+
+    def __init__(self) -> None:
+        self._estimators: OrderedDict[Cell, StepEstimator] = OrderedDict()
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
         if on_real_tensors(cell):  # data-dependent detectors: real tensors, see the module
@@ -245,10 +328,19 @@ class EstimateMethod(Method):
                     optimizer=cell.optimizer,
                 )
             return _measurement(est)
+        key = replace(cell, batch_size=0)
+        estimator = self._estimators.pop(key, None) or self._estimator(cell)
+        est = estimator.estimate(cell.batch_size)  # a failed step keeps no estimator
+        self._estimators[key] = estimator
+        while len(self._estimators) > self.MODELS_KEPT:
+            self._estimators.popitem(last=False)
+        return _measurement(est)
+
+    @staticmethod
+    def _estimator(cell: Cell) -> StepEstimator:
         ddp = cell_ddp(cell)
-        est = estimate_memory(
-            lambda: build_model(cell),
-            batch_size=cell.batch_size,
+        return StepEstimator(
+            lambda: build_model(cell),  # the batch size plays no part in the model
             resolution=cell.resolution,
             scenario="train" if ddp else cell.scenario,
             ddp=ddp,
@@ -256,7 +348,6 @@ class EstimateMethod(Method):
             optimizer=cell.optimizer,
             task=cell.task,
         )
-        return _measurement(est)
 
 
 def _measurement(est: MemoryEstimate) -> Measurement:

@@ -1,0 +1,247 @@
+"""A tracked step's memory history, replayed at its own batch size or extrapolated to another.
+
+The estimator (`revbench.methods.estimate`) runs a step under MemTracker and under the
+allocation recorder. Instead of reading MemTracker's peak, it keeps the tracker's ledger:
+every change MemTracker makes to its per-category byte counts (a storage added, deleted,
+resized or re-attributed, such as a gradient becoming `gradients` once accumulated into
+`.grad`) and every point where MemTracker compares the running total with its peak (after
+each operator). `replay` walks the ledger as MemTracker does: the same 512-byte rounding,
+the same first-strictly-higher tie rule, so the peak and its breakdown are MemTracker's to
+the byte.
+
+Extrapolation. Where a step runs the same operators at every batch size, two traces at
+batch sizes b1 and b2 hold the same entries in the same order and differ only in sizes,
+each affine in the batch: a storage of s1 bytes at b1 and s2 at b2 holds
+
+    s(b) = s1 + (s2 - s1) * (b - b1) / (b2 - b1)
+
+bytes at b. Sizes are kept before rounding, so the trace at b follows exactly and is then
+replayed (rounded) like a traced one: its allocated peak, the breakdown at that peak and,
+through the caching-allocator model, its reserved peak. Traces that do not line up entry
+for entry, or a size that would not be a whole, positive number of bytes, give no
+extrapolation (`extrapolate` returns None) and the step is traced at that batch instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch.distributed._tools import mem_tracker as _mt
+
+from ..caching_allocator import Event
+from .recorder import AllocationRecorder
+
+CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
+
+# MemTracker's reference types, in the names revbench records use.
+CATEGORIES = {
+    "PARAM": "parameters",
+    "BUFFER": "buffers",
+    "GRAD": "gradients",
+    "ACT": "activations",
+    "TEMP": "temporaries",
+    "OPT": "optimizer_state",
+    "OTH": "other",
+}
+
+# Ledger entry kinds: MemTracker's update types, plus its two peak comparisons.
+ADD, DEL, REF, SIZE = "add", "del", "ref", "size"
+CHECK = "check"  # after an operator: a new peak if the total is strictly higher
+ENTER = "enter"  # entering the tracker: the peak starts at the current total
+_SIZED = (ADD, SIZE)  # the entries that carry a storage's bytes
+
+
+class LedgerTracker(_mt.MemTracker):
+    """MemTracker that writes down its bookkeeping instead of keeping a peak.
+
+    `ops` holds (kind, storage number, category, previous category) per entry; `sizes` the
+    storage's bytes before rounding for each ADD and SIZE entry, in order. Storages are
+    numbered in the order MemTracker first counts them, so two runs of the same operators
+    number them alike. MemTracker's own counts stay unrounded on CPU tensors: only their
+    zero test is read, and a storage is zero bytes rounded or not.
+
+    `recorder`: an allocation recorder fed from this mode's dispatch, so one Python
+    dispatch layer serves both (a mode of its own costs a layer on every operator); its
+    events are what it would record as a mode entered inside this one.
+    """
+
+    def __init__(self, recorder: AllocationRecorder | None = None) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.ops: list[tuple] = []
+        self.sizes: list[int] = []
+        self._count = 0
+        self._added = False  # bytes added (or resized) since the last check
+
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
+        super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        number = getattr(winfo, "ledger_number", None)  # on the winfo: ids are reused
+        if number is None:
+            number = winfo.ledger_number = self._count
+            self._count += 1
+        kind = u_type.name.lower()  # ADD -> "add", as the ledger names them
+        old = old_reftype.name if old_reftype is not None else None
+        self.ops.append((kind, number, winfo.reftype.name, old))
+        if kind in _SIZED:
+            self.sizes.append(winfo.size * winfo.element_size)
+            self._added = True
+
+    def _update_peak_stats(self, peak_state) -> None:
+        # Only a check after bytes were added since the last check (or the entry) can move
+        # the peak: after frees and re-attributions alone the total is at most what the
+        # last check saw. Leaving the others out, runs that differ only in where a free
+        # lands between operators, or in how often an operator that allocates nothing
+        # (prim.device) runs, still line up.
+        if self._added:
+            self.ops.append((CHECK,))
+            self._added = False
+
+    def __enter__(self):
+        self.ops.append((ENTER,))
+        self._added = False
+        entered = super().__enter__()
+        if self.recorder is not None:
+            self.recorder.start()
+        return entered
+
+    def __exit__(self, *exc) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.recorder is not None:
+                self.recorder.stop()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.recorder is None:
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        self.recorder.note_inputs(args, kwargs)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        self.recorder.note_outputs(out)
+        return out
+
+
+@dataclass(frozen=True)
+class StepTrace:
+    """One tracked step at one batch size: MemTracker's ledger and the allocator events."""
+
+    batch_size: int
+    ops: tuple[tuple, ...]  # LedgerTracker.ops
+    sizes: tuple[int, ...]  # LedgerTracker.sizes: bytes before rounding
+    events: tuple[Event, ...] | None  # the allocator events; None: not recorded
+
+    def lines_up_with(self, other: StepTrace) -> bool:
+        """Whether both traces hold the same entries in the same order, sizes aside."""
+        if self.ops != other.ops or len(self.sizes) != len(other.sizes):
+            return False
+        if self.events is None or other.events is None:
+            return self.events is other.events
+        return len(self.events) == len(other.events) and all(
+            (a.action, a.id, a.stream) == (b.action, b.id, b.stream)
+            for a, b in zip(self.events, other.events)
+        )
+
+
+def extrapolate(first: StepTrace, second: StepTrace, batch_size: int) -> StepTrace | None:
+    """The trace at `batch_size` from two that line up (see the module docstring), or None
+    where they do not or a size would not be a whole, positive number of bytes."""
+    if first.batch_size == second.batch_size or not first.lines_up_with(second):
+        return None
+    sizes = _affine(first.sizes, second.sizes, first.batch_size, second.batch_size, batch_size)
+    if sizes is None:
+        return None
+    events = None
+    if first.events is not None:
+        alloc_sizes = _affine(
+            [e.size for e in first.events if e.action == "alloc"],
+            [e.size for e in second.events if e.action == "alloc"],
+            first.batch_size,
+            second.batch_size,
+            batch_size,
+        )
+        if alloc_sizes is None:
+            return None
+        at = iter(alloc_sizes)
+        events = tuple(
+            Event(e.action, e.id, next(at), e.stream) if e.action == "alloc" else e
+            for e in first.events
+        )
+    return StepTrace(batch_size, first.ops, tuple(sizes), events)
+
+
+def _affine(
+    at_b1: Sequence[int], at_b2: Sequence[int], b1: int, b2: int, b: int
+) -> list[int] | None:
+    # s(b) * (b2 - b1) = s1 * (b2 - b1) + (s2 - s1) * (b - b1), in integers: exact or None.
+    span = b2 - b1
+    sizes = []
+    for s1, s2 in zip(at_b1, at_b2):
+        scaled = s1 * span + (s2 - s1) * (b - b1)
+        if scaled % span or scaled < 0 or (scaled == 0 and (s1 or s2)):
+            return None  # not whole bytes, or a storage that would vanish at b
+        sizes.append(scaled // span)
+    return sizes
+
+
+def rounded(nbytes: int) -> int:
+    """Bytes a storage of `nbytes` occupies on a CUDA device (MemTracker's rounding)."""
+    return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES
+
+
+@dataclass(frozen=True)
+class LedgerPeak:
+    peak_bytes: int
+    by_category: dict[str, int]  # bytes per category at the moment of the peak
+
+
+def replay(trace: StepTrace) -> LedgerPeak:
+    """MemTracker's peak and its breakdown, from the ledger (MemTracker's own rules).
+
+    The running counts per category change as MemTracker's `_update_snap` changes them; a
+    device whose total drops to zero is forgotten and its counts start again from zero; the
+    peak is taken at entry, then at each check where the total is strictly higher.
+    """
+    names = list(CATEGORIES)
+    index = {name: i for i, name in enumerate(names)}
+    counts = [0] * len(names)
+    total = 0
+    present = False  # whether MemTracker holds an entry for the device
+    mem: dict[int, int] = {}  # storage number -> rounded bytes MemTracker counts for it
+    peak, at_peak = 0, None
+    sizes = iter(trace.sizes)
+    for op in trace.ops:
+        kind = op[0]
+        if kind == CHECK:
+            if present and peak < total:
+                peak, at_peak = total, list(counts)
+            continue
+        if kind == ENTER:
+            peak, at_peak = (total, list(counts)) if present else (0, None)
+            continue
+        _, number, category, old = op
+        present = True
+        if kind == ADD:
+            m = mem[number] = rounded(next(sizes))
+            counts[index[category]] += m
+            total += m
+        elif kind == DEL:
+            m = mem[number]
+            counts[index[category]] -= m
+            total -= m
+        elif kind == REF:
+            m = mem[number]
+            counts[index[old]] -= m
+            counts[index[category]] += m
+        else:  # SIZE
+            m, before = rounded(next(sizes)), mem.get(number, 0)
+            mem[number] = m
+            counts[index[category]] += m - before
+            total += m - before
+        if kind in (DEL, SIZE) and total == 0:
+            present, counts = False, [0] * len(names)
+    if at_peak is None:
+        raise ValueError("the trace holds no tracked memory")
+    return LedgerPeak(
+        peak_bytes=peak,
+        by_category={CATEGORIES[name]: at_peak[i] for i, name in enumerate(names)},
+    )

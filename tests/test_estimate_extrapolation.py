@@ -1,0 +1,262 @@
+"""The estimator's cost per model: any batch size from two traces, to the byte.
+
+- Replaying MemTracker's ledger gives MemTracker's own peak and breakdown.
+- For a model of every family that the estimator traces on fake tensors (EfficientDet's
+  training step included), the estimate extrapolated to a third batch size equals a direct
+  estimate there: peak, every category, reserved peak, fragmentation and the allocator
+  events. Every registered model is checked at full size in a `slow` test.
+- Traces that do not line up (a step whose operators depend on the batch) are not
+  extrapolated: the third batch size is traced, and equals the direct estimate too.
+- The estimate method keeps a model's estimator between cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_model_contract import FAMILIES, FAMILY_FIRSTS
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools import mem_tracker as _mt
+
+from revbench.ddp import DdpConfig
+from revbench.methods.estimate import (
+    EstimateMethod,
+    StepEstimator,
+    estimate_memory,
+    model_factory,
+    on_real_tensors,
+)
+from revbench.methods.step_trace import LedgerTracker, StepTrace, extrapolate, replay, rounded
+from revbench.models import get_info, list_models
+from revbench.scenario import build_step
+from revbench.suite import make_cell
+from revbench.trackers import PeakOnlyMemTracker
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TRACED, OTHER = (2, 3), 5  # two traced batch sizes, and one to extrapolate to
+
+
+def sized_by_resolution(overrides: dict) -> dict:
+    """Overrides less img_size: the estimator builds the model at its resolution."""
+    return {k: v for k, v in overrides.items() if k != "img_size"}
+
+
+REVVIT_TINY = sized_by_resolution(FAMILIES["RevViT"].tiny)
+
+
+def figures(est) -> tuple:
+    return est.peak_bytes, est.by_category, est.peak_reserved_bytes, est.fragmentation_bytes
+
+
+def check_extrapolation(name: str, resolution: int, **overrides) -> bool:
+    """Asserts the estimate at OTHER after two traced batch sizes is the direct one, to the
+    byte; True where it came without a step (extrapolated), False where it was traced."""
+    task = get_info(name).task
+    factory = model_factory(name, resolution, overrides)
+    estimator = StepEstimator(factory, resolution=resolution, task=task)
+    for batch in TRACED:
+        estimator.estimate(batch)
+    steps = estimator.steps_run
+    extrapolated = estimator.estimate(OTHER)
+    direct = estimate_memory(name, batch_size=OTHER, resolution=resolution, task=task, **overrides)
+    assert figures(extrapolated) == figures(direct)
+    assert extrapolated.events == direct.events  # the allocator sees the same calls
+    return estimator.steps_run == steps
+
+
+def fake_path(name: str) -> bool:
+    """Whether the estimator traces the model's train step on fake tensors."""
+    cell = make_cell(name, resolution=get_info(name).min_resolution, batch_size=1)
+    return not on_real_tensors(cell)
+
+
+# ---------------------------------------------------------------------------- the ledger
+
+
+class _BothTrackers(LedgerTracker):
+    """Writes the ledger and keeps MemTracker's own peak, to compare the two."""
+
+    def _update_peak_stats(self, peak_state) -> None:
+        LedgerTracker._update_peak_stats(self, peak_state)
+        PeakOnlyMemTracker._update_peak_stats(self, peak_state)
+
+
+def test_ledger_replay_is_memtrackers_peak(monkeypatch):
+    # A tiny RevViT step with AdamW: activations, temporaries, gradients re-attributed once
+    # accumulated, optimizer state; rounding of the small storages to 512 bytes, which
+    # MemTracker makes only on CUDA devices and is told to make here.
+    monkeypatch.setattr(
+        _mt._WeakRefInfo,
+        "_calculate_mem_consumed",
+        lambda winfo: rounded(winfo.size * winfo.element_size),
+    )
+    factory = model_factory("revvit_small", 32, REVVIT_TINY)
+    with torch.device("meta"):
+        net = factory()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        net = net.to_empty(device="cpu")
+        step = build_step(
+            net, scenario="train", precision="fp32", batch_size=3, resolution=32,
+            device="cpu", optimizer="adamw",
+        )  # fmt: skip
+        step.run()
+        tracker = _BothTrackers()
+        tracker.track_external(net, step.optimizer, step.inputs, step.targets)
+        with tracker:
+            step.run()
+    (memtracker,) = tracker.get_tracker_snapshot("peak").values()
+    ours = replay(StepTrace(3, tuple(tracker.ops), tuple(tracker.sizes), None))
+    assert ours.peak_bytes == memtracker["Total"]
+    assert ours.by_category == {
+        "parameters": memtracker[tracker._ref_class.PARAM],
+        "buffers": memtracker[tracker._ref_class.BUFFER],
+        "gradients": memtracker[tracker._ref_class.GRAD],
+        "activations": memtracker[tracker._ref_class.ACT],
+        "temporaries": memtracker[tracker._ref_class.TEMP],
+        "optimizer_state": memtracker[tracker._ref_class.OPT],
+        "other": memtracker[tracker._ref_class.OTH],
+    }
+    assert ours.by_category["gradients"] > 0 and ours.by_category["optimizer_state"] > 0
+
+
+# -------------------------------------------------------------------- affine extrapolation
+
+
+def _trace(batch: int, sizes: tuple[int, ...]) -> StepTrace:
+    ops = (("add", 0, "ACT", None), ("check",), ("add", 1, "ACT", None), ("check",))
+    return StepTrace(batch, ops, sizes, None)
+
+
+def test_sizes_are_extrapolated_affinely_and_exactly():
+    # 1000 B + 600 B per sample, and a constant 700 B.
+    got = extrapolate(_trace(1, (1600, 700)), _trace(3, (2800, 700)), 10)
+    assert got.sizes == (7000, 700) and got.batch_size == 10
+    assert replay(got).peak_bytes == 7168 + 1024  # each rounded up to 512 B
+
+
+@pytest.mark.parametrize(
+    "second, reason",
+    [
+        (_trace(3, (2801, 700)), "not whole bytes at the asked batch"),
+        (_trace(3, (400, 700)), "a storage that would shrink below nothing"),
+        (StepTrace(3, (("add", 0, "ACT", None), ("check",)), (2800,), None), "other entries"),
+        (_trace(1, (1600, 700)), "the same batch size twice"),
+    ],
+)
+def test_no_extrapolation_without_an_exact_answer(second, reason):
+    assert extrapolate(_trace(1, (1600, 700)), second, 10) is None, reason
+
+
+# -------------------------------------------------------------------- models, to the byte
+
+TINY_BY_FAMILY: dict[str, tuple[str, int, dict]] = {
+    # family: (model, resolution, overrides); the reversible families use the contract
+    # test's tiny layouts, the others their smallest size with fewer blocks where timm
+    # takes it.
+    **{
+        get_info(name).family: (
+            name,
+            FAMILIES[get_info(name).family].shallow["img_size"],
+            sized_by_resolution(FAMILIES[get_info(name).family].tiny)
+            | sized_by_resolution(FAMILIES[get_info(name).family].shallow),
+        )
+        for name in FAMILY_FIRSTS
+    },
+    "ViT": ("vit_small_patch16_224", 32, dict(depth=2, embed_dim=32, num_heads=2)),
+    "ResNet": ("resnet50", 32, dict(layers=(1, 1, 1, 1))),
+    "EfficientNet": ("tf_efficientnet_b0", 32, {}),
+    "HRNet": ("hrnet_w18_small", 32, {}),
+    "BiFPN": ("bifpn", 128, dict(width=16, num_layers=1)),
+    "EfficientDet": ("tf_efficientdet_d0", 128, {}),  # its train step; inference is dense
+}
+
+
+def test_every_traced_family_is_covered():
+    traced = {get_info(name).family for name in _names() if fake_path(name)}
+    assert traced <= set(TINY_BY_FAMILY), "add a tiny case for the family"
+
+
+def _names() -> list[str]:
+    """Registered models, less the test suite's own (family "Test")."""
+    return [info.name for info in list_models() if info.family != "Test"]
+
+
+@pytest.mark.parametrize("family", sorted(TINY_BY_FAMILY))
+def test_extrapolated_estimate_is_the_direct_one(family):
+    name, resolution, overrides = TINY_BY_FAMILY[family]
+    assert check_extrapolation(name, resolution, **overrides), f"{name}: not extrapolated"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(precision="amp-bf16", optimizer="adamw"),
+        dict(ddp=DdpConfig(2)),
+        dict(ddp=DdpConfig(2, bucket_cap_mb=0.01, gradient_as_bucket_view=True)),
+        dict(scenario="infer"),
+    ],
+    ids=["amp-adamw", "ddp", "ddp-bucket-views", "infer"],
+)
+def test_step_settings_extrapolate_too(settings):
+    estimator = StepEstimator(
+        model_factory("revvit_small", 32, REVVIT_TINY), resolution=32, **settings
+    )
+    for batch in TRACED:
+        estimator.estimate(batch)
+    steps = estimator.steps_run
+    extrapolated = estimator.estimate(OTHER)
+    assert estimator.steps_run == steps
+    direct = estimate_memory(
+        "revvit_small", batch_size=OTHER, resolution=32, **settings, **REVVIT_TINY
+    )
+    assert figures(extrapolated) == figures(direct)
+
+
+class PerSample(nn.Module):
+    """A step whose operators depend on the batch: one matmul per sample."""
+
+    num_classes = 4
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        return torch.cat([self.fc(x[i].flatten()).unsqueeze(0) for i in range(x.shape[0])])
+
+
+def test_traces_that_do_not_line_up_are_traced_again():
+    estimator = StepEstimator(PerSample, resolution=8)
+    for batch in TRACED:
+        estimator.estimate(batch)
+    steps = estimator.steps_run
+    est = estimator.estimate(OTHER)
+    assert estimator.steps_run == steps + 1  # traced, not extrapolated
+    assert figures(est) == figures(estimate_memory(PerSample, batch_size=OTHER, resolution=8))
+
+
+def test_the_estimate_method_keeps_a_model_between_its_batch_sizes():
+    method = EstimateMethod()
+    cell = make_cell("revvit_small", resolution=32, batch_size=1, overrides=REVVIT_TINY)
+    for batch in (2, 3, 4, 6):
+        measured = method.measure(replace(cell, batch_size=batch))
+    (estimator,) = method._estimators.values()
+    assert estimator.steps_run == 3  # one warm-up, two traced; 4 and 6 extrapolated
+    method.measure(replace(cell, batch_size=1))
+    assert estimator.steps_run == 4  # batch 1 is always traced
+    direct = estimate_memory(
+        "revvit_small", batch_size=6, resolution=32, mode="vanilla", **REVVIT_TINY
+    )
+    assert measured.peak_bytes == direct.peak_bytes
+    assert measured.peak_reserved_bytes == direct.peak_reserved_bytes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in _names() if fake_path(n)])
+def test_every_registered_model_extrapolates_to_the_byte(name):
+    """Full-size layouts at the smallest resolution each model takes (minutes in all)."""
+    assert check_extrapolation(name, get_info(name).min_resolution), f"{name}: not extrapolated"
