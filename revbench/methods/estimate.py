@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -54,18 +54,20 @@ from torch.utils._pytree import tree_leaves
 from revbench.models import create, get_info
 
 from ..autocast_policy import cuda_cast_policy
-from ..caching_allocator import AllocatorStats, Event, simulate
+from ..caching_allocator import simulate
 from ..cell import Cell
 from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
+from .estimate_dense import estimate_dense_memory
 from .recorder import AllocationRecorder
-from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: estimate_dense's too)
+from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
     CATEGORIES,
     CUDA_BLOCK_BYTES,
     LedgerTracker,
+    MemoryEstimate,
     StepTrace,
     extrapolate,
     replay,
@@ -84,28 +86,6 @@ def on_real_tensors(cell: Cell) -> bool:
 # Bump whenever the estimator's output changes for any cell: persistent caches of its
 # figures are keyed on it.
 ESTIMATOR_VERSION = 1
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    peak_bytes: int
-    by_category: dict[str, int]  # bytes per category at the moment of the peak; sums to peak
-    # The caching-allocator model (revbench.caching_allocator) replaying the tracked step's
-    # allocations and frees; None where no trace was recorded.
-    reserved: AllocatorStats | None = None
-    events: tuple[Event, ...] = ()  # the tracked step's allocator events, live tensors first
-
-    @property
-    def peak_reserved_bytes(self) -> int | None:
-        return None if self.reserved is None else self.reserved.peak_reserved_bytes
-
-    @property
-    def fragmentation_bytes(self) -> int | None:
-        return None if self.reserved is None else self.reserved.fragmentation_bytes
-
-    @property
-    def activation_bytes(self) -> int:
-        return self.by_category["activations"] + self.by_category["temporaries"]
 
 
 def from_trace(trace: StepTrace) -> MemoryEstimate:
@@ -314,8 +294,6 @@ class EstimateMethod(Method):
 
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
         if on_real_tensors(cell):  # data-dependent detectors: real tensors, see the module
-            from .estimate_dense import estimate_dense_memory
-
             with amp_policy(cell.precision):
                 est = estimate_dense_memory(
                     lambda: build_model(cell),

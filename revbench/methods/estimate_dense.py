@@ -76,7 +76,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._pytree import tree_flatten
 
 from ..scenario import build_step
-from .estimate import CATEGORIES, CUDA_BLOCK_BYTES, MemoryEstimate
+from .step_trace import CATEGORIES, CUDA_BLOCK_BYTES, MemoryEstimate
 
 SEED = 0
 _SCOPE = "revbench::"  # the record_function scopes that mark the step's phases

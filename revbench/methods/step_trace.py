@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from torch.distributed._tools import mem_tracker as _mt
 
-from ..caching_allocator import Event
+from ..caching_allocator import AllocatorStats, Event
 from .recorder import AllocationRecorder
 
 CUDA_BLOCK_BYTES = 512  # CUDA caching allocator's smallest block and rounding unit
@@ -245,3 +245,25 @@ def replay(trace: StepTrace) -> LedgerPeak:
         peak_bytes=peak,
         by_category={CATEGORIES[name]: at_peak[i] for i, name in enumerate(names)},
     )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    peak_bytes: int
+    by_category: dict[str, int]  # bytes per category at the moment of the peak; sums to peak
+    # The caching-allocator model (revbench.caching_allocator) replaying the tracked step's
+    # allocations and frees; None where no trace was recorded.
+    reserved: AllocatorStats | None = None
+    events: tuple[Event, ...] = ()  # the tracked step's allocator events, live tensors first
+
+    @property
+    def peak_reserved_bytes(self) -> int | None:
+        return None if self.reserved is None else self.reserved.peak_reserved_bytes
+
+    @property
+    def fragmentation_bytes(self) -> int | None:
+        return None if self.reserved is None else self.reserved.fragmentation_bytes
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.by_category["activations"] + self.by_category["temporaries"]
