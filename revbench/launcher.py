@@ -223,29 +223,44 @@ class Launcher:
             self.close()
 
     def _run_on_slots(self, cells, task, context) -> Iterator[Finished]:
-        """One thread per slot, each taking the next cell (preferring the model its last
-        cell was of: a warm worker's estimator answers a model's other batch sizes from its
-        traces) and waiting on its worker; records reach the caller's thread through one
-        queue, so the caller stores them and nothing is written twice. Closing the
-        generator (Ctrl-C in the caller) kills every worker."""
+        """One thread per slot, each taking the next cell and waiting on its worker;
+        records reach the caller's thread through one queue, so the caller stores them and
+        nothing is written twice. Closing the generator (Ctrl-C in the caller) kills every
+        worker."""
         pending = list(cells)
         guard = threading.Lock()
         stop = threading.Event()
         done: queue.Queue = queue.Queue()
 
-        def take(last: tuple | None) -> Cell | None:
+        # The estimator answers a model's other batch sizes from the traces of its first
+        # (revbench.methods.estimate): there a model's cells stay on the slot that took its
+        # first, and a slot with no model of its own left to take is done. Real runs
+        # (cpu, cuda) spread every cell over every slot.
+        keep_models = bool(cells) and get_method(cells[0].method).batches_share_work
+        held: dict[int, tuple] = {}  # the model (cell but its batch) each slot works on
+
+        def take(index: int) -> Cell | None:
             with guard:
                 if not pending or stop.is_set():
                     return None
-                i = next((i for i, c in enumerate(pending) if c.batchless_key == last), 0)
-                return pending.pop(i)
+                if not keep_models:
+                    return pending.pop(0)
+                mine = held.get(index)
+                others = {key for slot, key in held.items() if slot != index}
+                i = next((i for i, c in enumerate(pending) if c.batchless_key == mine), None)
+                if i is None:
+                    free = (i for i, c in enumerate(pending) if c.batchless_key not in others)
+                    i = next(free, None)
+                if i is None:  # every cell left is another slot's model's
+                    return None
+                cell = pending.pop(i)
+                held[index] = cell.batchless_key
+                return cell
 
         def serve(index: int) -> None:
             slot = Slot(self, index, context)
-            last = None
             try:
-                while (cell := take(last)) is not None:
-                    last = cell.batchless_key
+                while (cell := take(index)) is not None:
                     record = task(cell, slot)
                     if stop.is_set():  # interrupted: the cell's worker was killed, not the cell
                         return

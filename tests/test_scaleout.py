@@ -183,3 +183,41 @@ def test_submitit_job_array_dead_job_row_and_resume_locally(run_cli, tmp_path, s
     assert "1 cell(s) already measured, 1 to go" in err
     keys = _keys(run_dir)
     assert len(keys) == len(set(keys)) == 3
+
+
+@pytest.mark.parametrize("method, together", [("estimate", True), ("cpu", False)])
+def test_estimate_cells_of_one_model_stay_on_one_slot_real_runs_spread(tmp_path, method, together):
+    # The estimator answers a model's other batch sizes from its first's traces, so a pool
+    # keeps each model on the slot that took it; cpu and cuda cells go to any free slot.
+    import threading
+    import time
+
+    from revbench_launch_helpers import FunctionLauncher
+
+    from revbench.outcome import Outcome
+
+    ran: list[tuple[str, str, int]] = []
+    guard = threading.Lock()
+
+    def launch(cell, snapshot=None, **_):
+        time.sleep(0.05 if cell.batch_size == 1 else 0.01)  # the first batch costs most
+        with guard:
+            ran.append((threading.current_thread().name, cell.variant, cell.batch_size))
+        return Outcome("ok")
+
+    launcher = FunctionLauncher(launch)
+    launcher.slots = 2
+    cells = [
+        make_cell("test_tiny_cnn", resolution=32, batch_size=b, method=method,
+                  overrides={"width": w})
+        for w in (4, 8, 12) for b in (1, 2, 3)
+    ]  # fmt: skip
+    store = RunStore.create(tmp_path, "s")
+    console = Console(quiet=True)
+    run_cells(store, cells, launcher, CellProgress(console, total=0), context=RunContext())
+    assert len(ran) == 9
+    slots_of: dict[str, set] = {}
+    for slot, variant, _ in ran:
+        slots_of.setdefault(variant, set()).add(slot)
+    assert all(len(s) == 1 for s in slots_of.values()) == together, slots_of
+    assert len({slot for slot, _, _ in ran}) == 2  # both slots worked

@@ -25,6 +25,9 @@ class Method(ABC):
     # True where a `ddp-N` cell is N real ranks, each measured by this method (cpu, cuda);
     # the estimator models data-parallel memory in one process instead.
     runs_ddp_ranks = False
+    # True where a worker answers a model's other batch sizes from the work done for its
+    # first (the estimator's traces): a pool keeps a model's cells on one slot
+    batches_share_work = False
 
     @abstractmethod
     def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:

@@ -287,6 +287,7 @@ class EstimateMethod(Method):
     """
 
     name = "estimate"
+    batches_share_work = True  # StepEstimator: two traces serve every batch size
     MODELS_KEPT = 4  # estimators kept, least recently used dropped first
 
     def __init__(self) -> None:
