@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 def count(cell: Cell, thop: bool = True) -> Counts:
     """Parameters and MACs of the cell's model at its resolution (batch 1).
 
-    Params and flop-counter MACs come from the meta device (free for any size); thop needs
-    a real forward on the CPU and is skipped with `thop=False`. Counts are extras: a model
-    that cannot be counted still runs, with the count missing.
+    All three come from one model built on the meta device (free for any size): parameters,
+    the flop counter's MACs, then thop's (its hooks read shapes only, so no real forward is
+    needed; skipped with `thop=False`). Counts are extras: a model that cannot be counted
+    still runs, with the count missing.
     """
     import torch
 
@@ -35,6 +36,10 @@ def count(cell: Cell, thop: bool = True) -> Counts:
     try:
         with torch.device("meta"):
             model = build_model(cell)
+    except Exception as exc:
+        log.warning("could not build %s on the meta device: %s", cell.model, exc)
+        return Counts()
+    try:
         params = count_params(model)
         macs = count_macs(model, cell.resolution)
     except Exception as exc:
@@ -43,7 +48,7 @@ def count(cell: Cell, thop: bool = True) -> Counts:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                macs_thop = count_macs_thop(build_model(cell), cell.resolution)
+                macs_thop = count_macs_thop(model, cell.resolution)
         except Exception as exc:
             log.warning("thop could not count %s: %s", cell.model, exc)
     return Counts(params=params, macs=macs, macs_thop=macs_thop)
