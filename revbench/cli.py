@@ -359,9 +359,8 @@ def _add_run(sub) -> None:
     scale = run.add_argument_group("scale out (README: Scaling out)")
     scale.add_argument(
         "--jobs",
-        type=int,
-        default=1,
-        help="N worker processes share the cells (estimate, cpu; default 1)",
+        help="N worker processes share the cells (estimate, cpu), or auto: one per core "
+        "that memory holds (the default for estimate; cpu: 1)",
     )
     scale.add_argument(
         "--gpus", help="cuda: one worker per card, pinned with CUDA_VISIBLE_DEVICES: 0,1,... | all"

@@ -96,7 +96,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     tolerances = parse_tolerances(args.tolerance)
     if bool(args.current) == bool(args.suite):
         raise UsageError("give either --current RESULTS or --suite NAME (to run it first)")
-    if args.jobs != 1 and not args.suite:
+    if args.jobs is not None and not args.suite:
         raise UsageError(
             f"--jobs {args.jobs} applies to --suite (its workers); --current runs nothing"
         )
@@ -217,9 +217,8 @@ def register_cli(sub) -> None:
     gate.add_argument("--no-thop", action="store_true", help="--suite runs without thop")
     gate.add_argument(
         "--jobs",
-        type=int,
-        default=1,
-        help="--suite's worker processes (estimate, cpu; default 1): as `revbench run --jobs`",
+        help="--suite's worker processes: as `revbench run --jobs` (default: auto for "
+        "estimate)",
     )
     gate.add_argument(
         "--tolerance",

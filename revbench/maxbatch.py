@@ -456,6 +456,7 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
         resume=args.resume,
         isolate=args.isolate,
         thop=False,  # a search counts parameters and MACs on the meta device only
+        jobs=1,  # one worker: its estimator answers every probe of a model from two traces
         command=shlex.join(["revbench", *getattr(args, "argv", ["max-batch"])]),
         note=note,
     )

@@ -17,7 +17,7 @@ a killed parent takes its workers with it.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from . import status
 from .cell import KEY_FIELDS, Cell
 from .errors import UsageError
 from .estimate_cache import EstimateCache, default_root
+from .jobs import AUTO, auto_jobs, parse_jobs
 from .launcher import (
     InlineLauncher,
     Launcher,
@@ -131,7 +132,9 @@ class RunConfig:
     thop: bool = True
     command: str = ""
     note: str | None = None
-    jobs: int = 1
+    # an integer, "auto" (revbench.jobs: one worker per core that memory holds), or None:
+    # auto for the estimator on local workers, else 1
+    jobs: int | str | None = None
     gpus: list[str] | None = None
     launcher: str = "local"
     launcher_options: dict = field(default_factory=dict)
@@ -140,29 +143,27 @@ class RunConfig:
     cache: bool = False
 
     def __post_init__(self) -> None:
-        method, jobs, gpus, launcher, isolate = (
-            self.method,
-            self.jobs,
-            self.gpus,
-            self.launcher,
-            self.isolate,
-        )
+        method, gpus, launcher, isolate = self.method, self.gpus, self.launcher, self.isolate
+        jobs = parse_jobs(self.jobs)
+        if jobs is None:
+            local = launcher == "local" and isolate and gpus is None
+            jobs = AUTO if method == "estimate" and local else 1
+        object.__setattr__(self, "jobs", jobs)
+        many = jobs == AUTO or jobs > 1
         if launcher not in LAUNCHERS:
             raise UsageError(f"--launcher {launcher!r} is invalid; valid: {', '.join(LAUNCHERS)}")
-        if jobs < 1:
-            raise UsageError(f"--jobs {jobs} is invalid; valid: an integer >= 1")
-        if jobs > 1 and method == "cuda":
+        if many and method == "cuda":
             raise UsageError(
                 "--jobs applies to the GPU-free methods (estimate, cpu); for cuda give --gpus "
                 "(one worker per card)"
             )
         if gpus is not None and method != "cuda":
             raise UsageError(f"--gpus applies to --device cuda, not {method}; use --jobs N")
-        if gpus is not None and jobs > 1:
+        if gpus is not None and many:
             raise UsageError("--gpus and --jobs are exclusive: --gpus starts one worker per card")
-        if (jobs > 1 or gpus) and not isolate:
+        if (many or gpus) and not isolate:
             raise UsageError("--jobs and --gpus run cells in workers; drop --no-isolate")
-        if launcher == "submitit" and (jobs > 1 or gpus):
+        if launcher == "submitit" and (many or gpus):
             raise UsageError(
                 "--launcher submitit schedules its own jobs: use --array-parallelism and "
                 "--slurm-gpus-per-task instead of --jobs and --gpus"
@@ -180,6 +181,14 @@ class RunConfig:
         if self.jobs > 1:
             return PoolLauncher(cpu_slots(self.jobs))
         return PoolLauncher([{}], shared=True)
+
+    def for_cells(self, cells: list[Cell]) -> tuple[RunConfig, str | None]:
+        """This config with its workers settled for `cells` (the cells to run): `auto`
+        resolved (with a line saying why that many), no more workers than cells."""
+        if self.jobs == AUTO:
+            jobs, why = auto_jobs(cells)
+            return replace(self, jobs=jobs), f"--jobs auto: {jobs} worker(s) ({why})"
+        return replace(self, jobs=max(1, min(self.jobs, len(cells)))), None
 
     def make_context(self, store: RunStore) -> RunContext:
         """What the run's slots share: counting, snapshots, the estimate cache."""
@@ -229,6 +238,10 @@ def run_suite(
                 return RunSummary(store, [], len(cells))  # and no invocation recorded
         if config.note:
             console.print(config.note)
+        measured = store.measured_keys() if config.resume is not None else set()
+        config, workers = config.for_cells([c for c in cells if c.key not in measured])
+        if workers and config.jobs > 1:
+            console.print(escape(workers), highlight=False)
         store.write_manifest(config.manifest(suite.name, len(cells)))
         console.print(
             f"{suite.name}: {len(cells)} {what}, method {config.method}, writing {store.dir}"

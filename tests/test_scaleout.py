@@ -114,7 +114,11 @@ def test_gpus_pin_one_worker_per_card(tmp_path):
     # No GPU here: the estimator runs the cells, and a model that fails naming the card it
     # was pinned to shows which worker took each cell.
     store = RunStore(tmp_path)
-    cells = [make_cell("test_which_card", resolution=32, batch_size=b) for b in (1, 2, 3, 4)]
+    # four models: the estimator keeps one model's batch sizes on one slot
+    cells = [
+        make_cell("test_which_card", resolution=32, batch_size=1, overrides={"width": w})
+        for w in (4, 8, 12, 16)
+    ]
     console = Console(quiet=True)
     summary = run_cells(
         store,
@@ -221,3 +225,58 @@ def test_estimate_cells_of_one_model_stay_on_one_slot_real_runs_spread(tmp_path,
         slots_of.setdefault(variant, set()).add(slot)
     assert all(len(s) == 1 for s in slots_of.values()) == together, slots_of
     assert len({slot for slot, _, _ in ran}) == 2  # both slots worked
+
+
+def _cells(models: int, batches=(1, 2, 3), model="test_tiny_cnn"):
+    return [
+        make_cell(model, resolution=32, batch_size=b, overrides={"width": 4 * (m + 1)})
+        for m in range(models) for b in batches
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_jobs_auto_is_one_worker_per_core_that_memory_holds(cores):
+    from revbench.jobs import auto_jobs, worker_peak
+
+    plenty = 10**13
+    cells = _cells(models=4)
+    assert auto_jobs(cells, cores=cores, memory=plenty)[0] == min(cores, 4)
+    # never more workers than models: a model's batch sizes share one worker's traces
+    assert auto_jobs(_cells(models=1), cores=cores, memory=plenty)[0] == 1
+    # memory: as many workers as the available memory holds, less a reserve, at least one
+    per_worker = worker_peak(cells)
+    jobs, why = auto_jobs(cells, cores=cores, memory=int(per_worker * 2 / 0.85) + 1)
+    assert jobs == min(cores, 2)
+    assert auto_jobs(cells, cores=cores, memory=per_worker // 2)[0] == 1
+    if cores > 2:
+        assert "GB per worker" in why
+
+
+def test_worker_memory_is_measured_per_family_and_path():
+    from revbench.jobs import worker_memory, worker_peak
+
+    table = worker_memory()
+    assert {path for _, path in table} == {"fake", "real"}
+    assert all(e.peak_bytes > 0 and e.measured_on for e in table.values())
+    # a family with no measurement takes the largest of its path
+    fake = max(e.peak_bytes for e in table.values() if e.path == "fake")
+    assert worker_peak(_cells(models=1)) == fake  # the test family is not in the table
+
+
+def test_jobs_auto_is_the_estimators_default_and_says_so(run_cli, tmp_path, suite_file):
+    suite = suite_file(
+        '[defaults]\nbatch_sizes = [1, 2]\n[[group]]\nname = "t"\nmodels = ["test_tiny_cnn"]\n'
+        "resolutions = [32]\noverrides = { width = 4 }\n",
+        "auto",
+    )
+    code, _, err = run_cli("run", "--suite", suite, "--device", "estimate", "--no-thop",
+                           "--out", str(tmp_path / "e"))  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((run_dirs(tmp_path / "e")[0] / "manifest.json").read_text())
+    assert manifest["invocations"][-1]["jobs"] == 1  # one model: one worker
+    code, _, err = run_cli("run", "--suite", suite, "--device", "cpu", "--no-thop",
+                           "--out", str(tmp_path / "c"), "--jobs", "auto")  # fmt: skip
+    assert code == 0, err
+    for bad in ("0", "x", "-3"):
+        code, _, err = run_cli("run", "--suite", suite, "--jobs", bad, "--dry-run")
+        assert code == 2 and f"--jobs {bad} is invalid; valid: an integer >= 1, or auto" in err
