@@ -116,6 +116,19 @@ def resolved_config(cell: Cell) -> dict:
     return {"class": f"{kind.__module__}.{kind.__qualname__}", "fields": data}
 
 
+def _source_file(builder) -> str:
+    """The file a model's builder is defined in ("" where it cannot be told): a plugin's
+    module counts in the code digest. Partials (timm's baselines) name their function."""
+    import inspect
+
+    while hasattr(builder, "func"):
+        builder = builder.func
+    try:
+        return inspect.getsourcefile(builder) or ""
+    except TypeError:
+        return ""
+
+
 def _canonical(doc: dict) -> str:
     return json.dumps(doc, sort_keys=True, default=repr, separators=(",", ":"))
 
@@ -134,13 +147,11 @@ class EstimateCache:
     # ------------------------------------------------------------------------- keys
 
     def _base(self, cell: Cell) -> dict:
-        import inspect
-
         from revbench.models import get_info
 
         if self._software is None:
             self._software = software()
-        builder = inspect.getsourcefile(get_info(cell.model).builder) or ""
+        builder = _source_file(get_info(cell.model).builder)
         if builder not in self._code:
             self._code[builder] = code_digest((builder,) if builder else ())
         return {
@@ -157,6 +168,15 @@ class EstimateCache:
     def counts_key(self, cell: Cell, thop: bool) -> dict:
         model = dict(zip(("model", "variant", "resolution"), cell.model_key))
         return {"kind": "counts", "model": model, "thop": thop, **self._base(cell)}
+
+    def _key(self, cell: Cell, kind: str, thop: bool = False) -> dict | None:
+        """The entry's key, or None (with a notice) where it cannot be formed: such a cell
+        is estimated and not kept, never answered from another key."""
+        try:
+            return self.estimate_key(cell) if kind == "estimate" else self.counts_key(cell, thop)
+        except Exception as e:  # a cache is never a reason for a cell to fail
+            self.notices.append(f"estimate cache: {cell.label()} not cached ({e})")
+            return None
 
     def _path(self, key: dict) -> Path:
         digest = hashlib.sha256(_canonical(key).encode()).hexdigest()
@@ -199,7 +219,8 @@ class EstimateCache:
     # ------------------------------------------------------------------------- API
 
     def get_measurement(self, cell: Cell) -> Measurement | None:
-        value = self._read(self.estimate_key(cell))
+        key = self._key(cell, "estimate")
+        value = None if key is None else self._read(key)
         if value is None:
             return None
         try:
@@ -209,10 +230,13 @@ class EstimateCache:
             return None
 
     def put_measurement(self, cell: Cell, measurement: Measurement) -> None:
-        self._write(self.estimate_key(cell), asdict(measurement))
+        key = self._key(cell, "estimate")
+        if key is not None:
+            self._write(key, asdict(measurement))
 
     def get_counts(self, cell: Cell, thop: bool) -> Counts | None:
-        value = self._read(self.counts_key(cell, thop))
+        key = self._key(cell, "counts", thop)
+        value = None if key is None else self._read(key)
         if value is None:
             return None
         try:
@@ -222,4 +246,6 @@ class EstimateCache:
             return None
 
     def put_counts(self, cell: Cell, thop: bool, counts: Counts) -> None:
-        self._write(self.counts_key(cell, thop), asdict(counts))
+        key = self._key(cell, "counts", thop)
+        if key is not None:
+            self._write(key, asdict(counts))

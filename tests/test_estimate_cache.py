@@ -125,3 +125,22 @@ def test_a_corrupt_or_foreign_entry_is_ignored_with_a_notice(tmp_path):
     # and a fresh estimate replaces it
     fresh.put_measurement(cell, Measurement(peak_bytes=1234))
     assert EstimateCache(tmp_path).get_measurement(cell).peak_bytes == 1234
+
+
+def test_a_cell_without_a_key_is_estimated_not_cached(tmp_path):
+    cache = EstimateCache(tmp_path)
+    cell = _cell(model="not_registered")  # its config cannot be resolved
+    assert cache.get_measurement(cell) is None
+    cache.put_measurement(cell, Measurement(peak_bytes=1))
+    assert "not cached" in cache.notices[0]
+    assert not list(Path(tmp_path).rglob("*.json"))
+
+
+def test_every_kind_of_builder_has_a_key(tmp_path):
+    # timm baselines register partials, families their classes, plugins their own module
+    cache = EstimateCache(tmp_path)
+    for name in ("resnet50", "revvit_small", "test_tiny_cnn"):
+        cell = make_cell(name, resolution=224 if name != "test_tiny_cnn" else 32, batch_size=2)
+        cache.put_measurement(cell, Measurement(peak_bytes=7))
+        assert EstimateCache(tmp_path).get_measurement(cell).peak_bytes == 7
+    assert cache.notices == []
