@@ -175,8 +175,11 @@ def run_gate(
         path = Path(args.export_json)
         write_atomic(path, json.dumps(benchmark_entries(current), indent=1) + "\n")
         print(f"benchmark JSON (customSmallerIsBetter): {path}", file=sys.stderr)
+    version_problem = estimator_version_problem(baseline, current, report, refresh)
+    if version_problem:
+        print(version_problem, file=sys.stderr)
     if not args.update:
-        return 0 if report.passed else 1
+        return 0 if report.passed and not version_problem else 1
     command = shlex.join(["revbench", *getattr(args, "argv", ["gate"])])
     written = update_baseline(Path(args.baseline), current, sources, command)
     if report is None:
@@ -192,6 +195,48 @@ def run_gate(
     if failed:
         print(f"note: the new baseline has cells with status {', '.join(failed)}", file=sys.stderr)
     return 0
+
+
+def estimator_version_problem(
+    baseline: pd.DataFrame | None, current: pd.DataFrame, report, refresh: str
+) -> str | None:
+    """Why the estimator's version does not fit the figures, or None.
+
+    `ESTIMATOR_VERSION` (revbench.methods.estimate) is bumped whenever the estimator's
+    output changes, so the estimate cache never answers with an older estimator's bytes.
+    The gate holds that promise: estimates that differ from the baseline's under the same
+    version are refused, and so are a baseline and results of different versions (the
+    baseline is refreshed with the bump).
+    """
+    if baseline is None or report is None:
+        return None
+
+    def versions(df: pd.DataFrame) -> set[int]:
+        if "estimator_version" not in df:
+            return set()
+        estimated = df.loc[df["method"] == "estimate", "estimator_version"].dropna()
+        return {int(v) for v in estimated}
+
+    before, now = versions(baseline), versions(current)
+    if not before or not now:  # a baseline from before versions were recorded
+        return None
+    if before != now:
+        return (
+            f"estimator version: the baseline's estimates are version "
+            f"{', '.join(map(str, sorted(before)))}, these {', '.join(map(str, sorted(now)))}: "
+            f"refresh the baseline ({refresh})"
+        )
+    changed = sorted(
+        {r.cell for r in report.rows if r.verdict != OK and r.cell.endswith("(estimate)")}
+    )
+    if changed:
+        return (
+            f"estimator version: {len(changed)} estimated cell(s) changed (first: {changed[0]}) "
+            f"while ESTIMATOR_VERSION is still {max(now)}: bump it in "
+            "revbench/methods/estimate.py (the estimate cache keys on it), then refresh the "
+            "baseline"
+        )
+    return None
 
 
 def register_cli(sub) -> None:

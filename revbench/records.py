@@ -100,7 +100,9 @@ class Record:
     estimated_max_batch: int | None = None
     estimated_peak_bytes: int | None = None
     probes: int | None = None
-    # an estimate answered from the estimate cache (revbench.estimate_cache), not run now
+    # the estimator's version (estimates only), and whether the estimate was answered from
+    # the estimate cache (revbench.estimate_cache) rather than run now
+    estimator_version: int | None = None
     from_cache: bool = False
     schema_version: int = SCHEMA_VERSION
     measured_at: str = ""

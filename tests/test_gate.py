@@ -403,3 +403,30 @@ def test_committed_baseline_matches_the_ci_suite():
     assert set(reference["status"]) == {"ok"}
     keys = {tuple(row) for row in reference[list(KEY_FIELDS)].itertuples(index=False)}
     assert keys == {c.key for c in cells}
+
+
+def test_changed_estimates_need_a_new_estimator_version(run_cli, tmp_path):
+    # The estimate cache keys on ESTIMATOR_VERSION: an estimate that changes under the same
+    # version would be answered stale from every cache, so the gate refuses it, even as an
+    # improvement; a baseline of another version must be refreshed.
+    def run(name, version, shrink=0):
+        records = [
+            estimate_record(
+                b, peak_bytes=FIXED + PER_SAMPLE * b - shrink, estimator_version=version
+            )
+            for b in (1, 2)
+        ]
+        return write_run(tmp_path / name, records)
+
+    base = run("base", 1)
+    code, _, err = gate(run_cli, base, run("same", 1))
+    assert code == 0 and "estimator version" not in err
+    code, out, err = gate(run_cli, base, run("better", 1, shrink=512))
+    assert code == 1
+    assert "changed" in err and "while ESTIMATOR_VERSION is still 1: bump it" in err
+    code, _, err = gate(run_cli, base, run("bumped", 2, shrink=512))
+    assert code == 1 and "the baseline's estimates are version 1, these 2: refresh" in err
+    # a baseline written before versions were recorded is compared on figures alone
+    old = write_run(tmp_path / "old", [estimate_record(1), estimate_record(2)])
+    code, _, err = gate(run_cli, old, run("new", 1))
+    assert code == 0 and "estimator version" not in err

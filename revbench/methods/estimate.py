@@ -335,4 +335,5 @@ def _measurement(est: MemoryEstimate) -> Measurement:
         peak_reserved_bytes=est.peak_reserved_bytes,
         fragmentation_bytes=est.fragmentation_bytes,
         **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
+        estimator_version=ESTIMATOR_VERSION,
     )
