@@ -102,16 +102,18 @@ def code_digest(extra_files: tuple[str, ...] = ()) -> str:
     return digest.hexdigest()
 
 
-def resolved_config(cell: Cell) -> dict:
+def resolved_config(cell: Cell, *, with_mode: bool = True) -> dict:
     """The model's registered config with the cell's overrides, side and mode applied, as
-    plain data (with the config's class, so two families' equal fields differ)."""
+    plain data (with the config's class, so two families' equal fields differ). Without
+    the mode for counts: a run counts a model once for all its modes (`Cell.model_key`)."""
     from revbench.models import get_info
 
     info = get_info(cell.model)
-    config = info.configure(
-        {**dict(cell.overrides), "img_size": cell.resolution, "mode": cell.mode}
-    )
+    changes = {**dict(cell.overrides), "img_size": cell.resolution}
+    config = info.configure({**changes, "mode": cell.mode} if with_mode else changes)
     data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    if not with_mode:
+        data.pop("mode", None)
     kind = type(config)
     return {"class": f"{kind.__module__}.{kind.__qualname__}", "fields": data}
 
@@ -146,7 +148,7 @@ class EstimateCache:
 
     # ------------------------------------------------------------------------- keys
 
-    def _base(self, cell: Cell) -> dict:
+    def _base(self, cell: Cell, *, with_mode: bool = True) -> dict:
         from revbench.models import get_info
 
         if self._software is None:
@@ -157,7 +159,7 @@ class EstimateCache:
         return {
             "software": self._software,
             "code": self._code[builder],
-            "config": resolved_config(cell),
+            "config": resolved_config(cell, with_mode=with_mode),
             "task": cell.task,
         }
 
@@ -167,7 +169,12 @@ class EstimateCache:
 
     def counts_key(self, cell: Cell, thop: bool) -> dict:
         model = dict(zip(("model", "variant", "resolution"), cell.model_key))
-        return {"kind": "counts", "model": model, "thop": thop, **self._base(cell)}
+        return {
+            "kind": "counts",
+            "model": model,
+            "thop": thop,
+            **self._base(cell, with_mode=False),
+        }
 
     def _key(self, cell: Cell, kind: str, thop: bool = False) -> dict | None:
         """The entry's key, or None (with a notice) where it cannot be formed: such a cell

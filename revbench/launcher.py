@@ -100,10 +100,12 @@ class RunContext:
         if self.cache is None or cell.method != "estimate" or outcome.status != status.OK:
             return
         self.cache.put_measurement(cell, outcome.measurement)
+        # Counts whose model was built are kept as they are: a counter that cannot count a
+        # model (thop on some layers) fails the same way every time. A worker that died or
+        # timed out while counting returns no parameters: not kept.
         counts = outcome.counts
         if request.counts and counts is not None and counts.params is not None:
-            if counts.macs is not None and (counts.macs_thop is not None or not request.thop):
-                self.cache.put_counts(cell, request.thop, counts)
+            self.cache.put_counts(cell, request.thop, counts)
 
 
 @dataclass

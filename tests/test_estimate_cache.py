@@ -70,11 +70,11 @@ def test_the_gate_never_reads_the_cache(run_cli, suite_file, tmp_path, monkeypat
 
 @pytest.mark.parametrize(
     "change",
-    ["torch", "estimator", "config", "batch", "precision", "code"],
+    ["torch", "estimator", "config", "batch", "precision", "mode", "code"],
 )
 def test_whatever_decides_the_bytes_misses_the_cache(tmp_path, monkeypatch, change):
     cache = EstimateCache(tmp_path)
-    cell = _cell()
+    cell = _cell(model="revvit_small", resolution=224) if change == "mode" else _cell()
     cache.put_measurement(cell, Measurement(peak_bytes=1234))
     cache.put_counts(cell, False, Counts(params=5, macs=6))
     fresh = EstimateCache(tmp_path)
@@ -93,11 +93,12 @@ def test_whatever_decides_the_bytes_misses_the_cache(tmp_path, monkeypatch, chan
         "config": _cell(overrides={"width": 16}),
         "batch": _cell(batch_size=3),
         "precision": _cell(precision="amp-bf16"),
+        "mode": _cell(model="revvit_small", resolution=224, mode="reversible"),
     }.get(change, cell)
     changed = EstimateCache(tmp_path)
     assert changed.get_measurement(other) is None
-    # counts belong to the model at its side: another batch or precision keeps them
-    kept = change in ("batch", "precision")
+    # counts belong to the model at its side: another batch, precision or mode keeps them
+    kept = change in ("batch", "precision", "mode")
     assert (changed.get_counts(other, False) is not None) == kept
     assert changed.notices == []  # a miss, not a damaged entry
 
