@@ -7,13 +7,12 @@ tests/test_cli.py checks against each suite's expansion: a changed suite fails t
 until its row is updated.
 
 Expected time on the estimator: the wall time of a timed run where the table has one
-(`measured_minutes`: on a 2-core machine shared with other jobs, niced, thop counts
-included), else from a per-cell cost model:
-- a fake-tensor cell (every classification model) costs SECONDS_PER_CELL: the mean over
-  `revbench run --suite imagenet-train-mem --device estimate` (100 cells, 50 minutes) on
-  a shared 2-core machine, thop counts included. Cells took 2 s to 96 s (median 22 s; a
-  model's first cell also counts its MACs, and deep RevBiFPNs cost the most), so the
-  figure is rounded and a guide only;
+(`measured_minutes`, on 2 cores), else from a per-cell cost model:
+- a fake-tensor cell (every classification model) costs SECONDS_PER_CELL of wall time:
+  `revbench run --suite imagenet-train-mem` (150 cells, 45 models, --jobs auto = 2
+  workers, idle 2-core machine) took 5.0 minutes cold. The estimator's cost is per
+  model: a model's first two batch sizes are traced (about 2-12 s each, deep RevBiFPNs
+  the most), its others follow from those traces, so the per-cell figure is a guide only;
 - a dense cell (torchvision's detectors run a real CPU step at full size,
   revbench/methods/estimate_dense.py) costs 1-3 minutes on one core.
 """
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import tomllib
 
-SECONDS_PER_CELL = 30.0  # fake-tensor estimator cell, see the module docstring
+SECONDS_PER_CELL = 2.0  # fake-tensor estimator cell, wall time on 2 workers: see above
 DENSE_MINUTES_PER_CELL = (1.0, 3.0)  # a real CPU step at detection size
 
 
