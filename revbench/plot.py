@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ import pandas as pd
 from . import status
 from .analysis import per_sample_fit
 from .errors import UsageError
-from .loading import load, load_manifests
+from .loading import load, load_manifests, result_files
 from .outputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ REQUIRED = ("model", "mode", "resolution", "batch_size", "precision", "scenario"
 def register_cli(sub) -> None:
     p = sub.add_parser("plot", help="figures and a Markdown report from results")
     p.add_argument("paths", nargs="+", metavar="PATH", help="results file(s) or run directories")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="pool every run of a suite found under PATH (default: each suite's latest run)",
+    )
     p.add_argument("--out", default="reports", help="output directory (default: reports/)")
     p.add_argument("--format", default="png", help=f"comma-separated: {', '.join(FORMATS)}")
     p.add_argument(
@@ -62,9 +68,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out, "--out")
     formats = parse_formats(args.format)
     kind = parse_memory_kind(args.memory)
-    df = read_results(args.paths)
+    files = choose_runs(args.paths, merge=args.merge)
+    df = read_results([str(f) for f in files], where=args.paths)
     try:
-        manifests = load_manifests(*args.paths)
+        manifests = load_manifests(*files)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"unreadable manifest.json next to {', '.join(args.paths)}: {e}") from None
     command = shlex.join(["revbench", *getattr(args, "argv", ["plot", *args.paths])])
@@ -117,14 +124,73 @@ def parse_formats(value: str) -> list[str]:
     return list(dict.fromkeys(formats))
 
 
-def read_results(paths: list[str]) -> pd.DataFrame:
-    """All records under `paths`, checked for what every figure needs."""
+REFERENCE_DIR = "reference"  # results/reference/: the checkout's baselines, not the user's runs
+
+
+def choose_runs(paths: list[str], *, merge: bool = False) -> list[Path]:
+    """The results files to plot under `paths`: each suite's latest run unless `merge`
+    (then every run, said), and no reference baseline found by searching a directory
+    (one named on the command line is plotted). Notices go to stderr, one line each."""
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for given in map(Path, paths):
+        for found in result_files([given]):
+            inside = found.relative_to(given).parts[:-1] if given.is_dir() else ()
+            (skipped if REFERENCE_DIR in inside else files).append(found)
+    if skipped and not files:  # nothing but baselines: those are what was asked for
+        files, skipped = skipped, []
+    if skipped:
+        where = sorted({str(p.parent) for p in skipped})
+        print(
+            f"note: left out {len(skipped)} reference baseline(s) ({', '.join(where)}): "
+            "name such a directory to plot it",
+            file=sys.stderr,
+        )
+    by_suite: dict[str, list[Path]] = {}
+    for f in files:
+        by_suite.setdefault(_suite_of(f), []).append(f)
+    chosen: list[Path] = []
+    for suite, runs in sorted(by_suite.items()):
+        runs = sorted(set(runs), key=lambda f: (f.parent.name, str(f)))
+        if len(runs) > 1 and merge:
+            print(f"merged {len(runs)} runs of {suite}: " + ", ".join(str(r.parent) for r in runs),
+                  file=sys.stderr)  # fmt: skip
+        elif len(runs) > 1:
+            print(
+                f"note: {suite}: plotting its latest run, {runs[-1].parent} ({len(runs) - 1} "
+                "earlier run(s) left out; --merge pools them)",
+                file=sys.stderr,
+            )
+            runs = runs[-1:]
+        chosen.extend(runs)
+    return chosen
+
+
+def _suite_of(results: Path) -> str:
+    """The suite a results file belongs to: its manifest's, else its first record's."""
+    manifest = results.parent / "manifest.json"
+    try:
+        suite = json.loads(manifest.read_text()).get("suite")
+    except (OSError, ValueError, AttributeError):
+        suite = None
+    if suite:
+        return str(suite)
+    try:
+        with results.open() as f:
+            return str(json.loads(f.readline()).get("suite") or "unnamed")
+    except (OSError, ValueError, AttributeError):
+        return "unnamed"
+
+
+def read_results(paths: list[str], where: list[str] | None = None) -> pd.DataFrame:
+    """All records under `paths`, checked for what every figure needs (`where`: how to
+    name them in errors, the paths the user gave)."""
     try:
         df = load(*paths)
     except (UnicodeDecodeError, AttributeError, TypeError) as e:
         # A binary file, or JSON lines that are not objects.
-        raise UsageError(f"unreadable results in {', '.join(paths)}: {e}") from None
-    where = ", ".join(paths)
+        raise UsageError(f"unreadable results in {', '.join(where or paths)}: {e}") from None
+    where = ", ".join(where or paths)
     if df.empty:
         raise UsageError(f"no results found in {where}: the results files are empty")
     for column in REQUIRED:
@@ -272,12 +338,16 @@ def render_suite(
     rendered: list[Rendered] = []
     native = native_resolutions(rows["model"].unique())
     jobs = []
-    for suffix, facet, g in _facets(rows, ["scenario", "precision", "method"]):
+    # Each task its own figures: a detector's memory per image never shares axes, or
+    # published points, with a classifier's per sample.
+    tasks = ["task"] if rows["task"].nunique() > 1 else []
+    for suffix, facet, g in _facets(rows, ["scenario", "precision", "method", *tasks]):
         fit = per_sample_fit(g)
         if fit.empty:  # keep the columns the figures select on
             fit = pd.DataFrame(columns=[*g.columns, "bytes_per_sample", "fixed_bytes"])
         no_kind = _kind_missing(g, kind)
-        for name, title, draw in _figure_specs(g, fit, published, native, kind):
+        own = published[published["task"].isin(set(g["task"]))]
+        for name, title, draw in _figure_specs(g, fit, own, native, kind):
             if no_kind and name != "mem_by_category":  # the breakdown is allocated memory
                 draw = _no_data(no_kind)
             jobs.append((name + suffix, title, facet, draw))

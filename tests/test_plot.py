@@ -778,3 +778,38 @@ def test_neck_layers_of_bifpn_and_revbifpn_share_one_axis(tmp_path):
     grows, flat = (lines[k] for k in sorted(lines))  # bifpn ..., revbifpn_s0 ...
     assert list(grows) == pytest.approx([4.0, 8.0, 16.0])
     assert list(flat) == pytest.approx([9.0] * 3)
+
+
+def test_plot_results_is_the_latest_run_not_baselines_or_older_runs(tmp_path, run_cli):
+    # A fresh clone: the checkout's reference baseline (another machine's numbers) and an
+    # older run of the same suite lie beside the user's run under results/; plotting
+    # results/ must give the user's run exactly as plotting its own directory does.
+    def doubled(records):
+        return [
+            dataclasses.replace(r, peak_bytes=2 * r.peak_bytes) if r.peak_bytes else r
+            for r in records
+        ]
+
+    results = tmp_path / "results"
+    _write_run(results / "reference", "imagenet-train-mem", doubled(_imagenet_records()))
+    older = _write_run(results, "imagenet-train-mem", doubled(_imagenet_records()))
+    latest = _write_run(results, "imagenet-train-mem", _imagenet_records())
+    assert older.parent == latest.parent and older.name < latest.name
+    code, out_all, err = run_cli("plot", str(results), "--out", str(tmp_path / "all"))
+    assert code == 0, err
+    assert "left out 1 reference baseline(s)" in err
+    assert "plotting its latest run" in err and "--merge pools them" in err
+    code, _, err = run_cli("plot", str(latest), "--out", str(tmp_path / "one"))
+    assert code == 0, err
+
+    def body(name):  # the report less the line naming the command
+        text = (tmp_path / name / "report.md").read_text()
+        return [line for line in text.splitlines() if "revbench plot" not in line]
+
+    assert body("all") == body("one")
+    # --merge pools the two runs (the reference baseline stays out) and says so
+    code, _, err = run_cli("plot", str(results), "--merge", "--out", str(tmp_path / "merged"))
+    assert code == 0 and "merged 2 runs of imagenet-train-mem" in err
+    # a reference baseline named on the command line is plotted
+    code, _, err = run_cli("plot", str(results / "reference"), "--out", str(tmp_path / "ref"))
+    assert code == 0 and "reference baseline" not in err
