@@ -17,7 +17,7 @@ import sys
 import traceback
 from dataclasses import replace
 
-from . import __version__
+from . import __version__, status
 from .budget import resolve_budgets
 from .cell import model_label
 from .cli_args import (
@@ -87,19 +87,64 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(cell.label())
         return 0
     summary = run_suite(suite, cells, config, console=console)
-    if summary.records:
-        console.print(_summary_table(summary.records, console.width))
     store = summary.store
     df = load(store.results_path) if store.results_path.is_file() else None
-    if df is not None and not df.empty:
-        fit = per_sample_fit(df)
-        if not fit.empty and summary.records:
+    fit = per_sample_fit(df) if df is not None and not df.empty else None
+    records = summary.records
+    if records:
+        # Every row where they are few; where many, the fit says it shorter, and only the
+        # cells that did not finish are listed.
+        failed = [r for r in records if r.status != status.OK]
+        if len(records) <= RAW_ROWS_SHOWN or fit is None or fit.empty:
+            console.print(_summary_table(records, console.width))
+        elif failed:
+            console.print(_summary_table(failed, console.width))
+        if fit is not None and not fit.empty:
             console.print(_fit_table(fit, console.width))
-        if args.csv:
-            export_csv(df, args.csv)
+            pairs = _mode_pairs(fit)
+            if pairs is not None:
+                console.print(_pairs_table(pairs, console.width))
+    if args.csv and df is not None and not df.empty:
+        export_csv(df, args.csv)
     # soft_wrap: a path stays whole on one line, to be copied
     console.print(f"results: {store.results_path}", highlight=False, soft_wrap=True)
+    if records and not summary.interrupted:
+        plot = shlex.join(["revbench", "plot", str(store.dir)])
+        console.print(f"next: {plot}  (figures and report in reports/)", highlight=False,
+                      soft_wrap=True)  # fmt: skip
     return 130 if summary.interrupted else 0
+
+
+RAW_ROWS_SHOWN = 20  # a run's rows printed in full up to this many
+
+
+def _mode_pairs(fit):
+    """Reversible models measured in both modes: memory per sample each way and the
+    ratio, the papers' headline claim; None when the run has no such pair."""
+    keys = ["model", "variant", "resolution", "precision", "scenario", "method"]
+    modes = fit[fit["mode"].isin(["reversible", "vanilla"])]
+    wide = modes.pivot_table(index=keys, columns="mode", values="bytes_per_sample")
+    if not {"reversible", "vanilla"} <= set(wide.columns):
+        return None
+    wide = wide.dropna(subset=["reversible", "vanilla"])
+    return None if wide.empty else wide.reset_index()
+
+
+def _pairs_table(pairs, width: int):
+    columns = ["model", "res", "prec", "reversible MB/sample", "vanilla MB/sample", "vanilla/rev"]
+    rows = [
+        [
+            model_label(r["model"], r["variant"]),
+            str(r["resolution"]),
+            r["precision"],
+            f"{r['reversible'] / 1e6:.1f}",
+            f"{r['vanilla'] / 1e6:.1f}",
+            f"{r['vanilla'] / r['reversible']:.1f}x" if r["reversible"] > 0 else EMPTY,
+        ]
+        for _, r in pairs.iterrows()
+    ]
+    title = "reversible vs vanilla: activation memory the reversible engine saves"
+    return fit_table(title, columns, rows, ("model", "prec"), width)
 
 
 def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
