@@ -119,6 +119,15 @@ def bytes_label(n: int) -> str:
     return f"{n / 2**30:.2f}GiB" if n >= 2**30 else f"{n / 2**20:.2f}MiB"
 
 
+def readable_bytes(n: int) -> str:
+    """A byte figure in the decimal unit that shows it: '512 B', '1.00 MB', '17.18 GB'
+    (never '0.00 GB' for a small budget)."""
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cell:
     """One measurement to make. Equal cells are the same measurement, overrides included."""

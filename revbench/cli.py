@@ -2,7 +2,9 @@
 
 Exit codes, for every command: 0 done; 1 only from `gate`, a regression; 2 bad input (one
 line naming the bad value, nothing written); 3 an internal error (a bug in revbench: the
-traceback is printed); 130 interrupted (`run`: every finished cell is saved).
+traceback is printed); 4 the machine refused a write (no space, read-only, no permission: one
+line naming the path; finished rows are kept); 130 interrupted (`run`: every finished cell is
+saved).
 """
 
 # Imports stay light at module level: `revbench --help`, `--version` and `list --suites`
@@ -28,7 +30,7 @@ from .cli_args import (
     csv_list,
     make_console,
 )
-from .errors import UsageError
+from .errors import ENVIRONMENT_ERRNOS, ENVIRONMENT_EXIT_CODE, UsageError
 from .outputs import EMPTY, check_output_dir, check_output_file, fit_table
 
 
@@ -461,6 +463,16 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            traceback.print_exc()
+            print(f"revbench: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+            return INTERNAL_ERROR
+        # The machine refused a write: one line naming where and why; every finished row
+        # is on disk (a torn last line is repaired by --resume).
+        where = e.filename or "a file"
+        print(f"revbench: error: {where}: {e.strerror}", file=sys.stderr)
+        return ENVIRONMENT_EXIT_CODE
     except Exception as e:  # a bug, not bad input: never exit 1, which `gate` gives a regression
         traceback.print_exc()
         print(f"revbench: internal error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -262,8 +262,7 @@ def register_cli(sub) -> None:
     gate.add_argument("--no-thop", action="store_true", help="--suite runs without thop")
     gate.add_argument(
         "--jobs",
-        help="--suite's worker processes: as `revbench run --jobs` (default: auto for "
-        "estimate)",
+        help="--suite's worker processes: as `revbench run --jobs` (default: auto for estimate)",
     )
     gate.add_argument(
         "--tolerance",

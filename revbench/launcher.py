@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import status
-from .cell import Cell, bytes_label
+from .cell import Cell, bytes_label, readable_bytes
 from .estimate_cache import EstimateCache
 from .execute import run_inline
 from .measurement import Counts
@@ -158,8 +158,8 @@ def budget_outcome(cell: Cell, slot: Slot) -> Outcome | None:
     predicted = slot.launch(replace(cell, method="estimate"), count=estimate)
     peak = predicted.measurement.peak_bytes
     if predicted.status == status.OK and peak is not None and peak > cell.limit_bytes:
-        message = f"over budget: estimated peak {peak / 1e9:.2f} GB > "
-        message += f"{cell.limit_bytes / 1e9:.2f} GB ({bytes_label(cell.budget_bytes)})"
+        message = f"over budget: estimated peak {readable_bytes(peak)} > "
+        message += f"{readable_bytes(cell.limit_bytes)} ({bytes_label(cell.budget_bytes)})"
         return Outcome(status.SKIPPED, message, counts=predicted.counts)
     return predicted if estimate else None
 

@@ -42,7 +42,7 @@ from rich.markup import escape
 
 from . import status
 from .budget import parse_margin, resolve_budgets
-from .cell import Cell, bytes_label, cell_label, model_label
+from .cell import Cell, bytes_label, cell_label, model_label, readable_bytes
 from .cli_args import (
     add_axis_flags,
     add_optimizer_flag,
@@ -254,7 +254,7 @@ def _estimated_or_none(prober: Prober, cell: Cell, batch: int) -> Probe | None:
 
 
 def _gb(nbytes: int | None) -> str:
-    return "-" if nbytes is None else f"{nbytes / 1e9:.2f} GB"
+    return "-" if nbytes is None else readable_bytes(nbytes)
 
 
 def search(cell: Cell, prober: Prober) -> Record:

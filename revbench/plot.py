@@ -14,10 +14,15 @@ input is a UsageError before anything is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import shlex
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,17 +87,37 @@ def cmd_plot(args: argparse.Namespace) -> int:
     )
     df = with_memory_kind(df, kind)
     figures = {}
-    for suite, rows in df.groupby("suite", sort=True):
-        ok = rows[rows["status"] == status.OK]
-        if not ok.empty:
-            own = published[published["task"].isin(set(ok["task"]))]
-            figures[suite] = render_suite(ok, own, out, _slug(suite), formats, kind)
-    document = write_report(df, manifests, figures, published, out, command, kind)
-    html = write_html(document, out)
+    with staged(out) as stage:
+        for suite, rows in df.groupby("suite", sort=True):
+            ok = rows[rows["status"] == status.OK]
+            if not ok.empty:
+                own = published[published["task"].isin(set(ok["task"]))]
+                figures[suite] = render_suite(ok, own, stage, _slug(suite), formats, kind)
+        document = write_report(df, manifests, figures, published, stage, command, kind)
+        html = write_html(document, stage)
     print_rendered(figures)
     print(f"report: {out / 'report.md'}")
-    print(f"report: {html}")
+    print(f"report: {out / html.name}")
     return 0
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A folder beside `out` to write the report into, moved into `out` entry by entry
+    (each a rename) only once everything is written: a failure (a full disk) leaves `out`
+    as it was and no partial folder behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield stage
+        out.mkdir(exist_ok=True)
+        for entry in sorted(stage.iterdir()):
+            target = out / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def print_rendered(figures: dict[str, list[Rendered]]) -> None:

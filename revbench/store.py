@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .cell import KEY_FIELDS
 from .environment import environment
-from .errors import UsageError
+from .errors import UsageError, naming
 from .records import SCHEMA_VERSION, Record, parse_record, read_records
 from .status import FINAL
 
@@ -116,8 +116,9 @@ class RunStore:
             {"pid": os.getpid(), "host": socket.gethostname(), **invocation}
         )
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        tmp.replace(self.manifest_path)
+        with naming(self.manifest_path):
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            tmp.replace(self.manifest_path)
 
     def read_manifest(self) -> dict | None:
         """The manifest, or None when there is none; an unreadable one is a UsageError."""
@@ -156,7 +157,7 @@ class RunStore:
         """
         if not self.results_path.is_file():
             return None
-        with self._append_lock():
+        with naming(self.results_path), self._append_lock():
             return self._repair()
 
     def _repair(self) -> str | None:
@@ -189,7 +190,7 @@ class RunStore:
             notice = self._repair()  # never glue a record onto a partial line
             if notice:
                 log.warning(notice)
-            with open(self.results_path, "a") as f:
+            with naming(self.results_path), open(self.results_path, "a") as f:
                 f.write(record.to_json() + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -202,8 +203,9 @@ class RunStore:
             return
         manifest["invocations"][-1].update(fields)
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        tmp.replace(self.manifest_path)
+        with naming(self.manifest_path):
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            tmp.replace(self.manifest_path)
 
     def measured_keys(self) -> set[tuple]:
         """Keys of the cells already measured (ok or oom) in this run."""

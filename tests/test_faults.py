@@ -589,3 +589,60 @@ def test_an_internal_error_in_the_gate_is_not_exit_1(run_cli, tmp_path, monkeypa
     code, _, err = run_cli("gate", "--baseline", path, "--current", path)
     assert code == 3
     assert err.splitlines()[-1] == "revbench: internal error: KeyError: 'a bug'"
+
+
+# ------------------------------------------------------------- the machine refuses writes
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 24 kB tmpfs mounted in the test's folder (root on Linux only), unmounted after."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()[:100]}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_exit_4_and_keeps_finished_rows(run_cli, small_tmpfs, tmp_path):
+    # Rows of about 2 kB each: the 24 kB disk fills before the last cells.
+    suite = write_suite(tmp_path / "many.toml", ["test_tiny_cnn"], batch_sizes=list(range(1, 41)))
+    code, _, err = run_cli(
+        "run", "--suite", suite, "--device", "estimate", "--no-thop", "--jobs", "1",
+        "--out", str(small_tmpfs),
+    )  # fmt: skip
+    assert code == 4, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("revbench: error: ") and "No space left on device" in last
+    assert str(small_tmpfs) in last and "Traceback" not in err
+    (run_dir,) = [p for p in small_tmpfs.glob("*/*") if p.is_dir()]
+    rows = RunStore(run_dir).rows()  # every whole line is a valid record
+    assert 0 < len(rows) < 40
+
+
+def test_a_read_only_run_directory_is_one_line_exit_4(run_cli, small_tmpfs, tmp_path):
+    suite = write_suite(tmp_path / "two.toml", ["test_tiny_cnn"], batch_sizes=[1])
+    argv = ("run", "--suite", suite, "--device", "estimate", "--no-thop", "--out",
+            str(small_tmpfs))  # fmt: skip
+    assert run_cli(*argv)[0] == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    code, _, err = run_cli(*argv, "--resume")
+    assert code == 4, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0], err
+
+
+def test_plot_on_a_full_disk_is_exit_4_and_leaves_nothing_partial(
+    run_cli, small_tmpfs, measured_run
+):
+    _, run_dir = measured_run
+    out = small_tmpfs / "report"
+    code, _, err = run_cli("plot", str(run_dir), "--out", str(out))
+    assert code == 4, err
+    assert err.strip().splitlines()[-1].startswith("revbench: error: ")
+    assert "No space left on device" in err and "Traceback" not in err
+    assert list(small_tmpfs.iterdir()) == []  # no report/, no partial folder beside it

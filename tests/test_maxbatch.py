@@ -488,3 +488,14 @@ def test_published_mvit_b_stands_in_for_rev_mvit_vanilla():
     assert points.loc[("rev_mvit_base", "vanilla"), "max_batch"] == 89
     assert points.loc[("rev_mvit_base", "vanilla"), "published_model"] == "mvit_base"
     assert points.loc[("revvit_small", "reversible"), "max_batch"] == 1232
+
+
+def test_small_figures_print_in_a_unit_that_shows_them():
+    def launch(cell, snapshot=None, **_):
+        return Outcome(status.OK, measurement=Measurement(peak_bytes=5_120))
+
+    cell = replace(_search_cell(method="cuda"), batch_size=4, budget_bytes=1000)
+    skipped = budget_outcome(cell, slot_for(launch))
+    assert skipped.message == "over budget: estimated peak 5.12 kB > 1.00 kB (1000B)"
+    record = search(replace(_search_cell(), budget_bytes=10**6), _prober(launch))
+    assert "0.00 GB" not in record.message and "1.00 MB" in record.message
