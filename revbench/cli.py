@@ -82,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command=shlex.join(["revbench", *args.argv]),
         note=fallback_note,
         cache=not args.no_cache,
+        cancel_pending=args.cancel_pending,
         **_scale_out_options(args),
     )
     if args.dry_run:
@@ -417,6 +418,12 @@ def _add_run(sub) -> None:
         default="local",
         help="local (workers on this machine, the default) | submitit (a job array: Slurm "
         "where sbatch exists, submitit's local executor otherwise)",
+    )
+    scale.add_argument(
+        "--cancel-pending",
+        action="store_true",
+        help="--resume: cancel an earlier invocation's submitit jobs that are still queued "
+        "or running (without it such a resume is refused, so no cell is measured twice)",
     )
     scale.add_argument("--slurm-partition", help="submitit: the Slurm partition")
     scale.add_argument(

@@ -45,6 +45,13 @@ def load_side(paths: list[str], what: str) -> pd.DataFrame:
         raise UsageError(f"{what}: {e}") from None
     if df.empty:
         raise UsageError(f"{what}: no records in {', '.join(paths)}")
+    repeated = df.attrs.get("repeated_cells", 0)
+    if repeated:
+        print(
+            f"note: {what}: {repeated} older row(s) of cells measured again in "
+            f"{', '.join(paths)}; each cell's last row counts",
+            file=sys.stderr,
+        )
     return df
 
 

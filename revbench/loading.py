@@ -32,7 +32,8 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
     """Records from results files or run directories as a DataFrame.
 
     With `latest_only`, a cell measured several times (a resumed error, say) keeps its
-    last record.
+    last record: the one written last, in file order, files in the order given. How many
+    cells had more than one is `df.attrs["repeated_cells"]` (the gate says so).
     """
     rows = []
     for path in result_files(list(paths)):
@@ -43,7 +44,9 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
     for name in BUDGET_FIELDS:  # None, not NaN, where no budget: keys must equal Cell.key
         df[name] = df[name].astype(object).where(df[name].notna(), None)
     if latest_only and not df.empty:
+        repeated = int(df.duplicated(subset=list(KEY_FIELDS), keep="last").sum())
         df = df.drop_duplicates(subset=list(KEY_FIELDS), keep="last").reset_index(drop=True)
+        df.attrs["repeated_cells"] = repeated
     return df
 
 

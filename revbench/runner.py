@@ -43,7 +43,7 @@ from .outputs import check_output_dir
 from .progress import CellProgress
 from .records import Record
 from .store import RunStore
-from .submitit_launcher import SubmititLauncher, check_options
+from .submitit_launcher import SubmititLauncher, active_jobs, cancel, check_options
 from .suite import Suite
 
 
@@ -141,6 +141,9 @@ class RunConfig:
     # estimate cells answered from, and kept in, the estimate cache (revbench.estimate_cache);
     # `revbench run --no-cache` and the gate turn it off
     cache: bool = False
+    # --resume of a run whose earlier submitit jobs are still queued or running: cancel
+    # them and measure their cells now (without it, such a resume is refused)
+    cancel_pending: bool = False
 
     def __post_init__(self) -> None:
         method, gpus, launcher, isolate = self.method, self.gpus, self.launcher, self.isolate
@@ -231,6 +234,7 @@ def run_suite(
             repaired = store.repair()
             if repaired:
                 console.print(escape(repaired), highlight=False)
+            settle_submitted_jobs(store, config.cancel_pending, console)
             measured = store.measured_keys()
             if all(c.key in measured for c in cells):
                 done = f"nothing to resume: all {len(cells)} {what} are in {store.dir}"
@@ -256,6 +260,26 @@ def run_suite(
             task=task,
             resume=config.resume is not None,
         )
+
+
+def settle_submitted_jobs(store: RunStore, cancel_pending: bool, console: Console) -> None:
+    """Never measure a cell twice: jobs of an earlier submitit invocation that have not
+    written their row and are still queued or running are refused (a UsageError naming
+    them), or cancelled with `cancel_pending`, before anything is launched."""
+    active = active_jobs(store)
+    if not active:
+        return
+    ids = ", ".join(str(j["job_id"]) for j in active[:8]) + (", ..." if len(active) > 8 else "")
+    if not cancel_pending:
+        raise UsageError(
+            f"--resume {store.dir}: {len(active)} submitit job(s) of an earlier invocation are "
+            f"still queued or running ({ids}) and will write their rows: wait for them, or "
+            "give --cancel-pending to cancel them and measure their cells now"
+        )
+    cancel(active)
+    console.print(
+        escape(f"cancelled {len(active)} submitit job(s) of an earlier invocation: {ids}")
+    )
 
 
 def run_cells(

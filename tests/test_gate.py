@@ -430,3 +430,13 @@ def test_changed_estimates_need_a_new_estimator_version(run_cli, tmp_path):
     old = write_run(tmp_path / "old", [estimate_record(1), estimate_record(2)])
     code, _, err = gate(run_cli, old, run("new", 1))
     assert code == 0 and "estimator version" not in err
+
+
+def test_a_cell_with_two_rows_counts_its_last_and_the_gate_says_so(run_cli, baseline, tmp_path):
+    current = write_run(
+        tmp_path / "current",
+        [estimate_record(1, peak_bytes=1), estimate_record(1), estimate_record(2)],
+    )
+    code, _, err = gate(run_cli, baseline, current)
+    assert code == 0, err  # the last row of batch 1 is the baseline's figure
+    assert "current: 1 older row(s) of cells measured again" in err

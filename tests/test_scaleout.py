@@ -162,7 +162,7 @@ def test_submitit_job_array_dead_job_row_and_resume_locally(run_cli, tmp_path, s
     __import__(FAULTS)
     out = tmp_path / "out"
     # Two jobs (no sbatch here: submitit's local executor): one measures its cell, one
-    # segfaults, taking its job down before it could write its row.
+    # segfaults in its worker, and the job writes that cell's row as the local launcher does.
     code, _, err = run_cli(
         "run", "--suite", suite, "--device", "estimate", "--out", str(out), "--no-thop",
         "--launcher", "submitit", "--models", "test_tiny_cnn,test_segfaults",
@@ -173,7 +173,8 @@ def test_submitit_job_array_dead_job_row_and_resume_locally(run_cli, tmp_path, s
     rows = {r["model"]: r for r in RunStore(run_dir).rows()}
     assert rows["test_tiny_cnn"]["status"] == "ok" and rows["test_tiny_cnn"]["params"]
     dead = rows["test_segfaults"]
-    assert dead["status"] == "error" and dead["message"].startswith("job ")
+    # how it died, as the local workers say it: the signal, not submitit's "FINISHED"
+    assert dead["status"] == "error" and dead["message"].startswith("worker killed by SIGSEGV")
     last = json.loads((run_dir / "manifest.json").read_text())["invocations"][-1]
     assert (last["launcher"], last["executor"]) == ("submitit", "local")
     assert len(last["workers"]) == 2 and all(w["job"] for w in last["workers"])
@@ -280,3 +281,52 @@ def test_jobs_auto_is_the_estimators_default_and_says_so(run_cli, tmp_path, suit
     for bad in ("0", "x", "-3"):
         code, _, err = run_cli("run", "--suite", suite, "--jobs", bad, "--dry-run")
         assert code == 2 and f"--jobs {bad} is invalid; valid: an integer >= 1, or auto" in err
+
+
+def test_resume_after_a_killed_submitter_never_measures_a_cell_twice(tmp_path, suite_file):
+    pytest.importorskip("submitit", reason="the submitit launcher needs submitit (in .[dev])")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = suite_file(
+        '[defaults]\nbatch_sizes = [1]\ntimeout_s = 120\n[[group]]\nname = "h"\n'
+        'models = ["test_hangs", "test_tiny_cnn"]\nresolutions = [32]\n',
+        "hang",
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "REVBENCH_PLUGINS": f"{os.environ['REVBENCH_PLUGINS']},{FAULTS}"}
+    argv = [sys.executable, "-m", "revbench.cli", "run", "--suite", suite, "--device",
+            "estimate", "--no-thop", "--out", str(out)]  # fmt: skip
+    submitter = subprocess.Popen(
+        [*argv, "--launcher", "submitit", "--models", "test_hangs"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    for line in submitter.stderr:  # kill -9 once the array is submitted
+        if "submitted 1 job(s)" in line or time.monotonic() > deadline:
+            break
+    submitter.send_signal(signal.SIGKILL)
+    submitter.wait()
+    run_dir = _run_dir(out)
+    # at once: the job is still running and will write its row, so resuming is refused
+    again = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True)
+    assert again.returncode == 2, again.stderr
+    assert "1 submitit job(s) of an earlier invocation are still queued or running" in (
+        again.stderr
+    )
+    assert "--cancel-pending" in again.stderr and RunStore(run_dir).rows() == []
+    # --cancel-pending cancels it (its cell never gets a row from it) and goes on
+    again = subprocess.run(
+        [*argv, "--resume", "--cancel-pending", "--models", "test_tiny_cnn"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "cancelled 1 submitit job(s)" in again.stderr
+    time.sleep(1)
+    assert [r["model"] for r in RunStore(run_dir).rows()] == ["test_tiny_cnn"]
