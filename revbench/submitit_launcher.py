@@ -4,8 +4,9 @@ submitit's `AutoExecutor` submits to Slurm where `sbatch` exists and runs the jo
 processes otherwise; revbench schedules nothing itself. Each job runs the run's task on
 one cell, in a worker process as the local launcher does (a failed, crashed or hung cell
 becomes its status, naming the signal or exit code), counts its model, and appends the
-record to the run directory itself, through the store's per-record flock (`RunStore.append`), so the jobs' rows land
-even if this process is gone by the time they run (then `--resume` later skips them).
+record to the run directory itself, through the store's per-record flock
+(`RunStore.append`), so the jobs' rows land even if this process is gone by the time they
+run (then `--resume` later skips them).
 The array (job ids and cells) is recorded in the run directory as soon as it is submitted:
 `--resume` refuses to run beside jobs still queued or running (`--cancel-pending` cancels
 them), so no cell is measured twice. This process waits for the array and turns a job
