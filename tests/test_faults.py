@@ -646,3 +646,48 @@ def test_plot_on_a_full_disk_is_exit_4_and_leaves_nothing_partial(
     assert err.strip().splitlines()[-1].startswith("revbench: error: ")
     assert "No space left on device" in err and "Traceback" not in err
     assert list(small_tmpfs.iterdir()) == []  # no report/, no partial folder beside it
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose environment holds `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes() and not _dead(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_a_run_takes_its_ddp_ranks_too(tmp_path):
+    # A ddp-2 cell whose ranks hang: SIGKILL the run while they are alive; its worker, both
+    # ranks and everything they started are gone seconds later, and no rendezvous or result
+    # files are left behind.
+    suite = write_suite(tmp_path / "ddp.toml", ["test_hangs"], batch_sizes=[1])
+    marker = f"REVBENCH_TEST_RUN={tmp_path.name}"
+    env = {
+        **os.environ,
+        "REVBENCH_PLUGINS": f"{os.environ['REVBENCH_PLUGINS']},{FAULTS}",
+        "REVBENCH_TEST_RUN": tmp_path.name,
+        "TMPDIR": str(tmp_path),
+    }
+    run = subprocess.Popen(
+        [sys.executable, "-m", "revbench.cli", "run", "--suite", suite, "--device", "cpu",
+         "--no-thop", "--scenario", "ddp", "--world-size", "2", "--out", str(tmp_path / "o")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(_processes_with(marker)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)  # the run, its worker and two ranks
+    assert len(_processes_with(marker)) >= 4
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 15
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_with(marker) == []
+    assert not list(tmp_path.glob("revbench-ddp-*"))
