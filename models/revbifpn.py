@@ -529,7 +529,7 @@ class RevBiFPNConfig(ReversibleConfig):
     features_only: bool | str = False  # True: neck maps; "stack": raw stack outputs
     # False: autograd keeps the neck's activations instead of recomputing them in backward
     # (the official code's disable_recomp=True), as the published memory figures may have
-    # been measured (../REFERENCE.md section 11). No effect in vanilla mode.
+    # been measured (docs/published-figures.md). No effect in vanilla mode.
     recompute_neck: bool = True
 
     @property

@@ -167,7 +167,7 @@ def mac_convention(column: str) -> str:
 # ------------------------------------------------------------------- wording
 
 # Model overrides shown beside the unmodified model (figures, and the published comparison),
-# with a readable name: the RevBiFPN neck stored instead of recomputed (REFERENCE.md 11).
+# with a readable name: the RevBiFPN neck stored instead of recomputed (docs/published-figures.md).
 NAMED_VARIANTS = {"recompute_neck=False": "neck not recomputed"}
 
 

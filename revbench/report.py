@@ -92,13 +92,13 @@ def _off(ratio: float) -> bool:
 
 
 # What is known about a gap between ours and the published figures, per family
-# (REFERENCE.md section 11 has the sources).
+# (docs/published-figures.md has the sources).
 KNOWN_GAPS = {
     "RevBiFPN": (
         "the official RevBiFPN code run under the same estimator gives the same bytes as "
         "ours (S6: 115 vs 114 MB per sample); the official code with its neck not "
         "recomputed comes within about 10-20% of the published S4-S6, so the published "
-        "points were likely measured without the neck checkpoint (REFERENCE.md section 11)"
+        "points were likely measured without the neck checkpoint (docs/published-figures.md)"
     ),
     "EfficientNet": (
         "the RevBiFPN paper does not state the GPU, batch or precision of its figure; B0 and "
@@ -106,19 +106,19 @@ KNOWN_GAPS = {
     ),
     "RevViT": (
         "published via a secondary source: PySlowFast in fp32, read with "
-        "torch.cuda.max_memory_allocated, GPU not stated (REFERENCE.md section 11)"
+        "torch.cuda.max_memory_allocated, GPU not stated (docs/published-figures.md)"
     ),
     "ViT": (
         "published via a secondary source: PySlowFast in fp32, read with "
-        "torch.cuda.max_memory_allocated, GPU not stated (REFERENCE.md section 11)"
+        "torch.cuda.max_memory_allocated, GPU not stated (docs/published-figures.md)"
     ),
     "Rev-MViT": (
         "published via a secondary source: PySlowFast in fp32, GPU not stated "
-        "(REFERENCE.md section 11)"
+        "(docs/published-figures.md)"
     ),
     "RevCol": (
         "the official RevCol backward keeps all four levels' recompute graphs alive "
-        "(retain_graph=True): about twice our memory per sample (REFERENCE.md section 11)"
+        "(retain_graph=True): about twice our memory per sample (docs/published-figures.md)"
     ),
 }
 UNKNOWN_GAP = "no cause is known"
