@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from .axes import world_size_of
-from .trackers import PeakOnlyMemTracker
 
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
 
@@ -290,25 +289,6 @@ def reducer_bucket_bytes(ddp: nn.Module) -> list[int]:
         b.buffer().numel() * b.buffer().element_size()
         for b in ddp.reducer._get_zeros_like_grad_buckets()
     ]
-
-
-def tracked_peak(step, warmup: int) -> int:
-    """Run `warmup` steps, then one: the peak of that last step under MemTracker, entered
-    before the second step (the bucket rebuild), its peak restarted for the last step."""
-    step.run()  # the first iteration: one bucket, the ready order recorded
-    model = step.model.module if hasattr(step.model, "module") else step.model
-    tracker = PeakOnlyMemTracker()
-    tracker.track_external(model, *([step.optimizer] if step.optimizer else []))
-    with tracker:
-        for _ in range(warmup - 1):
-            step.run()
-            tracker.reset_mod_stats()  # MemTracker refuses a module run twice otherwise
-        tracker._peak_mem.clear()  # the peak of the next step alone, the buckets still known
-        tracker._update_peak_stats(None)
-        step.run()
-        snapshot = tracker.get_tracker_snapshot("peak")
-    (device_snapshot,) = snapshot.values()
-    return int(device_snapshot["Total"])
 
 
 def round_up(nbytes: int, block: int) -> int:

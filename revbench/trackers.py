@@ -5,8 +5,8 @@ A tracker is entered around each phase of a measured step (forward, backward, op
 and keeps the peak it saw per phase; a timer brackets each measured step. The cuda method
 tracks the caching allocator's peaks and times with CUDA events; the cpu method times with
 the wall clock; a DDP rank does what its device's method does. The estimator's tracker,
-MemTracker keeping only the global peak (`PeakOnlyMemTracker`), is here too: DDP's CPU
-ranks read their peak from it.
+MemTracker keeping only the global peak, lives with the estimator's trackers
+(`revbench.methods.memtrackers.PeakOnlyMemTracker`): DDP's CPU ranks read their peak from it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.distributed._tools import mem_tracker as _mt
 
 PHASES = ("forward", "backward", "optimizer")
 
@@ -125,25 +124,6 @@ class CudaPeakTracker:
     @property
     def peak_bytes(self) -> int:
         return max(self.phase_peak.values())
-
-
-class PeakOnlyMemTracker(_mt.MemTracker):
-    """MemTracker keeping only the global peak, which is all revbench reads.
-
-    The stock tracker also updates a per-module peak on every operator by visiting every
-    module tracked so far: cost modules x operators, quadratic in depth (a depth-48
-    RevViT took minutes; RevBiFPN-S0 at 64 px 278 s, now 15 s). The global peak and its
-    snapshot are computed the same way: the bytes are unchanged.
-    """
-
-    def _update_peak_stats(self, peak_state) -> None:
-        for dev, snap in self._curr_mem_snap.items():
-            if self._peak_mem.get(dev, 0) < snap[_mt._TOTAL_KEY]:
-                self._peak_mem[dev] = snap[_mt._TOTAL_KEY]
-                self._peak_mem_snap[dev] = dict(snap)  # a flat {category: bytes} copy
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 def measure_steps(

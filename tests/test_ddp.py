@@ -18,10 +18,10 @@ from revbench.ddp import (
     init_rank,
     reducer_bucket_bytes,
     run_ranks,
-    tracked_peak,
     world_size_of,
     wrap,
 )
+from revbench.methods.cpu import tracked_peak
 from revbench.methods.estimate import estimate_memory
 from revbench.models import create
 from revbench.scenario import build_step

@@ -31,11 +31,11 @@ from revbench.methods.estimate import (
     model_factory,
     on_real_tensors,
 )
-from revbench.methods.step_trace import LedgerTracker, StepTrace, extrapolate, replay, rounded
+from revbench.methods.memtrackers import LedgerTracker, PeakOnlyMemTracker
+from revbench.methods.step_trace import StepTrace, extrapolate, replay, rounded
 from revbench.models import get_info, list_models
 from revbench.scenario import build_step
 from revbench.suite import make_cell
-from revbench.trackers import PeakOnlyMemTracker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..cell import Cell
-from ..ddp import cell_ddp, tracked_peak
+from ..ddp import cell_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
 from ..trackers import WallTimer, measure_steps
@@ -31,3 +31,24 @@ class CpuMethod(Method):
             peak, warmup = tracked_peak(step, warmup), 0
         times_ms = measure_steps(step, warmup=warmup, measure=cell.measure_steps, timer=WallTimer())
         return replace(timed(times_ms, cell.batch_size), peak_bytes=peak)
+
+
+def tracked_peak(step, warmup: int) -> int:
+    """Run `warmup` steps, then one: the peak of that last step under MemTracker, entered
+    before the second step (the bucket rebuild), its peak restarted for the last step."""
+    from .memtrackers import PeakOnlyMemTracker  # a second to import: ranks only
+
+    step.run()  # the first iteration: one bucket, the ready order recorded
+    model = step.model.module if hasattr(step.model, "module") else step.model
+    tracker = PeakOnlyMemTracker()
+    tracker.track_external(model, *([step.optimizer] if step.optimizer else []))
+    with tracker:
+        for _ in range(warmup - 1):
+            step.run()
+            tracker.reset_mod_stats()  # MemTracker refuses a module run twice otherwise
+        tracker._peak_mem.clear()  # the peak of the next step alone, the buckets still known
+        tracker._update_peak_stats(None)
+        step.run()
+        snapshot = tracker.get_tracker_snapshot("peak")
+    (device_snapshot,) = snapshot.values()
+    return int(device_snapshot["Total"])

@@ -66,7 +66,6 @@ from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
     CATEGORIES,
     CUDA_BLOCK_BYTES,
-    LedgerTracker,
     MemoryEstimate,
     StepTrace,
     extrapolate,
@@ -191,6 +190,8 @@ class StepEstimator:
         elif buckets:
             buckets.ready = list(self._ready)  # the rebuilt buckets of the warm-up's order
         recorder = AllocationRecorder() if self.predict_reserved else None
+        from .memtrackers import LedgerTracker  # MemTracker: a second to import, workers only
+
         tracker = LedgerTracker(recorder)
         # Registered after the warm-up: state created before track_external is not
         # attributed to its category otherwise. The batch (images, targets) lives on the

@@ -1,0 +1,101 @@
+"""The estimator's MemTracker subclasses: the ledger a traced step writes, and the tracker
+that keeps only the global peak (DDP's real CPU ranks read theirs from it).
+
+Apart from the other estimator modules because importing torch's MemTracker takes over a
+second: the run's own process never needs it, only the workers that trace a step.
+"""
+
+from __future__ import annotations
+
+from torch.distributed._tools import mem_tracker as _mt
+
+from .recorder import AllocationRecorder
+from .step_trace import _SIZED, CHECK, ENTER
+
+
+class LedgerTracker(_mt.MemTracker):
+    """MemTracker that writes down its bookkeeping instead of keeping a peak.
+
+    `ops` holds (kind, storage number, category, previous category) per entry; `sizes` the
+    storage's bytes before rounding for each ADD and SIZE entry, in order. Storages are
+    numbered in the order MemTracker first counts them, so two runs of the same operators
+    number them alike. MemTracker's own counts stay unrounded on CPU tensors: only their
+    zero test is read, and a storage is zero bytes rounded or not.
+
+    `recorder`: an allocation recorder fed from this mode's dispatch, so one Python
+    dispatch layer serves both (a mode of its own costs a layer on every operator); its
+    events are what it would record as a mode entered inside this one.
+    """
+
+    def __init__(self, recorder: AllocationRecorder | None = None) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.ops: list[tuple] = []
+        self.sizes: list[int] = []
+        self._count = 0
+        self._added = False  # bytes added (or resized) since the last check
+
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
+        super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        number = getattr(winfo, "ledger_number", None)  # on the winfo: ids are reused
+        if number is None:
+            number = winfo.ledger_number = self._count
+            self._count += 1
+        kind = u_type.name.lower()  # ADD -> "add", as the ledger names them
+        old = old_reftype.name if old_reftype is not None else None
+        self.ops.append((kind, number, winfo.reftype.name, old))
+        if kind in _SIZED:
+            self.sizes.append(winfo.size * winfo.element_size)
+            self._added = True
+
+    def _update_peak_stats(self, peak_state) -> None:
+        # Only a check after bytes were added since the last check (or the entry) can move
+        # the peak: after frees and re-attributions alone the total is at most what the
+        # last check saw. Leaving the others out, runs that differ only in where a free
+        # lands between operators, or in how often an operator that allocates nothing
+        # (prim.device) runs, still line up.
+        if self._added:
+            self.ops.append((CHECK,))
+            self._added = False
+
+    def __enter__(self):
+        self.ops.append((ENTER,))
+        self._added = False
+        entered = super().__enter__()
+        if self.recorder is not None:
+            self.recorder.start()
+        return entered
+
+    def __exit__(self, *exc) -> None:
+        try:
+            super().__exit__(*exc)
+        finally:
+            if self.recorder is not None:
+                self.recorder.stop()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.recorder is None:
+            return super().__torch_dispatch__(func, types, args, kwargs)
+        self.recorder.note_inputs(args, kwargs)
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        self.recorder.note_outputs(out)
+        return out
+
+
+class PeakOnlyMemTracker(_mt.MemTracker):
+    """MemTracker keeping only the global peak, which is all revbench reads.
+
+    The stock tracker also updates a per-module peak on every operator by visiting every
+    module tracked so far: cost modules x operators, quadratic in depth (a depth-48
+    RevViT took minutes; RevBiFPN-S0 at 64 px 278 s, now 15 s). The global peak and its
+    snapshot are computed the same way: the bytes are unchanged.
+    """
+
+    def _update_peak_stats(self, peak_state) -> None:
+        for dev, snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < snap[_mt._TOTAL_KEY]:
+                self._peak_mem[dev] = snap[_mt._TOTAL_KEY]
+                self._peak_mem_snap[dev] = dict(snap)  # a flat {category: bytes} copy
+
+
+# --------------------------------------------------------------------------- the loop
