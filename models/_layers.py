@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 
 def drop_path_layer(rate: float) -> nn.Module:
     """Stochastic depth on a residual branch: whole samples dropped, the rest scaled by
     1 / (1 - rate). The identity at rate 0, so a model without drop path draws nothing."""
-    return DropPath(rate) if rate > 0 else nn.Identity()
+    if rate <= 0:
+        return nn.Identity()
+    # timm (and torchvision under it) takes seconds to import: loaded when a model is
+    # built, not when the registry is read (an answer from the estimate cache builds none)
+    from timm.layers import DropPath
+
+    return DropPath(rate)
 
 
 def drop_path_rates(max_rate: float, depth: int) -> list[float]:

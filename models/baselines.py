@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import timm
 from torch import nn
 
 from ._registry import ModelConfig, check_positive_ints, register_family
@@ -41,6 +40,10 @@ class TimmConfig(ModelConfig):
 
 
 def build_timm(name: str, cfg: TimmConfig) -> nn.Module:
+    # timm (and torchvision under it) takes seconds to import: loaded when a model is
+    # built, not when the registry is read (an answer from the estimate cache builds none)
+    import timm
+
     kwargs = dict(cfg.timm_kwargs, num_classes=cfg.num_classes)
     if cfg.sized_by_input:
         kwargs["img_size"] = cfg.img_size  # convnets take any size and are not told it

@@ -33,12 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from ._registry import ModelConfig, check_positive_ints, create, register_model
 from .reversible import MODES, ReversibleModel
@@ -139,6 +136,11 @@ class RevDetectorConfig(DetectorConfig):
 
 
 def _make_backbone(cfg: DetectorConfig) -> nn.Module:
+    # timm (and torchvision under it) takes seconds to import: loaded when a model is
+    # built, not when the registry is read (an answer from the estimate cache builds none)
+    import timm
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
     if cfg.backbone.startswith("revbifpn"):
         trunk = create(cfg.backbone, features_only=True, mode=cfg.mode, img_size=cfg.img_size)
         return PyramidBackbone(trunk, [f["num_chs"] for f in trunk.feature_info])
@@ -162,6 +164,8 @@ class Detector(ReversibleModel):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
+        from torchvision.models.detection import FasterRCNN, MaskRCNN  # seconds: see above
+
         head = MaskRCNN if cfg.head == "mask_rcnn" else FasterRCNN
         height, width = dense_image_shape(cfg.img_size)
         # min/max sizes equal to the task's image: torchvision's transform keeps the scale

@@ -32,7 +32,6 @@ from math import isqrt
 from pathlib import Path
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
@@ -204,4 +203,6 @@ def fit_pos_embed(pos_embed: Tensor, grid: int) -> Tensor:
         raise ValueError(f"position embedding of {n} tokens is invalid: not a square grid")
     if side == grid:
         return pos_embed
+    from timm.layers import resample_abs_pos_embed  # seconds to import: only when loading
+
     return resample_abs_pos_embed(pos_embed, [grid, grid], [side, side], num_prefix_tokens=0)

@@ -40,7 +40,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from . import hub
@@ -457,6 +456,8 @@ def intermediate_supervision_loss(
 def _init_weights(m: nn.Module) -> None:
     # As the official models: truncated normal std 0.02 for convs and linears, zero bias.
     if isinstance(m, (nn.Conv2d, nn.Linear)):
+        from timm.layers import trunc_normal_  # seconds to import: only when built
+
         trunc_normal_(m.weight, std=0.02)
         nn.init.zeros_(m.bias)
 

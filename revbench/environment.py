@@ -1,8 +1,8 @@
 """The environment a run records in its manifest: GPU, driver, CUDA, library versions,
 commit, host, and the settings that change CUDA memory and speed besides the cell.
 
-torch and timm are imported when the environment is probed, not with this module: the run
-store imports it, and reading a run needs neither.
+torch is imported (timm's version read from its metadata) when the environment is probed,
+not with this module: the run store imports it, and reading a run needs neither.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ NVML_MISSING = (
 
 def environment() -> dict:
     """The environment every run records: GPU, driver, CUDA, library versions, commit, host."""
-    import timm
+    from importlib import metadata
+
     import torch
 
     import revbench
@@ -31,7 +32,8 @@ def environment() -> dict:
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        # from its metadata: importing timm (and torchvision under it) takes seconds
+        "timm": metadata.version("timm"),
         "revbench": revbench.__version__,
         "cuda": torch.version.cuda,
         "git_commit": _git_commit(),
