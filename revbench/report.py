@@ -343,13 +343,16 @@ def runs_table(manifests: list[dict]) -> Table | None:
     for m in manifests:
         env = m.get("environment", {})
         for inv in m.get("invocations", []):
+            # Without a GPU, torch's CUDA build number says nothing about the run.
+            gpu = env.get("gpu")
+            no_gpu = f"no GPU ({inv['method']})" if inv.get("method") else "no GPU"
             table.append(
                 [
                     m.get("suite", "-"),
                     method_word(inv.get("method", "-")),
-                    env.get("gpu") or "none",
+                    gpu or no_gpu,
                     env.get("driver") or "-",
-                    env.get("cuda") or "-",
+                    (env.get("cuda") or "-") if gpu else "-",
                     env.get("torch", "-"),
                     env.get("timm", "-"),
                     (env.get("git_commit") or "-")[:12],
