@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -280,9 +281,8 @@ def register_family(
 
 def _ensure_loaded() -> None:
     # The family modules and plugins register their models when the package loads them.
-    from revbench import models
-
-    models.load()
+    # The package is imported before any of its modules, this one included: no import here.
+    sys.modules[__package__].load()
 
 
 def list_models(kind: str | None = None, family: str | None = None) -> list[ModelInfo]:

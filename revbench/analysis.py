@@ -72,6 +72,7 @@ def natural_key(value) -> tuple:
 
 def model_order(models) -> dict[str, int]:
     """Registry order (S0 before S1, T before S before B): legends and tables read in it."""
+    # start-up: the registry loads torch, and `gate --current` reads results without it
     from revbench.models import list_models
 
     rank = {info.name: i for i, info in enumerate(list_models())}
@@ -80,6 +81,7 @@ def model_order(models) -> dict[str, int]:
 
 def native_resolutions(models) -> dict[str, int]:
     """Each registered model's native resolution; results of unregistered models are left out."""
+    # start-up: the registry loads torch, and `gate --current` reads results without it
     from revbench.models import UnknownModelError, get_info
 
     native = {}

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from . import __version__, status
 from .budget import resolve_budgets
+from .catalog import builtin_suite_entries
 from .cell import model_label
 from .cli_args import (
     add_axis_flags,
@@ -50,7 +51,7 @@ INTERNAL_ERROR = 3
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # torch, timm and pandas load with these, when a run starts (see the module's top)
+    # start-up: torch, timm and pandas load with these, when a run starts (module top)
     from .analysis import per_sample_fit
     from .loading import export_csv, load
     from .methods import resolve_device
@@ -166,7 +167,7 @@ def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
 
 def _scale_out_options(args: argparse.Namespace) -> dict:
     """RunConfig's jobs/gpus/launcher fields from --jobs, --gpus, --launcher, --slurm-*."""
-    from .runner import resolve_gpus
+    from .runner import resolve_gpus  # start-up: torch, only when a run is asked for
 
     options = {
         "partition": args.slurm_partition,
@@ -257,7 +258,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         console = make_console(stderr=False)
         console.print(_suites_table(console.width))
         return 0
-    from revbench.models import list_models
+    from revbench.models import list_models  # start-up: the registry loads torch
 
     families = sorted({info.family for info in list_models()})
     if args.family is not None and args.family not in families:
@@ -298,8 +299,6 @@ def _suites_table(width: int):
     counting cells needs the registry, which imports torch); tests/test_cli.py checks the
     counts against the suites' expansion.
     """
-    from .catalog import builtin_suite_entries
-
     columns = ["suite", "cells", "time (estimator)", "description"]
     rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
     title = "built-in suites (revbench run --suite NAME)"

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import __version__
+
 NVML_MISSING = (
     "nvidia-ml-py is not installed (pip install revbench[gpu]): process memory not measured"
 )
@@ -23,9 +25,7 @@ def environment() -> dict:
     """The environment every run records: GPU, driver, CUDA, library versions, commit, host."""
     from importlib import metadata
 
-    import torch
-
-    import revbench
+    import torch  # seconds: when a run's manifest is written, not when records are read
 
     env = {
         "python": sys.version.split()[0],
@@ -34,7 +34,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         # from its metadata: importing timm (and torchvision under it) takes seconds
         "timm": metadata.version("timm"),
-        "revbench": revbench.__version__,
+        "revbench": __version__,
         "cuda": torch.version.cuda,
         "git_commit": _git_commit(),
         "cpu_count": os.cpu_count(),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -33,8 +34,15 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
+import revbench.methods
+import revbench.models
+from revbench.models import get_info
+
 from .cell import KEY_FIELDS, Cell
 from .measurement import Counts, Measurement
+from .methods.estimate import ESTIMATOR_VERSION
 
 ENV_VAR = "REVBENCH_CACHE"
 
@@ -57,10 +65,6 @@ def _version(package: str) -> str | None:
 
 def software() -> dict:
     """What besides the cell decides the estimator's bytes."""
-    import torch
-
-    from .methods.estimate import ESTIMATOR_VERSION
-
     return {
         "estimator": ESTIMATOR_VERSION,
         "torch": torch.__version__,
@@ -84,11 +88,6 @@ STEP_MODULES = (
 def code_digest(extra_files: tuple[str, ...] = ()) -> str:
     """sha256 over the source of revbench.models, the step's harness modules, the
     estimator's package and `extra_files` (a plugin's module)."""
-    import importlib
-
-    import revbench.methods
-    import revbench.models
-
     files: set[Path] = set()
     for package in (revbench.models, revbench.methods):
         files.update(Path(package.__file__).parent.glob("*.py"))
@@ -106,8 +105,6 @@ def resolved_config(cell: Cell, *, with_mode: bool = True) -> dict:
     """The model's registered config with the cell's overrides, side and mode applied, as
     plain data (with the config's class, so two families' equal fields differ). Without
     the mode for counts: a run counts a model once for all its modes (`Cell.model_key`)."""
-    from revbench.models import get_info
-
     info = get_info(cell.model)
     changes = {**dict(cell.overrides), "img_size": cell.resolution}
     config = info.configure({**changes, "mode": cell.mode} if with_mode else changes)
@@ -149,8 +146,6 @@ class EstimateCache:
     # ------------------------------------------------------------------------- keys
 
     def _base(self, cell: Cell, *, with_mode: bool = True) -> dict:
-        from revbench.models import get_info
-
         if self._software is None:
             self._software = software()
         builder = _source_file(get_info(cell.model).builder)

@@ -109,6 +109,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         )
     suite = None
     if args.suite:
+        # start-up: torch and the registry load only when the gate runs a suite
         from .methods import resolve_device
         from .runner import RunConfig, run_suite
         from .suite import expand, load_suite

@@ -37,8 +37,9 @@ from .outputs import check_output_dir
 if TYPE_CHECKING:
     from .report import Rendered
 
-# matplotlib, the registry and the report load only when a plot is made: every `revbench`
-# command imports this module to register its subcommand.
+# Start-up: matplotlib, the registry and the report load only when a plot is made (in the
+# functions below, each import marked "start-up"), so `revbench plot --help` answers at once
+# and building the full parser (every command's options) stays light.
 
 FORMATS = ("png", "svg", "pdf")
 REQUIRED = ("model", "mode", "resolution", "batch_size", "precision", "scenario", "method")
@@ -64,6 +65,7 @@ def register_cli(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    # start-up: imported when a plot is made (see the module's note)
     from .analysis import with_memory_kind
     from .published import detector_points, load_published, memory_points
     from .report import write_report
@@ -134,6 +136,7 @@ def print_rendered(figures: dict[str, list[Rendered]]) -> None:
 
 
 def parse_memory_kind(value: str):
+    # start-up: imported when a plot is made (see the module's note)
     from .analysis import MEMORY_KINDS
 
     if value not in MEMORY_KINDS:
@@ -245,6 +248,7 @@ def _slug(text: str) -> str:
 
 def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame, native, kind):
     """(name, title, draw) for every figure of one facet; draw() returns a Figure."""
+    # start-up: imported when a plot is made (see the module's note)
     from .analysis import sample_word
     from .figures.macs import headline, macs_panels
     from .figures.max_batch import max_batch_bars
@@ -311,6 +315,7 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
     if rows["max_batch"].notna().any():  # a max-batch run: its searches' answers
 
         def max_batch():
+            # start-up: imported when a plot is made (see the module's note)
             from .published import load_published, max_batch_points
 
             return max_batch_bars(rows, max_batch_points(load_published()))
@@ -320,6 +325,7 @@ def _figure_specs(rows: pd.DataFrame, fit: pd.DataFrame, published: pd.DataFrame
 
 
 def _no_data(reason: str):
+    # start-up: imported when a plot is made (see the module's note)
     from .figures.style import NoData
 
     def draw():
@@ -350,6 +356,7 @@ def render_suite(
     """Every figure of one suite's `ok` rows, saved under out/suite_dir/; each figure's SVG
     is also kept in memory for the HTML report. `rows` carry `kind`'s figure in
     `peak_bytes` (`revbench.analysis.with_memory_kind`)."""
+    # start-up: imported when a plot is made (see the module's note)
     import io
 
     import matplotlib

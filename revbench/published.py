@@ -70,6 +70,7 @@ def detector_points(published: pd.DataFrame) -> pd.DataFrame:
     revbench's detector names (the table keys them by backbone and head: `hrnet_w18`,
     task `faster_rcnn` is `faster_rcnn_hrnetv2p_w18`), at resolution 800, with the
     revbench task they were measured on (detect, segment)."""
+    # start-up: the registry loads torch; reading the published table needs none of it
     from revbench.models import get_info
     from revbench.models.detection import HEADS, model_name
 

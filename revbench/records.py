@@ -119,7 +119,8 @@ class Record:
         max_batch: MaxBatch | None = None,
         from_cache: bool = False,
     ) -> Record:
-        # tasks builds inputs with torch: imported here so that reading records never loads it
+        # start-up: tasks builds inputs with torch, imported here so that reading records
+        # (gate, plot, --resume) never loads it
         from .tasks import task_geometry
 
         measured = asdict(measurement or Measurement())

@@ -40,7 +40,7 @@ from .analysis import (
     sample_word,
     task_caption,
 )
-from .cell import cell_label
+from .cell import bytes_label, cell_label
 from .markdown import (
     Block,
     Bullets,
@@ -52,6 +52,7 @@ from .markdown import (
     md_table,
     to_markdown,
 )
+from .published import load_published, max_batch_points, published_card
 
 # Ours and published disagree when their ratio is off 1 by more than this.
 DISAGREE = 0.25
@@ -370,9 +371,6 @@ def runs_table(manifests: list[dict]) -> Table | None:
 def max_batch_rows(rows: pd.DataFrame) -> Table | None:
     """Max-batch searches: the answer, the peaks around it, the published batch where the
     budget is the published card's, and on cuda the estimator's answer and its error."""
-    from .cell import bytes_label
-    from .published import load_published, max_batch_points, published_card
-
     searches = rows[rows["max_batch"].notna()]
     if searches.empty:
         return None

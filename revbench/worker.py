@@ -248,7 +248,7 @@ class WorkerPool:
     def run(
         self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True
     ) -> Outcome:
-        from .methods import get_method  # torch: not at the top, see `serve`
+        from .methods import get_method  # start-up: torch, not at the top (see `serve`)
 
         request = Request(cell, snapshot_path, counts, thop)
         method = get_method(cell.method)
@@ -346,7 +346,8 @@ def serve(parent: int) -> None:
     _die_with_parent(parent)
     faulthandler.enable()  # a segfault leaves its Python stack in the row's message
 
-    # Imported now, before "ready": none of it counts against a cell's timeout.
+    # start-up: imported after PR_SET_PDEATHSIG and before "ready": none of it counts
+    # against a cell's timeout, and a parent that dies meanwhile takes the worker along.
     import torch  # noqa: F401
 
     from revbench.models import UnknownModelError, get_info  # the registry and REVBENCH_PLUGINS

@@ -36,7 +36,7 @@ class CpuMethod(Method):
 def tracked_peak(step, warmup: int) -> int:
     """Run `warmup` steps, then one: the peak of that last step under MemTracker, entered
     before the second step (the bucket rebuild), its peak restarted for the last step."""
-    from .memtrackers import PeakOnlyMemTracker  # a second to import: ranks only
+    from .memtrackers import PeakOnlyMemTracker  # start-up: a second to import, ranks only
 
     step.run()  # the first iteration: one bucket, the ready order recorded
     model = step.model.module if hasattr(step.model, "module") else step.model

@@ -190,7 +190,7 @@ class StepEstimator:
         elif buckets:
             buckets.ready = list(self._ready)  # the rebuilt buckets of the warm-up's order
         recorder = AllocationRecorder() if self.predict_reserved else None
-        from .memtrackers import LedgerTracker  # MemTracker: a second to import, workers only
+        from .memtrackers import LedgerTracker  # start-up: MemTracker takes a second; workers only
 
         tracker = LedgerTracker(recorder)
         # Registered after the warm-up: state created before track_external is not
