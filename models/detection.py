@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import ModelConfig, check_positive_ints, create, register_model
+from .detection_names import BACKBONES, HEAD_TASKS, HEADS, model_name
 from .reversible import MODES, ReversibleModel
 
-HEADS = ("faster_rcnn", "mask_rcnn")
 COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals
 COUNT_MASK_ROIS = 100  # and the mask head on the first 100
 NECK_CHANNELS = 256
@@ -115,7 +115,7 @@ class DetectorConfig(ModelConfig):
 
     @property
     def task(self) -> str:
-        return "segment" if self.head == "mask_rcnn" else "detect"
+        return HEAD_TASKS[self.head]
 
     def validate(self) -> None:
         check_positive_ints(self, "rpn_post_nms_top_n_train", "box_batch_size_per_image")
@@ -230,26 +230,6 @@ class Detector(ReversibleModel):
 
 
 # ---------------------------------------------------------------------------- registration
-
-# backbone: (family, size)
-BACKBONES: dict[str, tuple[str, str]] = {
-    **{f"revbifpn_s{i}": ("RevBiFPN", f"S{i}") for i in range(7)},
-    **{f"hrnet_w{w}": ("HRNetV2p", f"W{w}") for w in (18, 32, 48)},
-    "resnet50": ("ResNet-FPN", "R50"),
-    "resnet101": ("ResNet-FPN", "R101"),
-}
-
-
-def model_name(head: str, backbone: str) -> str:
-    """'faster_rcnn_revbifpn_s3', 'mask_rcnn_hrnetv2p_w18', 'faster_rcnn_r50_fpn'."""
-    if backbone.startswith("hrnet"):
-        short = backbone.replace("hrnet", "hrnetv2p")
-    elif backbone.startswith("resnet"):
-        short = f"r{backbone[len('resnet') :]}_fpn"
-    else:
-        short = backbone
-    return f"{head}_{short}"
-
 
 for _head in HEADS:
     for _backbone, (_family, _size) in BACKBONES.items():

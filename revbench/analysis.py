@@ -3,6 +3,7 @@ stored results."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -66,31 +67,25 @@ def natural_key(value) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
 
 
-# model_order and native_resolutions are the analysis side's only reads of the model
-# registry: records carry neither a model's registration order nor its native resolution.
+# A model's registry rank and native resolution come with the loaded rows, from the run's
+# manifest (`revbench.loading.LOADED_FIELDS`): analysis never reads the registry.
 
 
-def model_order(models) -> dict[str, int]:
-    """Registry order (S0 before S1, T before S before B): legends and tables read in it."""
-    # start-up: the registry loads torch, and `gate --current` reads results without it
-    from revbench.models import list_models
+def model_order(rows: pd.DataFrame) -> dict[str, float]:
+    """Each model's rank in the registry (S0 before S1, T before S before B): legends and
+    tables read in it. Models whose run did not record one come last (callers break ties
+    by name)."""
+    ranks = rows["model_rank"] if "model_rank" in rows else pd.Series(math.nan, index=rows.index)
+    known = ranks.groupby(rows["model"]).min().dropna()
+    return {m: float(known.get(m, math.inf)) for m in rows["model"].unique()}
 
-    rank = {info.name: i for i, info in enumerate(list_models())}
-    return {m: rank.get(m, len(rank)) for m in models}
 
-
-def native_resolutions(models) -> dict[str, int]:
-    """Each registered model's native resolution; results of unregistered models are left out."""
-    # start-up: the registry loads torch, and `gate --current` reads results without it
-    from revbench.models import UnknownModelError, get_info
-
-    native = {}
-    for m in models:
-        try:
-            native[m] = get_info(m).native_resolution
-        except UnknownModelError:  # results of a model no longer registered
-            pass
-    return native
+def native_resolutions(rows: pd.DataFrame) -> dict[str, int]:
+    """Each model's native resolution, where its run recorded one."""
+    if "native_resolution" not in rows:
+        return {}
+    known = rows.dropna(subset=["native_resolution"]).groupby("model")["native_resolution"]
+    return {m: int(r) for m, r in known.first().items()}
 
 
 def estimate_pairs(rows: pd.DataFrame) -> pd.DataFrame:

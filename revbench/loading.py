@@ -28,19 +28,29 @@ def result_files(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+# What `load` adds to each record: the file it came from, and what the run's manifest says of
+# its model (registry rank, native resolution; None where the manifest does not say).
+LOADED_FIELDS = ("source_file", "model_rank", "native_resolution")
+
+
 def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
     """Records from results files or run directories as a DataFrame.
 
     With `latest_only`, a cell measured several times (a resumed error, say) keeps its
     last record: the one written last, in file order, files in the order given. How many
-    cells had more than one is `df.attrs["repeated_cells"]` (the gate says so).
+    cells had more than one is `df.attrs["repeated_cells"]` (the gate says so). Beside the
+    record fields, the `LOADED_FIELDS`.
     """
     rows = []
     for path in result_files(list(paths)):
+        facts = _model_facts(path)
         for row in read_records(path):
             row["source_file"] = str(path)
+            known = facts.get(row.get("model"), {})
+            row["model_rank"] = known.get("rank")
+            row["native_resolution"] = known.get("native_resolution")
             rows.append(row)
-    df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, "source_file"])
+    df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, *LOADED_FIELDS])
     for name in BUDGET_FIELDS:  # None, not NaN, where no budget: keys must equal Cell.key
         df[name] = df[name].astype(object).where(df[name].notna(), None)
     if latest_only and not df.empty:
@@ -48,6 +58,17 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
         df = df.drop_duplicates(subset=list(KEY_FIELDS), keep="last").reset_index(drop=True)
         df.attrs["repeated_cells"] = repeated
     return df
+
+
+def _model_facts(results: Path) -> dict:
+    """The `models` table of the manifest beside a results file (`suite.model_facts`); empty
+    for a results file without one, or a run written before manifests had it."""
+    try:
+        manifest = RunStore(results.parent).read_manifest() or {}
+    except UsageError:  # an unreadable manifest costs the ordering, not the results
+        return {}
+    facts = manifest.get("models")
+    return facts if isinstance(facts, dict) else {}
 
 
 def load_manifests(*paths: str | Path) -> list[dict]:

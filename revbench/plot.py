@@ -368,7 +368,7 @@ def render_suite(
 
     kind = kind or MEMORY_KINDS["allocated"]
     rendered: list[Rendered] = []
-    native = native_resolutions(rows["model"].unique())
+    native = native_resolutions(rows)
     jobs = []
     # Each task its own figures: a detector's memory per image never shares axes, or
     # published points, with a classifier's per sample.

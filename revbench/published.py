@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from revbench.models.detection_names import BACKBONES, HEAD_TASKS, model_name
 from revbench.models.published import COLUMNS, UNITS, read_published
 
 __all__ = [
@@ -70,17 +71,13 @@ def detector_points(published: pd.DataFrame) -> pd.DataFrame:
     revbench's detector names (the table keys them by backbone and head: `hrnet_w18`,
     task `faster_rcnn` is `faster_rcnn_hrnetv2p_w18`), at resolution 800, with the
     revbench task they were measured on (detect, segment)."""
-    # start-up: the registry loads torch; reading the published table needs none of it
-    from revbench.models import get_info
-    from revbench.models.detection import HEADS, model_name
-
     parts = []
-    for head in HEADS:
+    for head, task in HEAD_TASKS.items():
         points = memory_points(published, task=head)
+        points["family"] = [BACKBONES[m][0] for m in points["model"]]
         points["model"] = [model_name(head, m) for m in points["model"]]
-        points["family"] = [get_info(m).family for m in points["model"]]
         points["resolution"] = DETECTOR_RESOLUTION
-        points["task"] = get_info(points["model"].iloc[0]).task if len(points) else head
+        points["task"] = task
         parts.append(points)
     return pd.concat(parts, ignore_index=True)
 

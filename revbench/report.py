@@ -162,7 +162,7 @@ def memory_table(rows: pd.DataFrame, published: pd.DataFrame, kind: MemoryKind) 
     ]
     table, off_rows = [], []
     groups = rows[rows["peak_bytes"].notna()].groupby(FIT_GROUP, dropna=False)
-    order = model_order(rows["model"].unique())
+    order = model_order(rows)
     for key, g in sorted(groups, key=lambda kg: (order[kg[0][0]], natural_key(kg[0]))):
         r = dict(zip(FIT_GROUP, key))
         largest = g.loc[g["batch_size"].idxmax()]
@@ -257,7 +257,7 @@ def counts_table(rows: pd.DataFrame, published: pd.DataFrame | None = None) -> T
     ]
     table = []
     groups = rows.groupby(["model", "variant", "resolution"])
-    order = model_order(rows["model"].unique())
+    order = model_order(rows)
     for (model, variant, res), g in sorted(
         groups, key=lambda kg: (order[kg[0][0]], natural_key(kg[0]))
     ):
@@ -381,7 +381,7 @@ def max_batch_rows(rows: pd.DataFrame) -> Table | None:
     headers = "model|variant|mode|res|precision|method|budget|max batch|peak GB|next GB|"
     headers += "first failed|probes|published (16 GB GPU)|ours / published"
     headers += "|reserved GB|retries|estimate|estimate error at max" if cuda else ""
-    order = model_order(searches["model"].unique())
+    order = model_order(searches)
     table = []
     for _, r in sorted(
         searches.iterrows(),

@@ -44,7 +44,7 @@ from .progress import CellProgress
 from .records import Record
 from .store import RunStore
 from .submitit_launcher import SubmititLauncher, active_jobs, cancel, check_options
-from .suite import Suite
+from .suite import Suite, model_facts
 
 
 @dataclass
@@ -246,7 +246,9 @@ def run_suite(
         config, workers = config.for_cells([c for c in cells if c.key not in measured])
         if workers and config.jobs > 1:
             console.print(escape(workers), highlight=False)
-        store.write_manifest(config.manifest(suite.name, len(cells)))
+        store.write_manifest(
+            config.manifest(suite.name, len(cells)), model_facts(c.model for c in cells)
+        )
         console.print(
             f"{suite.name}: {len(cells)} {what}, method {config.method}, writing {store.dir}"
         )

@@ -106,10 +106,14 @@ class RunStore:
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             return "another process"
 
-    def write_manifest(self, invocation: dict) -> None:
+    def write_manifest(self, invocation: dict, models: dict | None = None) -> None:
+        """Append `invocation`; `models` adds what analysis reads of each model measured
+        (`revbench.suite.model_facts`) to what earlier invocations wrote."""
         manifest = self.read_manifest() or {"schema_version": SCHEMA_VERSION, "invocations": []}
         if "environment" not in manifest:
             manifest["environment"] = environment()
+        if models:
+            manifest["models"] = {**manifest.get("models", {}), **models}
         manifest["suite"] = invocation.get("suite", manifest.get("suite"))
         # Who writes: a second writer's lock error names this process.
         manifest["invocations"].append(

@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +214,19 @@ def _line_of(text: str, needle: str, occurrence: int = 0) -> int:
     )
     hits = [n for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
     return hits[occurrence] if len(hits) > occurrence else 1
+
+
+def model_facts(models: Iterable[str]) -> dict[str, dict[str, int]]:
+    """What analysis needs of each registered model named that its records do not carry:
+    its place in the registry (legends and tables list S0 before S1, T before S before B)
+    and its native resolution. `run_suite` writes them into the run's manifest, so figures
+    and the report read them with the results, never from the registry."""
+    rank = {info.name: i for i, info in enumerate(list_models())}
+    return {
+        model: {"rank": rank[model], "native_resolution": get_info(model).native_resolution}
+        for model in sorted(set(models))
+        if model in rank
+    }
 
 
 def expand(

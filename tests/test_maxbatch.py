@@ -447,16 +447,19 @@ def test_max_batch_bars_overlay_published_batches_on_the_16gb_panel_only():
     from revbench.published import load_published, max_batch_points
 
     rows = []
-    for model, family, kind, mode, size in [
-        ("revbifpn_s0", "RevBiFPN", "reversible", "reversible", "S0"),
-        ("tf_efficientnet_b0", "EfficientNet", "baseline", "vanilla", "B0"),
-        ("tf_efficientnet_b1", "EfficientNet", "baseline", "vanilla", "B1"),
-        ("vit_small_patch16_224", "ViT", "baseline", "vanilla", "S"),
-        ("revvit_small", "RevViT", "reversible", "reversible", "S"),
-        ("rev_mvit_base", "Rev-MViT", "reversible", "vanilla", "B"),
-    ]:
+    for rank, (model, family, kind, mode, size) in enumerate(
+        [
+            ("revbifpn_s0", "RevBiFPN", "reversible", "reversible", "S0"),
+            ("tf_efficientnet_b0", "EfficientNet", "baseline", "vanilla", "B0"),
+            ("tf_efficientnet_b1", "EfficientNet", "baseline", "vanilla", "B1"),
+            ("vit_small_patch16_224", "ViT", "baseline", "vanilla", "S"),
+            ("revvit_small", "RevViT", "reversible", "reversible", "S"),
+            ("rev_mvit_base", "Rev-MViT", "reversible", "vanilla", "B"),
+        ]
+    ):
         for budget in (16 * GiB, 80 * GiB):
             row = {"model": model, "variant": "", "mode": mode, "family": family, "kind": kind}
+            row |= {"model_rank": rank}  # the order a run's manifest gives (B0 before B1)
             row |= {"size": size, "budget_bytes": budget, "margin": 0.0, "precision": "fp32"}
             row |= {"scenario": "train"}
             rows.append({**row, "max_batch": 300, "first_failed_batch": 301})

@@ -23,7 +23,7 @@ from revbench.models import get_info, list_models
 from revbench.published import load_published, memory_points
 from revbench.records import Record
 from revbench.store import RunStore
-from revbench.suite import make_cell
+from revbench.suite import make_cell, model_facts
 
 FIXED = 300e6
 PER_SAMPLE = {  # bytes per sample of each synthetic configuration
@@ -74,7 +74,8 @@ def _write_run(root: Path, suite: str, records: list[Record], method: str = "est
             "command": f"revbench run --suite {suite}",
             "started_at": "2026-01-01T00:00:00+00:00",
             "cells": len(records),
-        }
+        },
+        model_facts(r.model for r in records),  # as `run_suite` writes it
     )
     for r in records:
         store.append(r)
@@ -813,3 +814,40 @@ def test_plot_results_is_the_latest_run_not_baselines_or_older_runs(tmp_path, ru
     # a reference baseline named on the command line is plotted
     code, _, err = run_cli("plot", str(results / "reference"), "--out", str(tmp_path / "ref"))
     assert code == 0 and "reference baseline" not in err
+
+
+def test_plot_reads_model_order_and_native_resolution_from_the_run_not_the_registry(tmp_path):
+    # The report's model order and native resolutions come from the run's manifest
+    # (`suite.model_facts`, written by run_suite): in a process that cannot import the
+    # registry, plotting a run gives the same report as with it.
+    import subprocess
+    import sys
+
+    runs = tmp_path / "results"
+    run = _write_run(runs, "imagenet-train-mem", _imagenet_records())
+    facts = json.loads((run / "manifest.json").read_text())["models"]
+    ranks = {info.name: i for i, info in enumerate(list_models())}
+    assert facts["revbifpn_s4"] == {
+        "rank": ranks["revbifpn_s4"],
+        "native_resolution": get_info("revbifpn_s4").native_resolution,
+    }
+    assert main(["plot", str(run), "--out", str(tmp_path / "with"), "--format", "png"]) == 0
+    script = (
+        "import sys\n"
+        "sys.modules['revbench.models._registry'] = None  # importing it now fails\n"
+        "from revbench.cli import main\n"
+        f"sys.exit(main(['plot', {str(run)!r}, '--out', {str(tmp_path / 'without')!r},"
+        " '--format', 'png']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def body(name):
+        text = (tmp_path / name / "report.md").read_text()
+        return [line for line in text.splitlines() if "revbench plot" not in line]
+
+    assert body("with") == body("without")
+    # and the memory table lists models in registry order, not by name
+    table = _table("\n".join(body("with")), "Memory per sample vs published")
+    listed = list(dict.fromkeys(m for m in table["model"] if m in ranks))
+    assert listed == sorted(listed, key=ranks.get) and listed != sorted(listed)

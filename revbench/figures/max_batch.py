@@ -21,7 +21,7 @@ def _bar_order(rows: pd.DataFrame) -> list[tuple]:
     """(model, variant, mode) in bar order: family pairs by rank (the n-th model of a family
     shown, in registry order), baseline first, then the reversible model, its vanilla mode
     before its reversible one."""
-    order = model_order(rows["model"].unique())
+    order = model_order(rows)
     keys = rows[["model", "variant", "mode", "family", "kind"]].drop_duplicates()
     shown: dict[str, list[str]] = {}  # family -> its models in the rows, in registry order
     for model, family in sorted(set(zip(keys["model"], keys["family"])), key=lambda m: order[m[0]]):

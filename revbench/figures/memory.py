@@ -77,7 +77,7 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
     for ax, (title, fam) in zip(axes, panels):
         show_mode = fam["mode"].nunique() > 1
         show_res = fam.groupby("model")["resolution"].nunique().max() > 1
-        order = model_order(fam["model"].unique())
+        order = model_order(fam)
         groups = sorted(
             fam.groupby(FIT_GROUP, dropna=False),
             key=lambda kg: (order[kg[0][0]], natural_key(kg[0])),
@@ -288,7 +288,7 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
     absent = everyone.merge(rows[config], on=config, how="left", indicator=True)
     absent = absent[absent["_merge"] == "left_only"]
     rows["total"] = rows[cols].fillna(0).sum(axis=1)
-    order = model_order(rows["model"].unique())
+    order = model_order(rows)
     families = sorted(
         rows["family"].unique(),
         key=lambda f: min(order[m] for m in rows.loc[rows["family"] == f, "model"]),
