@@ -7,6 +7,8 @@ suite or a command line costs nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 SCENARIOS = ("train", "infer")
 # and `ddp-N`: the train step under DistributedDataParallel on N ranks (revbench.ddp)
 DDP_SCENARIO = "ddp"
@@ -29,3 +31,18 @@ def check_scenario(name: str) -> str:
     if name in SCENARIOS or world_size_of(name) is not None:
         return name
     raise ValueError(f"scenario {name!r} is invalid; valid: {', '.join(SCENARIO_CHOICES)}")
+
+
+@dataclass(frozen=True)
+class DdpConfig:
+    """The DistributedDataParallel settings a cell runs (and the estimator models) with."""
+
+    world_size: int
+    bucket_cap_mb: float | None = None  # None: DDP's default (25 MiB, first bucket 1 MiB)
+    gradient_as_bucket_view: bool = False
+
+
+def cell_ddp(cell) -> DdpConfig | None:
+    """The DDP settings of a `ddp-N` cell (DDP's defaults), None for any other scenario."""
+    world_size = world_size_of(cell.scenario)
+    return None if world_size is None else DdpConfig(world_size)

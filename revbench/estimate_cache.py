@@ -78,7 +78,7 @@ STEP_MODULES = (
     "revbench.scenario",
     "revbench.tasks",
     "revbench.autocast_policy",
-    "revbench.ddp",
+    "revbench.axes",
     "revbench.trackers",
     "revbench.counting",
     "revbench.caching_allocator",

@@ -11,9 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import status
+from .axes import cell_ddp
 from .cell import Cell
 from .counting import count_macs, count_macs_thop, count_params
-from .ddp import cell_ddp, init_rank, run_ranks
+from .ddp import init_rank, run_ranks
 from .measurement import Counts, Measurement
 from .methods import get_method
 from .outcome import Outcome, first_line, is_oom

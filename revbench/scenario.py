@@ -17,9 +17,9 @@ from torch import nn
 
 from revbench.models import create
 
-from .axes import OPTIMIZERS, PRECISIONS, SCENARIOS
+from .axes import OPTIMIZERS, PRECISIONS, SCENARIOS, cell_ddp
 from .cell import Cell
-from .ddp import cell_ddp, unused_parameters, wrap
+from .ddp import unused_parameters, wrap
 from .tasks import Task, get_task
 
 _AMP_DTYPES = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}

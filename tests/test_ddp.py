@@ -12,17 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from revbench.ddp import (
-    DdpBuckets,
-    DdpConfig,
-    init_rank,
-    reducer_bucket_bytes,
-    run_ranks,
-    world_size_of,
-    wrap,
-)
+from revbench.axes import DdpConfig, world_size_of
+from revbench.ddp import init_rank, reducer_bucket_bytes, run_ranks, wrap
 from revbench.methods.cpu import tracked_peak
 from revbench.methods.estimate import estimate_memory
+from revbench.methods.estimate_ddp import DdpBuckets
 from revbench.models import create
 from revbench.scenario import build_step
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
-from revbench.ddp import DdpConfig
+from revbench.axes import DdpConfig
 from revbench.methods.estimate import (
     EstimateMethod,
     StepEstimator,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ..axes import cell_ddp
 from ..cell import Cell
-from ..ddp import cell_ddp
 from ..measurement import Measurement, timed
 from ..scenario import cell_step
 from ..trackers import WallTimer, measure_steps

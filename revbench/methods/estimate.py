@@ -54,13 +54,14 @@ from torch.utils._pytree import tree_leaves
 from revbench.models import create, get_info
 
 from ..autocast_policy import cuda_cast_policy
+from ..axes import DdpConfig, cell_ddp
 from ..caching_allocator import simulate
 from ..cell import Cell
-from ..ddp import DdpBuckets, DdpConfig, cell_ddp
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
+from .estimate_ddp import DdpBuckets
 from .estimate_dense import estimate_dense_memory
 from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
@@ -229,7 +230,8 @@ def estimate_memory(
     allocations and frees and replays them through the caching-allocator model
     (`revbench.caching_allocator`) for the reserved peak; False skips it (allocated peak only).
     `ddp`: one rank of a data-parallel train step, DDP's gradient buckets included
-    (revbench.ddp). For several batch sizes of one model, `StepEstimator` runs fewer steps.
+    (`revbench.methods.estimate_ddp`). For several batch sizes of one model,
+    `StepEstimator` runs fewer steps.
     """
     return StepEstimator(
         model_factory(model, resolution, overrides),
