@@ -4,6 +4,7 @@
 * `count_macs`: torch.utils.flop_counter at batch 1, FLOPs / 2. It sees operations at the
   dispatcher, so functional matmuls and scaled_dot_product_attention count too (thop is
   blind to them). Runs on the meta device: full-size models cost nothing.
+* `count_macs_both`: the two above from one forward (what a run counts with).
 * `count_macs_thop`: thop with revbench's rules for the convention the RevBiFPN paper
   published its MACs in (an older thop): conv = output elements x (C_in/groups x k^2, +1
   with a bias); BatchNorm = 2 x input elements; bilinear upsample = 11 x output elements;
@@ -36,17 +37,37 @@ def input_shape(model: nn.Module, resolution: int) -> tuple[int, int]:
 
 def count_macs(model: nn.Module, resolution: int, *, in_chans: int = 3) -> int:
     """Forward MACs at batch 1 in eval mode (on the model's device; meta is fine)."""
+    return _counted_forward(model, resolution, in_chans=in_chans, thop=False)[0]
+
+
+def count_macs_both(model: nn.Module, resolution: int) -> tuple[int, int]:
+    """(`count_macs`, `count_macs_thop`) from one forward: the flop counter sees the
+    operators at the dispatcher while thop's hooks read the modules' shapes, so one pass
+    gives both (thop's own bookkeeping adds and copies, which the flop counter does not
+    count)."""
+    return _counted_forward(model, resolution, in_chans=3, thop=True)
+
+
+def _counted_forward(
+    model: nn.Module, resolution: int, *, in_chans: int, thop: bool
+) -> tuple[int, int | None]:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     x = torch.zeros(1, in_chans, *input_shape(model, resolution), device=device)
     counter = FlopCounterMode(display=False)
+    macs_thop = None
     try:
         with torch.no_grad(), counter:
-            model(x)
+            if thop:
+                macs_thop = _thop_profile(model, x)
+            else:
+                model(x)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+        if thop:
+            _strip_thop_buffers(model)
+    return counter.get_total_flops() // 2, macs_thop
 
 
 # ------------------------------------------------------------------ thop, published rules
@@ -114,20 +135,22 @@ def count_macs_thop(model: nn.Module, resolution: int) -> int:
     """MACs at batch 1 under the published thop convention, on the model's device: the
     meta device counts any size for nothing (every rule reads shapes, never values), as
     real CPU tensors count it."""
-    import thop
-
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     x = torch.zeros(1, 3, *input_shape(model, resolution), device=device)
     try:
         with torch.no_grad():
-            macs, _ = thop.profile(
-                model, inputs=(x,), custom_ops=THOP_PUBLISHED_RULES, verbose=False
-            )
+            return _thop_profile(model, x)
     finally:
         model.train(was_training)
         _strip_thop_buffers(model)
+
+
+def _thop_profile(model: nn.Module, x: torch.Tensor) -> int:
+    import thop
+
+    macs, _ = thop.profile(model, inputs=(x,), custom_ops=THOP_PUBLISHED_RULES, verbose=False)
     return int(macs)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import status
 from .axes import cell_ddp
 from .cell import Cell
-from .counting import count_macs, count_macs_thop, count_params
+from .counting import count_macs, count_macs_both, count_macs_thop, count_params
 from .ddp import init_rank, run_ranks
 from .measurement import Counts, Measurement
 from .methods import get_method
@@ -27,9 +27,9 @@ def count(cell: Cell, thop: bool = True) -> Counts:
     """Parameters and MACs of the cell's model at its resolution (batch 1).
 
     All three come from one model built on the meta device (free for any size): parameters,
-    the flop counter's MACs, then thop's (its hooks read shapes only, so no real forward is
-    needed; skipped with `thop=False`). Counts are extras: a model that cannot be counted
-    still runs, with the count missing.
+    then the flop counter's MACs and thop's from one forward (thop's hooks read shapes
+    only, so no real forward is needed; skipped with `thop=False`). Counts are extras: a
+    model that cannot be counted still runs, with the count missing.
     """
     import torch
 
@@ -42,6 +42,17 @@ def count(cell: Cell, thop: bool = True) -> Counts:
         return Counts()
     try:
         params = count_params(model)
+    except Exception as exc:
+        log.warning("could not count %s's parameters: %s", cell.model, exc)
+    if thop:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                macs, macs_thop = count_macs_both(model, cell.resolution)
+            return Counts(params=params, macs=macs, macs_thop=macs_thop)
+        except Exception:  # counted apart below: one counter's failure costs its figure only
+            pass
+    try:
         macs = count_macs(model, cell.resolution)
     except Exception as exc:
         log.warning("could not count %s on the meta device: %s", cell.model, exc)

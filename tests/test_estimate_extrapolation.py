@@ -247,9 +247,9 @@ def test_the_estimate_method_keeps_a_model_between_its_batch_sizes():
     for batch in (2, 3, 4, 6):
         measured = method.measure(replace(cell, batch_size=batch))
     (estimator,) = method._estimators.values()
-    assert estimator.steps_run == 3  # one warm-up, two traced; 4 and 6 extrapolated
+    assert estimator.steps_run == 2  # two traced, no warm-up; 4 and 6 extrapolated
     method.measure(replace(cell, batch_size=1))
-    assert estimator.steps_run == 4  # batch 1 is always traced
+    assert estimator.steps_run == 3  # batch 1 is always traced
     direct = estimate_memory(
         "revvit_small", batch_size=6, resolution=32, mode="vanilla", **REVVIT_TINY
     )
@@ -266,3 +266,57 @@ def test_the_estimate_method_keeps_a_model_between_its_batch_sizes():
 def test_every_registered_model_extrapolates_to_the_byte(name):
     """Full-size layouts at the smallest resolution each model takes (minutes in all)."""
     assert check_extrapolation(name, get_info(name).min_resolution), f"{name}: not extrapolated"
+
+
+# ------------------------------------------------------- no warm-up step, the same bytes
+
+
+class UnusedBranch(nn.Module):
+    """A classifier with a parameter no loss reaches: a first step gives it no gradient,
+    so no optimizer state."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+        self.unused = nn.Linear(64, 64)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class BuildsOnFirstUse(nn.Module):
+    """A classifier that keeps a tensor made in its first forward (a lazily built table)."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+        self.table = None
+
+    def forward(self, x):
+        if self.table is None:
+            self.table = torch.ones(4096, device=x.device)
+        return self.fc(x.flatten(1)) + self.table[:10]
+
+
+@pytest.mark.parametrize(
+    "factory, steps",
+    [
+        (model_factory("revvit_small", 32, REVVIT_TINY), 1),  # primed: the one traced step
+        (UnusedBranch, 2),  # the first tracked step is not steady: traced again
+        (BuildsOnFirstUse, 2),
+    ],
+    ids=["steady", "unused-parameter", "built-on-first-use"],
+)
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_primed_optimizer_state_is_the_warm_up_steps(factory, steps, optimizer):
+    resolution = 32 if steps == 1 else 8
+    primed = StepEstimator(factory, resolution=resolution, optimizer=optimizer)
+    warmed = StepEstimator(factory, resolution=resolution, optimizer=optimizer, prime=False)
+    est, warm = primed.estimate(2), warmed.estimate(2)
+    assert primed.steps_run == steps and warmed.steps_run == 2
+    assert figures(est) == figures(warm)
+    assert est.events == warm.events  # the allocator model sees the same calls

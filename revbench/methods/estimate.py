@@ -104,8 +104,10 @@ def from_trace(trace: StepTrace) -> MemoryEstimate:
 class StepEstimator:
     """Estimates of one model's step (everything of a cell but the batch) at any batch size.
 
-    The model is built once, as fake tensors, and warmed up once (optimizer state and
-    anything the model builds on first use); each batch size then runs only its tracked
+    The model is built once, as fake tensors, and given the optimizer state a first step
+    leaves (made by the optimizer from zero gradients, `prime_optimizer`; where the first
+    tracked step shows it was not a steady-state step, it is traced again; DDP and the
+    detectors run a warm-up step instead); each batch size then runs only its tracked
     step, on the same model and optimizer. Once two batch sizes above 1 are traced and their
     traces line up (the step runs the same operators at both), every other batch size above
     1 is extrapolated from them exactly, without a step (`revbench.methods.step_trace`).
@@ -122,7 +124,9 @@ class StepEstimator:
         task: str = "classify",
         predict_reserved: bool = True,
         ddp: DdpConfig | None = None,
+        prime: bool = True,
     ):
+        self.prime = prime  # False: a warm-up step makes the optimizer state, always
         self.resolution, self.scenario, self.precision = resolution, scenario, precision
         self.optimizer, self.task, self.ddp = optimizer, task, ddp
         self.predict_reserved = predict_reserved
@@ -131,6 +135,7 @@ class StepEstimator:
         self._net: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._ready: list[int] = []  # DDP: the order gradients became ready in the warm-up
+        self._primed = False  # optimizer state made without a warm-up step
         self._traced: list[StepTrace] = []  # the first two traced batch sizes
         self.steps_run = 0  # warm-up and tracked steps, for tests and benchmarks
 
@@ -169,7 +174,7 @@ class StepEstimator:
 
     def _tracked_step(self, batch_size: int) -> StepTrace:
         net = self._net
-        first = self.steps_run == 0
+        first = self._optimizer is None and not self._primed and self.steps_run == 0
         step = build_step(
             net,
             task=self.task,
@@ -181,9 +186,18 @@ class StepEstimator:
             optimizer=self.optimizer,
         )
         if not first:
-            step.optimizer = self._optimizer  # its state is the warm-up's
+            step.optimizer = self._optimizer  # its state is the first step's
         buckets = DdpBuckets(net, self.ddp) if self.ddp else None
-        if first:
+        checked = None
+        if first and self._may_prime():
+            # No warm-up step: the optimizer state the first step would leave is made by
+            # the optimizer itself, and the tracked step checks that a first step would
+            # have made just that (below).
+            prime_optimizer(step)
+            self._optimizer = step.optimizer
+            self._primed = True
+            checked = FirstStepCheck(net)
+        elif first:
             step.run()  # warm-up: creates optimizer state, as the cuda method's warm-up does
             self.steps_run += 1
             self._optimizer = step.optimizer
@@ -203,10 +217,83 @@ class StepEstimator:
         with tracker, buckets.alive() if buckets else contextlib.nullcontext():
             if recorder is not None:
                 recorder.track(*live_tensors(net, step))
-            step.run()
+            with checked or contextlib.nullcontext():
+                step.run()
         self.steps_run += 1
+        if checked is not None and not checked.steady(step.optimizer):
+            # The step was a first step after all (it built state, or some parameter got
+            # no gradient and so would have no optimizer state): trace it again, now
+            # that it has run once, as after a warm-up.
+            del step, tracker, recorder
+            return self._tracked_step(batch_size)
         events = tuple(recorder.events) if recorder is not None else None
         return StepTrace(batch_size, tuple(tracker.ops), tuple(tracker.sizes), events)
+
+    def _may_prime(self) -> bool:
+        # DDP's buckets follow the order gradients became ready in a first step, and the
+        # detectors build anchors and matchers on first use: those keep the warm-up.
+        return self.prime and self.ddp is None and self.task == "classify"
+
+
+def prime_optimizer(step) -> None:
+    """The optimizer state of a first step, without running one: every parameter that
+    takes a gradient gets a zero gradient, the optimizer steps (creating its state as a
+    real step does: SGD's momentum buffers, AdamW's moments and step counts) and the
+    gradients are freed again."""
+    if step.optimizer is None:
+        return
+    params = [p for g in step.optimizer.param_groups for p in g["params"] if p.requires_grad]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    step.optimizer.step()
+    step.optimizer.zero_grad(set_to_none=True)
+
+
+class FirstStepCheck:
+    """Whether a step after `prime_optimizer` was a steady-state step: every parameter
+    with optimizer state got a gradient in it (none left unused, whose state a real first
+    step would not have made), and the model kept the tensors it had (nothing built on
+    first use). Enter it around the step."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.got_grad: set[int] = set()
+        self._before = _model_tensors(net)
+        self._hooks: list = []
+
+    def __enter__(self):
+        self._hooks = [
+            p.register_post_accumulate_grad_hook(lambda p: self.got_grad.add(id(p)))
+            for p in self.params
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+    def steady(self, optimizer) -> bool:
+        unused = [p for p in self.params if id(p) not in self.got_grad]
+        if optimizer is not None:
+            for p in unused:  # a first step leaves them without state
+                optimizer.state.pop(p, None)
+        else:
+            unused = []
+        return not unused and _model_tensors(self.net) == self._before
+
+
+def _model_tensors(net: nn.Module) -> set[int]:
+    """Storages the model holds: parameters, buffers and tensor attributes of modules."""
+    held = set()
+    for module in net.modules():
+        for value in [*module._parameters.values(), *module._buffers.values()]:
+            if value is not None:
+                held.add(id(value))
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor):
+                held.add(id(value))
+    return held
 
 
 def estimate_memory(
