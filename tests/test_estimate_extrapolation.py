@@ -32,7 +32,13 @@ from revbench.methods.estimate import (
     on_real_tensors,
 )
 from revbench.methods.memtrackers import LedgerTracker, PeakOnlyMemTracker
-from revbench.methods.step_trace import StepTrace, extrapolate, replay, rounded
+from revbench.methods.step_trace import (
+    StepTrace,
+    extrapolate,
+    in_settled_order,
+    replay,
+    rounded,
+)
 from revbench.models import get_info, list_models
 from revbench.scenario import build_step
 from revbench.suite import make_cell
@@ -151,6 +157,16 @@ def test_sizes_are_extrapolated_affinely_and_exactly():
 )
 def test_no_extrapolation_without_an_exact_answer(second, reason):
     assert extrapolate(_trace(1, (1600, 700)), second, 10) is None, reason
+
+
+def test_frees_that_land_together_are_put_in_storage_order():
+    # Storages released together die in an address-hashed order that changes from process
+    # to process; the trace orders each run of frees, so one step gives one trace.
+    ops = [("add", 0, "ACT", None), ("del", 2, "ACT", None), ("del", 0, "ACT", None),
+           ("check",), ("del", 1, "ACT", None)]  # fmt: skip
+    settled = in_settled_order(ops, lambda op: op[0] == "del", lambda op: op[1])
+    assert [op[1] for op in settled if op[0] == "del"] == [0, 2, 1]
+    assert settled[0] == ops[0] and settled[3] == ("check",)  # nothing else moves
 
 
 # -------------------------------------------------------------------- models, to the byte

@@ -67,9 +67,11 @@ from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
     CATEGORIES,
     CUDA_BLOCK_BYTES,
+    DEL,
     MemoryEstimate,
     StepTrace,
     extrapolate,
+    in_settled_order,
     replay,
 )
 
@@ -226,8 +228,11 @@ class StepEstimator:
             # that it has run once, as after a warm-up.
             del step, tracker, recorder
             return self._tracked_step(batch_size)
-        events = tuple(recorder.events) if recorder is not None else None
-        return StepTrace(batch_size, tuple(tracker.ops), tuple(tracker.sizes), events)
+        ops = in_settled_order(tracker.ops, lambda op: op[0] == DEL, lambda op: op[1])
+        events = None
+        if recorder is not None:
+            events = in_settled_order(recorder.events, lambda e: e.action == "free", lambda e: e.id)
+        return StepTrace(batch_size, ops, tuple(tracker.sizes), events)
 
     def _may_prime(self) -> bool:
         # DDP's buckets follow the order gradients became ready in a first step, and the

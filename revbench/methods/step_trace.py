@@ -70,6 +70,28 @@ class StepTrace:
         )
 
 
+def in_settled_order(entries: Sequence, is_free, key) -> tuple:
+    """`entries` with each run of consecutive frees sorted by `key`.
+
+    Storages freed together (a container released, autocast's cast cache cleared at the
+    end of its region) die in the order of a hash table keyed by memory addresses, which
+    changes from process to process. Nothing reads the total between them (the ledger
+    checks for a peak only after additions, and the allocator model's pools do not depend
+    on the order frees arrive in), so ordering them by storage makes one step give one
+    trace, run after run, and two batch sizes line up."""
+    out: list = []
+    run: list = []
+    for entry in entries:
+        if is_free(entry):
+            run.append(entry)
+            continue
+        out.extend(sorted(run, key=key))
+        run = []
+        out.append(entry)
+    out.extend(sorted(run, key=key))
+    return tuple(out)
+
+
 def extrapolate(first: StepTrace, second: StepTrace, batch_size: int) -> StepTrace | None:
     """The trace at `batch_size` from two that line up (see the module docstring), or None
     where they do not or a size would not be a whole, positive number of bytes."""
