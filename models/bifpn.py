@@ -14,7 +14,7 @@ One BiFPN layer on levels P3..P7 (stride 8..128, all `width` channels):
     conv = depthwise 3x3 -> pointwise 1x1 -> BatchNorm -> SiLU
     up = nearest x2, down = 3x3 max-pool, stride 2
 
-Inputs as REFERENCE section 5: P3-P5 from C3-C5 by 1x1 convs, P6 a 3x3 stride-2 conv on
+Inputs as in EfficientDet (Tan et al., CVPR 2020): P3-P5 from C3-C5 by 1x1 convs, P6 a 3x3 stride-2 conv on
 C5, P7 one on P6. `BiFPNNet` puts a small convolutional stem before the neck (C3-C5) and a
 pooled linear head after it, so it trains as a classifier through revbench's estimator.
 """

@@ -403,7 +403,7 @@ def _add_run(sub) -> None:
         help="memory budget (16GiB, 24GB, bytes or auto): cells the estimator predicts above "
         "it are skipped, and cuda cells run with the allocator capped at it",
     )
-    scale = run.add_argument_group("scale out (README: Scaling out)")
+    scale = run.add_argument_group("scale out (docs/scaling.md)")
     scale.add_argument(
         "--jobs",
         help="N worker processes share the cells (estimate, cpu), or auto: one per core "

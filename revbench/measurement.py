@@ -34,7 +34,7 @@ class Counts:
 class Measurement:
     """One cell as a method measured it."""
 
-    # memory: peak over the step, of three kinds (README, "Which memory number").
+    # memory: peak over the step, of three kinds (docs/measuring.md, "Which memory number").
     # allocated: bytes in live tensors, 512-byte blocks. cuda: max_memory_allocated;
     # estimate: MemTracker's peak.
     peak_bytes: int | None = None

@@ -90,7 +90,7 @@ STAND_INS = {"mvit_base": ("rev_mvit_base", "vanilla")}
 
 # The RevViT paper's table was measured on a GPU it does not name; its per-image memory
 # times max batch comes to 10-14 GB for every row, a 16 GB card, and in fp32 training
-# (REFERENCE 11).
+# (docs/published-figures.md).
 PUBLISHED_CARD_BYTES = (16 * 10**9, 16 * 2**30)
 
 
@@ -103,7 +103,7 @@ def published_card(budget_bytes: float, precision: str, scenario: str) -> bool:
 
 def max_batch_points(published: pd.DataFrame) -> pd.DataFrame:
     """Published largest training batches (the RevViT paper's table, on a GPU it does not
-    name; REFERENCE 11 infers 16 GB), one row per model and mode.
+    name; docs/published-figures.md infers 16 GB), one row per model and mode.
 
     Columns: model, mode, published_model (the row's own model: differs for a stand-in),
     max_batch, resolution, source.

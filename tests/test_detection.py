@@ -288,7 +288,7 @@ EFFICIENTDET_PARAMS = [
     33_653_315,
     51_871_782,
     51_871_782,
-]  # effdet's counts (REFERENCE section 9)
+]  # effdet's own counts of D0-D7
 
 
 @pytest.mark.parametrize("d", range(8))

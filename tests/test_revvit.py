@@ -17,7 +17,7 @@ TINY = dict(embed_dim=32, depth=3, num_heads=2, img_size=32, patch_size=8, num_c
 
 
 def architecture_params(C: int, depth: int, patch: int = 16, img: int = 224, K: int = 1000) -> int:
-    """REFERENCE §2 counted by hand: patch conv + position embedding, per block
+    """The RevViT architecture counted by hand: patch conv + position embedding, per block
     F (LayerNorm, qkv, proj) and G (LayerNorm, two linears), LayerNorm(2C), head."""
     tokens = (img // patch) ** 2
     stem = 3 * patch * patch * C + C + tokens * C

@@ -6,7 +6,7 @@ the next cell). Here: warm-up steps, then `empty_cache()`, then measured steps, 
 the host at allocation time, so reading them needs no synchronisation and does not
 disturb the CUDA-event timing.
 
-Three kinds of memory come out (README, "Which memory number"): allocated (`peak_bytes`,
+Three kinds of memory come out (docs/measuring.md, "Which memory number"): allocated (`peak_bytes`,
 the allocator's max_memory_allocated), reserved (`peak_reserved_bytes`,
 max_memory_reserved) and process (`process_peak_bytes`: what NVML charges to this process,
 the figure nvidia-smi lists: CUDA context, the allocator's segments and memory that
