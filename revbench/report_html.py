@@ -21,10 +21,17 @@ h1, h2, h3, h4 { line-height: 1.2; }
 h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 code { font: 13px ui-monospace, SFMono-Regular, Menlo, monospace; background: #f3f3f3;
        padding: 0 .2em; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: .6em 0; font-size: 13px; }
 th, td { border: 1px solid #d8d8d8; padding: .25em .5em; vertical-align: top; }
-th { background: #f5f5f5; cursor: pointer; user-select: none; white-space: nowrap; }
+/* Headers and long cells (notes, commands) wrap, so a table fits the window and every
+   column shows; the box scrolls only where words alone are wider than it. */
+th { background: #f5f5f5; cursor: pointer; user-select: none; }
+td { max-width: 26em; overflow-wrap: break-word; }
+td.num { white-space: nowrap; }
+@media (max-width: 900px) { body { margin: 1em auto; padding: 0 .6em; }
+  table { font-size: 12px; } th, td { padding: .2em .3em; }
+  td { max-width: 16em; overflow-wrap: anywhere; } td.num { overflow-wrap: normal; } }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }

@@ -130,6 +130,16 @@ def test_html_report_in_a_headless_browser(report):
         driver.execute_script("window.scrollTo(0, 0);")
         shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        # Every column of every table shows in a wide and in a narrow window: tables wrap
+        # their cells rather than run past the box (where a scrollbar would hide columns).
+        for width in (1400, 800):
+            driver.set_window_size(width, 1000)
+            overflow = driver.execute_script(
+                "return Array.from(document.querySelectorAll('div.scroll'))"
+                ".filter(b => b.scrollWidth > b.clientWidth + 1)"
+                ".map(b => b.querySelector('th').textContent)"
+            )
+            assert overflow == [], f"tables wider than a {width} px window: {overflow}"
     finally:
         driver.quit()
     assert errors == []
