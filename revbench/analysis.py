@@ -165,7 +165,33 @@ def mac_convention(column: str) -> str:
 
 # Model overrides shown beside the unmodified model (figures, and the published comparison),
 # with a readable name: the RevBiFPN neck stored instead of recomputed (docs/published-figures.md).
-NAMED_VARIANTS = {"recompute_neck=False": "neck not recomputed"}
+NAMED_VARIANTS = {"recompute_neck=False": "neck kept"}
+
+# Overrides in words, for legends and labels: name -> how a value reads.
+OVERRIDE_WORDS = {
+    "recompute_neck": lambda v: "neck kept" if v == "False" else "neck recomputed",
+    "rpn_post_nms_top_n_train": lambda v: f"{v} proposals",
+    "box_batch_size_per_image": lambda v: f"{v} RoIs",
+}
+
+
+def variant_words(variant: str) -> str:
+    """'recompute_neck=False' -> 'neck kept'; 'box_batch_size_per_image=64,
+    rpn_post_nms_top_n_train=256' -> '64 RoIs, 256 proposals'; other overrides as written."""
+    if not variant:
+        return ""
+    parts = re.split(r",(?=\w+=)", variant)
+    words = []
+    for part in parts:
+        name, _, value = part.partition("=")
+        words.append(OVERRIDE_WORDS[name](value) if name in OVERRIDE_WORDS else part)
+    return ", ".join(words)
+
+
+def size_label(size: str, variant: str) -> str:
+    """A model's size with its overrides in words: 'S0', 'S0, neck kept'."""
+    words = variant_words(variant)
+    return f"{size}, {words}" if words else str(size)
 
 
 def method_word(method: str) -> str:

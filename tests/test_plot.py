@@ -424,8 +424,8 @@ def test_headline_is_the_revbifpn_papers_figure_with_published_points_hollow():
     hollow = [ln for ln in ax.lines if ln.get_markerfacecolor() == "white"]
     assert len(hollow) == len(expected)  # one marker per published point
     series = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
-    assert set(series) == {"RevBiFPN", "RevBiFPN (neck not recomputed)", "EfficientNet"}
-    assert series["RevBiFPN (neck not recomputed)"].get_linestyle() == "--"
+    assert set(series) == {"RevBiFPN", "RevBiFPN, neck kept", "EfficientNet"}
+    assert series["RevBiFPN, neck kept"].get_linestyle() == "--"
     # Both measured families in thop's convention, the RevBiFPN paper's.
     rev = fit[
         (fit["family"] == "RevBiFPN") & (fit["mode"] == "reversible") & (fit["variant"] == "")

@@ -17,6 +17,7 @@ from ..analysis import (
     mac_convention,
     method_word,
     sample_word,
+    variant_words,
 )
 from ..labels import Label
 from .style import (
@@ -68,7 +69,7 @@ def _macs_rows(fit: pd.DataFrame, native: dict[str, int], xcol: str) -> pd.DataF
 
 def _series_label(family: str, kind: str, mode: str, variant: str, n: int) -> str:
     if variant:
-        text = f"{family} ({NAMED_VARIANTS.get(variant, variant)})"
+        text = f"{family}, {variant_words(variant)}"
     elif kind == "reversible" and mode != "reversible":
         text = f"{family} {mode}"
     else:
@@ -104,16 +105,22 @@ def _draw_macs_series(ax, points: pd.DataFrame, scale: float, label_main: bool) 
         style = _series_style(kind, mode, variant)
         twin = style["fillstyle"] == "bottom"
         curve = len(g) >= MIN_CURVE_POINTS
+        label = _series_label(family, kind, mode, variant, len(g))
+        under = _coincides_with(points, g) if twin else None
+        if under:
+            # Drawn wide and pale under the baseline it coincides with, so both show.
+            label += f" (coincides with {under})"
         ax.plot(
             g["x"] / 1e9,
             g["bytes_per_sample"] / scale,
             color=colour,
             marker=family_marker(family),
-            markersize=7 if twin else 6,
-            linewidth=1.6,
+            markersize=12 if under else 7 if twin else 6,
+            linewidth=6 if under else 1.6,
+            alpha=0.45 if under else 1.0,
             markerfacecoloralt="white",
-            zorder=3.0 if twin else 2.0,  # a twin on its baseline stays visible
-            label=_series_label(family, kind, mode, variant, len(g)),
+            zorder=1.5 if under else 3.0 if twin else 2.0,  # a twin on its baseline shows
+            label=label,
             **{**style, "linestyle": style["linestyle"] if curve else "none"},
         )
         main = not variant and (mode == "reversible" or kind != "reversible")
@@ -122,7 +129,28 @@ def _draw_macs_series(ax, points: pd.DataFrame, scale: float, label_main: bool) 
                 Label(r["x"] / 1e9, r["bytes_per_sample"] / scale, str(r["size"]), colour)
                 for _, r in g.iterrows()
             ]
+        elif label_main and twin and not curve:  # a few points: each says what it is
+            labels += [
+                Label(r["x"] / 1e9, r["bytes_per_sample"] / scale, f"{r['size']} {mode}", colour)
+                for _, r in g.iterrows()
+            ]
     return labels
+
+
+def _coincides_with(points: pd.DataFrame, series: pd.DataFrame) -> str | None:
+    """The baseline family whose points `series` sits on, all of them within 2% in MACs and
+    5% in memory (RevViT's vanilla twin on ViT), else None."""
+    others = points[(points["kind"] != "reversible") & (points["variant"] == "")]
+    for family, g in others.groupby("family"):
+        mem = g["bytes_per_sample"]
+        near = [
+            ((g["x"] - r["x"]).abs() <= 0.02 * r["x"])
+            & ((mem - r["bytes_per_sample"]).abs() <= 0.05 * r["bytes_per_sample"])
+            for _, r in series.iterrows()
+        ]
+        if near and all(n.any() for n in near):
+            return str(family)
+    return None
 
 
 def _draw_published(

@@ -12,13 +12,13 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from ..analysis import (
     FIT_GROUP,
-    NAMED_VARIANTS,
     MemoryKind,
     estimate_pairs,
     method_word,
     model_order,
     natural_key,
     sample_word,
+    size_label,
 )
 from ..cell import model_label, variant_label
 from ..labels import Label
@@ -85,9 +85,7 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
         for i, (key, g) in enumerate(groups):
             colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
             first = g.iloc[0]
-            label = model_label(
-                str(first["size"]), NAMED_VARIANTS.get(first["variant"], first["variant"])
-            )
+            label = size_label(str(first["size"]), first["variant"])
             label += (f" {first['mode']}" if show_mode else "") + (
                 f" {first['resolution']}px" if show_res else ""
             )
@@ -294,11 +292,18 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         key=lambda f: min(order[m] for m in rows.loc[rows["family"] == f, "model"]),
     )
     panels = [(title, rows.loc[idx]) for title, idx in _mode_panels(rows, families)]
-    counts = [len(fam) for _, fam in panels]
-    fig = new_figure(7.5, 0.9 + sum(0.24 * n + 0.75 for n in counts))
-    axes = fig.subplots(
-        len(panels), 1, squeeze=False, height_ratios=[n + 2.5 for n in counts]
-    ).ravel()
+    # A grid, two panels a row where there are several; a family's panels (reversible and
+    # vanilla) share one scale, so a 20 GB bar never looks like a 3 GB one beside it.
+    ncols = 2 if len(panels) > 2 else 1
+    nrows = math.ceil(len(panels) / ncols)
+    heights = [
+        max(len(fam) for _, fam in panels[r * ncols : (r + 1) * ncols]) + 2.5 for r in range(nrows)
+    ]
+    fig = new_figure(6.2 * ncols, 1.2 + sum(0.24 * h + 0.2 for h in heights))
+    axes = fig.subplots(nrows, ncols, squeeze=False, height_ratios=heights).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    family_max = rows.groupby("family")["total"].max() / GB
     drawn = {}
     for ax, (title, fam) in zip(axes, panels):
         fam = fam.sort_values(
@@ -308,7 +313,7 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         several_res = fam.groupby("model")["resolution"].nunique().max() > 1
         labels = []
         for _, r in fam.iterrows():
-            text = model_label(str(r["size"]), NAMED_VARIANTS.get(r["variant"], r["variant"]))
+            text = size_label(str(r["size"]), r["variant"])
             text += f" {r['mode']}" if fam["mode"].nunique() > 1 else ""
             labels.append(text + (f" {r['resolution']}px" if several_res else ""))
         y = np.arange(len(fam))[::-1]  # registry order top to bottom
@@ -328,20 +333,24 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
             left += width
         ax.set_yticks(y, labels)
         ax.set_ylim(-0.6, len(fam) - 0.4)
+        ax.set_xlim(0, 1.04 * family_max[fam["family"].iloc[0]])
         ax.grid(axis="y", visible=False)
         ax.set_title(title, loc="left", fontsize=10)
-    xlabel = (
-        f"allocated memory at the peak, batch {batch} (GB = 10⁹ bytes; each panel its own scale)"
+        ax.set_xlabel("GB", fontsize=8, labelpad=1)
+    note = (
+        f"allocated memory at the peak, batch {batch} (GB = 10⁹ bytes); "
+        "one scale per family, its reversible and vanilla panels alike"
     )
     if not absent.empty:  # say who is left out rather than mixing batch sizes
         names = ", ".join(sorted({row_label(r) for _, r in absent.iterrows()}, key=natural_key))
-        xlabel += f"\nnot measured at batch {batch}: {names}"
-    axes[-1].set_xlabel(xlabel)
+        note += f"\nnot measured at batch {batch}: {names}"
     fig.legend(
         handles=list(drawn.values()),
         loc="outside lower center",
-        ncols=min(4, len(drawn)),
+        ncols=min(7, len(drawn)),
         frameon=False,
+        title=note,
+        title_fontsize=9,
     )
     return fig
 

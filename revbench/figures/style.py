@@ -76,7 +76,11 @@ MODE_LINESTYLES = {"reversible": "-", "vanilla": "--", "checkpoint": ":"}
 CATEGORY_COLOURS = dict(
     zip(
         MEMORY_CATEGORIES,
-        [OKABE_ITO[c] for c in ("blue", "sky", "green", "vermillion", "yellow", "purple", "black")],
+        [
+            OKABE_ITO["blue"],
+            "#AAAAAA",  # buffers: grey, where sky blue beside the parameters' blue was lost
+            *(OKABE_ITO[c] for c in ("green", "vermillion", "yellow", "purple", "black")),
+        ],
     )
 )
 # Distinct series inside one panel (not keyed by family).
