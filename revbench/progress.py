@@ -6,9 +6,9 @@ elapsed, remaining, the cell in flight) sits under the per-cell lines and is rem
 the end. Anywhere else (a log file, CI, a pipe), nothing is redrawn: each finished cell
 is one line carrying the same counts and times, so the log reads top to bottom.
 
-Time left is the mean time per finished cell times the cells left: cells differ by
-orders of magnitude (a ViT-S estimate against an EfficientNet-B7 one), so it is a rough
-guide, shown to the minute.
+Time left comes from each cell's expected cost, corrected by the pace so far
+(`revbench.eta`), where the run gives one (`progress.eta`); else from the mean time per
+finished cell. Either is a guide, shown to the minute.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from rich.text import Text
 
 from . import status
 from .cell import cell_label
+from .eta import Eta
 
 BAR_WIDTH = 20
 
@@ -34,13 +35,16 @@ def clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
-def time_left(elapsed: float, done: int, total: int) -> str:
-    """The remaining time at the mean pace so far, rounded as the guess it is."""
+def time_left(elapsed: float, done: int, total: int, eta: Eta | None = None) -> str:
+    """The remaining time, rounded as the guess it is: from `eta` where given, else at the
+    mean pace per cell so far."""
     if done == 0:
         return "?"
     if done >= total:
         return "0s"
-    seconds = elapsed / done * (total - done)
+    seconds = eta.seconds_left(elapsed) if eta is not None else None
+    if seconds is None:
+        seconds = elapsed / done * (total - done)
     if seconds < 60:
         return "<1 min"
     minutes = round(seconds / 60)
@@ -48,12 +52,17 @@ def time_left(elapsed: float, done: int, total: int) -> str:
 
 
 class _LeftColumn(ProgressColumn):
-    """'~12 min left' from the run's mean pace (rich's own column follows a moving speed
-    window that swings wildly between a small and a large model)."""
+    """'~12 min left' from the cells' expected costs and the pace (rich's own column follows
+    a moving speed window that swings wildly between a small and a large model)."""
+
+    def __init__(self, progress: CellProgress):
+        super().__init__()
+        self.progress = progress
 
     def render(self, task) -> Text:
         elapsed = task.elapsed or 0.0
-        return Text(f"{time_left(elapsed, int(task.completed), int(task.total or 0))} left")
+        done, total = int(task.completed), int(task.total or 0)
+        return Text(f"{time_left(elapsed, done, total, self.progress.eta)} left")
 
 
 class _ElapsedColumn(ProgressColumn):
@@ -84,6 +93,7 @@ class CellProgress:
         self._started = time.monotonic()
         self._bar: Progress | None = None
         self._task = None
+        self.eta: Eta | None = None  # the cells' expected costs, where the run knows them
 
     def __enter__(self) -> CellProgress:
         self._started = time.monotonic()
@@ -93,7 +103,7 @@ class CellProgress:
                 BarColumn(bar_width=BAR_WIDTH),
                 MofNCompleteColumn(),
                 _ElapsedColumn(),
-                _LeftColumn(),
+                _LeftColumn(self),
                 TextColumn("{task.fields[cell]}"),
                 console=self.console,
                 transient=True,  # the per-cell lines stay; the bar goes
@@ -136,6 +146,8 @@ class CellProgress:
         """`record` (a Record) is stored: print its line, advance the counts. `where`
         names what ran it when several workers share the cells ("worker 1")."""
         self.finished += 1
+        if self.eta is not None:
+            self.eta.done(record.key)
         style = status.STYLE.get(record.status, "red")
         # Labels and messages carry brackets ("[depth=4]"): not rich markup.
         note = f" ({record.message})" if record.message else ""
@@ -146,7 +158,8 @@ class CellProgress:
             self._bar.console.print(line, highlight=False, soft_wrap=True)
             return
         width = len(str(self.total))
-        times = f"{clock(self.elapsed)}, {time_left(self.elapsed, self.finished, self.total)} left"
+        left = time_left(self.elapsed, self.finished, self.total, self.eta)
+        times = f"{clock(self.elapsed)}, {left} left"
         self.console.print(
             escape(f"[{self.finished:>{width}}/{self.total} {times}] ") + line,
             highlight=False,

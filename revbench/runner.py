@@ -28,6 +28,7 @@ from . import status
 from .cell import KEY_FIELDS, Cell
 from .errors import UsageError
 from .estimate_cache import EstimateCache, default_root
+from .eta import Eta
 from .jobs import AUTO, auto_jobs, parse_jobs
 from .launcher import (
     InlineLauncher,
@@ -39,6 +40,7 @@ from .launcher import (
     gpu_slots,
     measure_task,
 )
+from .methods import get_method
 from .outputs import check_output_dir
 from .progress import CellProgress
 from .records import Record
@@ -307,6 +309,8 @@ def run_cells(
     # invocations stored: a resumed run never overwrites an earlier snapshot.
     context.snapshots_before = len(store.rows())
     progress.total = len(todo)
+    if todo:
+        progress.eta = Eta(todo, get_method(todo[0].method).batches_share_work)
     context.on_start = lambda cell, slot: progress.start(cell)
     records: list[Record] = []
     served = [0] * launcher.slots
