@@ -21,7 +21,6 @@ from ..analysis import (
 )
 from ..labels import Label
 from .style import (
-    GB,
     MB,
     NoData,
     defer_labels,
@@ -273,17 +272,19 @@ def headline(
         raise NoData("needs thop MAC counts of RevBiFPN and EfficientNet (the run used --no-thop?)")
     # The paper's figure: RevBiFPN as trained (reversible); its vanilla twin is in its panel.
     points = points[(points["kind"] != "reversible") | (points["mode"] == "reversible")]
+    # MB per sample, as the other per-sample figures and the tables: one unit for one
+    # quantity throughout a report (peaks are GB).
     fig = new_figure(7.5, 5.4)
     ax = fig.add_subplot()
-    labels = _draw_macs_series(ax, points, GB, label_main=True)
+    labels = _draw_macs_series(ax, points, MB, label_main=True)
     pub, at_ours, missing = _split_published(
         published[published["family"].isin(families)], points, "macs_thop"
     )
-    labels += _draw_published(ax, pub, GB, label=True)
-    labels += _draw_published(ax, at_ours, GB, label=True, at_ours=True)
+    labels += _draw_published(ax, pub, MB, label=True)
+    labels += _draw_published(ax, at_ours, MB, label=True, at_ours=True)
     log_log(ax)
-    ax.set_xlabel(macs_label("macs_thop") + _not_drawn_note(missing, GB, "GB"))
-    ax.set_ylabel(per_sample_label(kind, "GB", sample_word(points)))
+    ax.set_xlabel(macs_label("macs_thop") + _not_drawn_note(missing, MB, "GB"))
+    ax.set_ylabel(per_sample_label(kind, "MB", sample_word(points)))
     method = method_word(str(points["method"].iloc[0]))
     handles, _ = ax.get_legend_handles_labels()
     handles.append(_published_handle(labelled=True))
