@@ -12,6 +12,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from ..analysis import (
     FIT_GROUP,
+    NAMED_VARIANTS,
     MemoryKind,
     estimate_pairs,
     method_word,
@@ -44,17 +45,35 @@ from .style import (
 # ------------------------------------------------------------- memory vs batch size
 
 
-def _mode_panels(rows: pd.DataFrame, families: list[str]) -> list[tuple[str, pd.Index]]:
+# A panel with more series than this gets its named variants (the RevBiFPN neck kept) a
+# panel of their own beside it: fourteen lines in one panel bunch into a band.
+MAX_SERIES = 8
+
+
+def _mode_panels(
+    rows: pd.DataFrame, families: list[str], split_variants: bool = False
+) -> list[tuple[str, pd.Index]]:
     """(title, row index) per panel: one per family, and one per mode for a reversible
-    family, whose vanilla twin can take 100x the memory and would flatten it on one axis."""
+    family, whose vanilla twin can take 100x the memory and would flatten it on one axis;
+    with `split_variants`, a crowded panel's named variants go to a panel of their own."""
     panels = []
     for family in families:
         fam = rows[rows["family"] == family]
         modes = sorted(fam["mode"].unique(), key=lambda m: (m != "reversible", m))
         if fam["kind"].iloc[0] == "reversible" and len(modes) > 1:
-            panels += [(f"{family}, {m}", fam.index[fam["mode"] == m]) for m in modes]
+            parts = [(f"{family}, {m}", fam[fam["mode"] == m]) for m in modes]
         else:
-            panels.append((family, fam.index))
+            parts = [(family, fam)]
+        for title, part in parts:
+            named = part["variant"].isin(list(NAMED_VARIANTS))
+            crowded = part.groupby(["model", "variant"]).ngroups > MAX_SERIES
+            if split_variants and crowded and named.any() and not named.all():
+                panels.append((title, part.index[~named]))
+                for variant, words in NAMED_VARIANTS.items():
+                    if (part["variant"] == variant).any():
+                        panels.append((f"{title}, {words}", part.index[part["variant"] == variant]))
+            else:
+                panels.append((title, part.index))
     return panels
 
 
@@ -67,7 +86,8 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
     # A reversible family's modes get a panel each: its vanilla twin can take 100x the
     # memory of the reversible model, which on one linear axis would flatten the latter.
     panels = [
-        (title, rows.loc[idx]) for title, idx in _mode_panels(rows, sorted(rows["family"].unique()))
+        (title, rows.loc[idx])
+        for title, idx in _mode_panels(rows, sorted(rows["family"].unique()), split_variants=True)
     ]
     ncols = min(3 if len(panels) > 6 else 2, len(panels))
     nrows = math.ceil(len(panels) / ncols)
