@@ -188,10 +188,17 @@ def variant_words(variant: str) -> str:
     return ", ".join(words)
 
 
-def size_label(size: str, variant: str) -> str:
-    """A model's size with its overrides in words: 'S0', 'S0, neck kept'."""
+# Detector heads by model-name prefix (models/detection_names.py names them so).
+HEAD_NAMES = {"faster_rcnn_": "Faster R-CNN", "mask_rcnn_": "Mask R-CNN"}
+
+
+def size_label(size: str, variant: str, model: str = "") -> str:
+    """A model's size with its overrides in words, a detector's head first: 'S0',
+    'S0, neck kept', 'Faster R-CNN S0, 64 RoIs, 256 proposals'."""
+    head = next((name for prefix, name in HEAD_NAMES.items() if model.startswith(prefix)), "")
     words = variant_words(variant)
-    return f"{size}, {words}" if words else str(size)
+    text = f"{head} {size}" if head else str(size)
+    return f"{text}, {words}" if words else text
 
 
 def method_word(method: str) -> str:

@@ -105,7 +105,7 @@ def memory_vs_batch(rows: pd.DataFrame, fit: pd.DataFrame, kind: MemoryKind) -> 
         for i, (key, g) in enumerate(groups):
             colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
             first = g.iloc[0]
-            label = size_label(str(first["size"]), first["variant"])
+            label = size_label(str(first["size"]), first["variant"], str(first["model"]))
             label += (f" {first['mode']}" if show_mode else "") + (
                 f" {first['resolution']}px" if show_res else ""
             )
@@ -333,7 +333,7 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
         several_res = fam.groupby("model")["resolution"].nunique().max() > 1
         labels = []
         for _, r in fam.iterrows():
-            text = size_label(str(r["size"]), r["variant"])
+            text = size_label(str(r["size"]), r["variant"], str(r["model"]))
             text += f" {r['mode']}" if fam["mode"].nunique() > 1 else ""
             labels.append(text + (f" {r['resolution']}px" if several_res else ""))
         y = np.arange(len(fam))[::-1]  # registry order top to bottom
