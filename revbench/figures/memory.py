@@ -4,6 +4,7 @@ the estimator's memory by category, throughput against memory, estimated against
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -363,7 +364,8 @@ def memory_by_category(rows: pd.DataFrame) -> Figure:
     )
     if not absent.empty:  # say who is left out rather than mixing batch sizes
         names = ", ".join(sorted({row_label(r) for _, r in absent.iterrows()}, key=natural_key))
-        note += f"\nnot measured at batch {batch}: {names}"
+        # wrapped: a long list must not widen the figure and shrink its panels
+        note += "\n" + textwrap.fill(f"not measured at batch {batch}: {names}", 110)
     fig.legend(
         handles=list(drawn.values()),
         loc="outside lower center",
