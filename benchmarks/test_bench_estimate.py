@@ -1,6 +1,7 @@
-"""Seconds per estimate (pytest-benchmark): a direct estimate (build, warm-up step, tracked
-step) against one extrapolated from a model's two traced batch sizes, and a model's three
-batch sizes as a suite lists them (three direct estimates before; one estimator now).
+"""Seconds per estimate (pytest-benchmark): a direct estimate (build, one tracked step)
+against one extrapolated from a model's two traced batch sizes and one answered from the
+estimate cache, and a model's three batch sizes as a suite lists them (three direct
+estimates before; one estimator now).
 
     python -m pytest benchmarks/test_bench_estimate.py --benchmark-only
 
@@ -75,3 +76,20 @@ def test_suite_batches_estimator(benchmark, key):
 
     benchmark.group = f"{key}-three-batch-sizes"
     benchmark.pedantic(three, rounds=2)
+
+
+@pytest.mark.parametrize("key", MODELS)
+def test_cached(benchmark, key, tmp_path):
+    from revbench.estimate_cache import EstimateCache
+    from revbench.methods.estimate import EstimateMethod
+    from revbench.suite import make_cell
+
+    name, resolution, overrides = MODELS[key]
+    cell = make_cell(name, resolution=resolution, batch_size=8, overrides=overrides)
+    cache = EstimateCache(tmp_path)
+    measured = EstimateMethod().measure(cell)
+    cache.put_measurement(cell, measured)
+
+    benchmark.group = f"{key}-one-estimate"
+    got = benchmark.pedantic(lambda: cache.get_measurement(cell), rounds=10, warmup_rounds=1)
+    assert got == measured  # the same figures, without a step
