@@ -7,14 +7,11 @@ tests/test_cli.py checks against each suite's expansion: a changed suite fails t
 until its row is updated.
 
 Expected time on the estimator: the wall time of a timed run where the table has one
-(`measured_minutes`, on 2 cores), else from a per-cell cost model:
-- a fake-tensor cell (every classification model) costs SECONDS_PER_CELL of wall time:
-  `revbench run --suite imagenet-train-mem` (150 cells, 45 models, --jobs auto = 2
-  workers, idle 2-core machine) took 5.0 minutes cold. The estimator's cost is per
-  model: a model's first two batch sizes are traced (about 2-12 s each, deep RevBiFPNs
-  the most), its others follow from those traces, so the per-cell figure is a guide only;
-- a dense cell (torchvision's detectors run a real CPU step at full size,
-  revbench/methods/estimate_dense.py) costs 1-3 minutes on one core.
+(`measured_minutes`, on 2 cores), else the cost model a run's time left also uses
+(`revbench.eta`): the suite's fake-tensor cells cost `cost_seconds`, the sum of their
+models' seconds per configuration from a timed main job, which took those seconds over
+`TIMED_WORKERS` workers (the main job: 540 s over two, 4.5 minutes; it took 4 min 29 s); a
+dense cell (torchvision's detectors run a real CPU step at full size) costs 1-3 minutes.
 """
 
 from __future__ import annotations
@@ -26,8 +23,7 @@ from pathlib import Path
 
 import tomllib
 
-SECONDS_PER_CELL = 2.0  # fake-tensor estimator cell, wall time on 2 workers: see above
-DENSE_MINUTES_PER_CELL = (1.0, 3.0)  # a real CPU step at detection size
+from .eta import DENSE_SECONDS, TIMED_WORKERS
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -45,6 +41,7 @@ class SuiteCells:
     cells: int  # as `revbench run --suite NAME` expands them
     dense_cells: int  # of which detection or segmentation cells
     measured_minutes: float | None = None  # a whole run's wall time, where one was timed
+    cost_seconds: float = 0.0  # the fake-tensor cells' cost (revbench.eta.suite_seconds)
 
 
 def suite_cells() -> dict[str, SuiteCells]:
@@ -55,6 +52,7 @@ def suite_cells() -> dict[str, SuiteCells]:
             int(row["cells"]),
             int(row["dense_cells"]),
             float(row["measured_minutes"]) if row["measured_minutes"] else None,
+            float(row["cost_seconds"]),
         )
         for row in csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
     }
@@ -66,8 +64,8 @@ def estimate_time(counts: SuiteCells) -> str:
     if counts.measured_minutes is not None:
         m = counts.measured_minutes
         return "<1 min" if m < 1 else f"~{_rounded(m)} min" if m < 90 else f"~{m / 60:.1f} h"
-    fake = (counts.cells - counts.dense_cells) * SECONDS_PER_CELL / 60
-    low, high = (fake + counts.dense_cells * m for m in DENSE_MINUTES_PER_CELL)
+    fake = counts.cost_seconds / TIMED_WORKERS / 60
+    low, high = (fake + counts.dense_cells * s / 60 for s in DENSE_SECONDS)
     if high < 1:
         return "<1 min"
     if not counts.dense_cells:

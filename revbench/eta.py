@@ -30,6 +30,12 @@ from importlib import resources
 # the others follow from the two traces.
 SHARED_PARTS = (0.6, 0.4)
 EXTRAPOLATED = 0.01
+# A dense estimator cell (torchvision's detectors: a real CPU step at full size,
+# revbench/methods/estimate_dense.py) runs on its own, 1-3 minutes on one core.
+DENSE_SECONDS = (60.0, 180.0)
+# The timed run behind the table ran two workers: its seconds are a worker's, and a suite
+# on that machine takes their sum over two.
+TIMED_WORKERS = 2
 
 
 @functools.cache
@@ -53,15 +59,20 @@ class Eta:
     """Expected cost of a run's cells, and the time left as they finish (see the module).
 
     `cells`: those the run will measure; `shares_work`: whether their method costs per
-    configuration (`Method.batches_share_work`)."""
+    configuration (`Method.batches_share_work`); `dense`: which of them run a real step
+    of their own on the estimator (`revbench.methods.estimate.on_real_tensors`)."""
 
-    def __init__(self, cells: Sequence, shares_work: bool):
-        self._config = {c.key: c.batchless_key if shares_work else c.key for c in cells}
+    def __init__(self, cells: Sequence, shares_work: bool, dense=lambda cell: False):
+        self._config = {
+            c.key: c.batchless_key if shares_work and not dense(c) else c.key for c in cells
+        }
         self._parts: dict[tuple, list[float]] = {}
         for cell in cells:
             cost = model_cost(cell.model, cell.family)
             parts = self._parts.setdefault(self._config[cell.key], [])
-            if not shares_work:
+            if shares_work and dense(cell):
+                parts.append(sum(DENSE_SECONDS) / 2)
+            elif not shares_work:
                 parts.append(cost)
             else:
                 nth = len(parts)
@@ -84,3 +95,10 @@ class Eta:
         if self.done_cost <= 0:
             return None
         return elapsed / self.done_cost * max(self.left_cost, 0.0)
+
+
+def suite_seconds(cells: Sequence) -> float:
+    """The estimator's expected cost of a suite's fake-tensor cells, in the table's
+    worker-seconds (`revbench list --suites` divides by `TIMED_WORKERS`; revbench/data/
+    suites.csv keeps it per built-in suite, checked against the suites by the tests)."""
+    return Eta(cells, shares_work=True).left_cost

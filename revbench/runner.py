@@ -41,6 +41,7 @@ from .launcher import (
     measure_task,
 )
 from .methods import get_method
+from .methods.estimate import on_real_tensors
 from .outputs import check_output_dir
 from .progress import CellProgress
 from .records import Record
@@ -310,7 +311,7 @@ def run_cells(
     context.snapshots_before = len(store.rows())
     progress.total = len(todo)
     if todo:
-        progress.eta = Eta(todo, get_method(todo[0].method).batches_share_work)
+        progress.eta = Eta(todo, get_method(todo[0].method).batches_share_work, on_real_tensors)
     context.on_start = lambda cell, slot: progress.start(cell)
     records: list[Record] = []
     served = [0] * launcher.slots

@@ -18,6 +18,7 @@ import revbench
 from revbench import launcher
 from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_cells
 from revbench.cli import MODULE_COMMANDS, build_parser
+from revbench.eta import suite_seconds
 from revbench.loading import load
 from revbench.methods.estimate import on_real_tensors
 from revbench.outcome import Outcome
@@ -343,6 +344,9 @@ def test_suite_cell_counts_match_the_suites():
         cells = expand(load_suite(name), method="estimate")
         dense = sum(on_real_tensors(c) for c in cells)
         assert (counts[name].cells, counts[name].dense_cells) == (len(cells), dense), name
+        # the cost model a run's time left uses, so `list --suites` and the run agree
+        fake = [c for c in cells if not on_real_tensors(c)]
+        assert counts[name].cost_seconds == round(suite_seconds(fake)), name
 
 
 def test_list_suites_shows_description_cells_and_time(run_cli, monkeypatch):
@@ -355,9 +359,9 @@ def test_list_suites_shows_description_cells_and_time(run_cli, monkeypatch):
 
 
 def test_estimated_time_is_rounded_to_what_the_model_knows():
-    assert estimate_time(SuiteCells(cells=1, dense_cells=0)) == "<1 min"
-    hundred = estimate_time(SuiteCells(cells=100, dense_cells=0))
-    assert hundred.startswith("~") and hundred.endswith((" min", " h"))
+    assert estimate_time(SuiteCells(cells=1, dense_cells=0, cost_seconds=5)) == "<1 min"
+    hundred = estimate_time(SuiteCells(cells=100, dense_cells=0, cost_seconds=600))
+    assert hundred == "~5 min"  # 600 worker-seconds over the timed run's two workers
     low, high = estimate_time(SuiteCells(cells=4, dense_cells=4)).split(" ")[0].split("-")
     assert int(low) < int(high)
     # a timed run's wall time wins over the model, rounded the same way

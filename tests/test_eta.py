@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from revbench.eta import EXTRAPOLATED, SHARED_PARTS, Eta, model_cost, model_seconds
+from revbench.eta import (
+    DENSE_SECONDS,
+    EXTRAPOLATED,
+    SHARED_PARTS,
+    Eta,
+    model_cost,
+    model_seconds,
+    suite_seconds,
+)
 from revbench.progress import time_left
 from revbench.suite import make_cell
 
@@ -53,3 +61,20 @@ def test_time_left_is_the_cost_left_at_the_pace_so_far():
 def test_nothing_finished_yet_is_unknown():
     eta = Eta(_cells("revvit_small"), shares_work=True)
     assert eta.seconds_left(10.0) is None and time_left(10.0, 0, 3, eta) == "?"
+
+
+def test_a_dense_cell_runs_on_its_own_and_costs_minutes():
+    # torchvision's detectors run a real CPU step per cell on the estimator: no shared
+    # traces, 1-3 minutes each.
+    cells = _cells("revvit_small")
+    eta = Eta(cells, shares_work=True, dense=lambda cell: cell.batch_size > 8)
+    whole = model_cost("revvit_small", "RevViT")
+    assert eta.left_cost == pytest.approx(whole * SHARED_PARTS[0] + 2 * sum(DENSE_SECONDS) / 2)
+
+
+def test_a_suites_cost_is_its_cells():
+    cells = _cells("revbifpn_s0") + _cells("resnet50", mode="vanilla")
+    assert suite_seconds(cells) == pytest.approx(
+        (model_cost("revbifpn_s0", "") + model_cost("resnet50", ""))
+        * (sum(SHARED_PARTS) + EXTRAPOLATED)
+    )
