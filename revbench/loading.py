@@ -46,9 +46,9 @@ def load(*paths: str | Path, latest_only: bool = True) -> pd.DataFrame:
         facts = _model_facts(path)
         for row in read_records(path):
             row["source_file"] = str(path)
-            known = facts.get(row.get("model"), {})
-            row["model_rank"] = known.get("rank")
-            row["native_resolution"] = known.get("native_resolution")
+            known = facts.get(row.get("model"))
+            row["model_rank"] = _whole(known, "rank")
+            row["native_resolution"] = _whole(known, "native_resolution")
             rows.append(row)
     df = pd.DataFrame(rows, columns=[*RECORD_FIELDS, *LOADED_FIELDS])
     for name in BUDGET_FIELDS:  # None, not NaN, where no budget: keys must equal Cell.key
@@ -69,6 +69,14 @@ def _model_facts(results: Path) -> dict:
         return {}
     facts = manifest.get("models")
     return facts if isinstance(facts, dict) else {}
+
+
+def _whole(facts, name: str) -> int | None:
+    """A non-negative whole number the manifest gives, else None: a hand-edited or foreign
+    manifest costs the ordering, never the plot."""
+    value = facts.get(name) if isinstance(facts, dict) else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
 
 
 def load_manifests(*paths: str | Path) -> list[dict]:

@@ -853,3 +853,17 @@ def test_plot_reads_model_order_and_native_resolution_from_the_run_not_the_regis
     table = _table("\n".join(body("with")), "Memory per sample vs published")
     listed = list(dict.fromkeys(m for m in table["model"] if m in ranks))
     assert listed == sorted(listed, key=ranks.get) and listed != sorted(listed)
+
+
+@pytest.mark.parametrize(
+    "models",
+    [["not", "a", "table"], {"revbifpn_s4": ["rank"]}, {"revbifpn_s4": {"rank": "first"}},
+     {"revbifpn_s4": {"rank": True, "native_resolution": -3}}],
+    ids=["list", "entry-not-a-table", "rank-a-string", "bool-and-negative"],
+)  # fmt: skip
+def test_a_manifest_with_odd_model_facts_still_plots(tmp_path, models):
+    run = _write_run(tmp_path / "results", "imagenet-train-mem", _imagenet_records())
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["models"] = models
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["plot", str(run), "--out", str(tmp_path / "out"), "--format", "png"]) == 0
