@@ -30,9 +30,11 @@ from importlib import resources
 # the others follow from the two traces.
 SHARED_PARTS = (0.6, 0.4)
 EXTRAPOLATED = 0.01
-# A dense estimator cell (torchvision's detectors: a real CPU step at full size,
-# revbench/methods/estimate_dense.py) runs on its own, 1-3 minutes on one core.
+# A dense estimator cell (torchvision's detectors: a real CPU step, revbench/methods/
+# estimate_dense.py) runs on its own: 1-3 minutes on one core at the full 1333x800
+# (DENSE_SIDE); its work goes with the pixels, so a 128-px cell takes seconds.
 DENSE_SECONDS = (60.0, 180.0)
+DENSE_SIDE = 800
 # The timed run behind the table ran two workers: its seconds are a worker's, and a suite
 # on that machine takes their sum over two.
 TIMED_WORKERS = 2
@@ -71,7 +73,7 @@ class Eta:
             cost = model_cost(cell.model, cell.family)
             parts = self._parts.setdefault(self._config[cell.key], [])
             if shares_work and dense(cell):
-                parts.append(sum(DENSE_SECONDS) / 2)
+                parts.append(sum(DENSE_SECONDS) / 2 * (cell.resolution / DENSE_SIDE) ** 2)
             elif not shares_work:
                 parts.append(cost)
             else:

@@ -8,6 +8,7 @@ import pytest
 
 from revbench.eta import (
     DENSE_SECONDS,
+    DENSE_SIDE,
     EXTRAPOLATED,
     SHARED_PARTS,
     Eta,
@@ -66,10 +67,11 @@ def test_nothing_finished_yet_is_unknown():
 def test_a_dense_cell_runs_on_its_own_and_costs_minutes():
     # torchvision's detectors run a real CPU step per cell on the estimator: no shared
     # traces, 1-3 minutes each.
-    cells = _cells("revvit_small")
+    cells = _cells("revvit_small")  # 224 px
     eta = Eta(cells, shares_work=True, dense=lambda cell: cell.batch_size > 8)
     whole = model_cost("revvit_small", "RevViT")
-    assert eta.left_cost == pytest.approx(whole * SHARED_PARTS[0] + 2 * sum(DENSE_SECONDS) / 2)
+    dense = sum(DENSE_SECONDS) / 2 * (224 / DENSE_SIDE) ** 2  # the work goes with the pixels
+    assert eta.left_cost == pytest.approx(whole * SHARED_PARTS[0] + 2 * dense)
 
 
 def test_a_suites_cost_is_its_cells():
