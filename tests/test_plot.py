@@ -862,7 +862,8 @@ def test_plot_reads_model_order_and_native_resolution_from_the_run_not_the_regis
     ids=["list", "entry-not-a-table", "rank-a-string", "bool-and-negative"],
 )  # fmt: skip
 def test_a_manifest_with_odd_model_facts_still_plots(tmp_path, models):
-    run = _write_run(tmp_path / "results", "imagenet-train-mem", _imagenet_records())
+    records = [r for r in _imagenet_records() if r.model == "revbifpn_s4"]  # a few figures
+    run = _write_run(tmp_path / "results", "imagenet-train-mem", records)
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["models"] = models
     (run / "manifest.json").write_text(json.dumps(manifest))
