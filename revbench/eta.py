@@ -38,6 +38,7 @@ DENSE_SIDE = 800
 # The timed run behind the table ran two workers: its seconds are a worker's, and a suite
 # on that machine takes their sum over two.
 TIMED_WORKERS = 2
+SETTLED = 0.05  # the share of a run's cost after which its own pace is trusted
 
 
 @functools.cache
@@ -62,9 +63,17 @@ class Eta:
 
     `cells`: those the run will measure; `shares_work`: whether their method costs per
     configuration (`Method.batches_share_work`); `dense`: which of them run a real step
-    of their own on the estimator (`revbench.methods.estimate.on_real_tensors`)."""
+    of their own on the estimator (`revbench.methods.estimate.on_real_tensors`);
+    `workers`: how many run at once."""
 
-    def __init__(self, cells: Sequence, shares_work: bool, dense=lambda cell: False):
+    def __init__(
+        self,
+        cells: Sequence,
+        shares_work: bool,
+        dense=lambda cell: False,
+        workers: int = TIMED_WORKERS,
+    ):
+        self.workers = max(workers, 1)
         self._config = {
             c.key: c.batchless_key if shares_work and not dense(c) else c.key for c in cells
         }
@@ -93,10 +102,17 @@ class Eta:
             self.left_cost -= cost
 
     def seconds_left(self, elapsed: float) -> float | None:
-        """The time left at the pace so far; None before anything has finished."""
+        """The time left at the pace so far; None before anything has finished.
+
+        Until a `SETTLED` share of the cost is done, the pace is mostly the workers' start-up
+        (seconds of imports before a first cell), and the table's own seconds over the
+        run's `workers` are the better guess."""
         if self.done_cost <= 0:
             return None
-        return elapsed / self.done_cost * max(self.left_cost, 0.0)
+        left = max(self.left_cost, 0.0)
+        if self.done_cost < SETTLED * (self.done_cost + left):
+            return left / self.workers
+        return elapsed / self.done_cost * left
 
 
 def suite_seconds(cells: Sequence) -> float:

@@ -311,7 +311,8 @@ def run_cells(
     context.snapshots_before = len(store.rows())
     progress.total = len(todo)
     if todo:
-        progress.eta = Eta(todo, get_method(todo[0].method).batches_share_work, on_real_tensors)
+        shares_work = get_method(todo[0].method).batches_share_work
+        progress.eta = Eta(todo, shares_work, on_real_tensors, workers=launcher.slots)
     context.on_start = lambda cell, slot: progress.start(cell)
     records: list[Record] = []
     served = [0] * launcher.slots

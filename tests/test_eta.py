@@ -10,6 +10,7 @@ from revbench.eta import (
     DENSE_SECONDS,
     DENSE_SIDE,
     EXTRAPOLATED,
+    SETTLED,
     SHARED_PARTS,
     Eta,
     model_cost,
@@ -80,3 +81,13 @@ def test_a_suites_cost_is_its_cells():
         (model_cost("revbifpn_s0", "") + model_cost("resnet50", ""))
         * (sum(SHARED_PARTS) + EXTRAPOLATED)
     )
+
+
+def test_before_the_pace_settles_the_table_over_the_workers_is_the_guess():
+    # The first cell's time is mostly the workers' start-up: with little of the cost done,
+    # the time left is the table's seconds left over the run's workers, not the pace.
+    cells = _cells("revvit_small") + _cells("revbifpn_s6") + _cells("revcol_large")
+    eta = Eta(cells, shares_work=False, workers=2)
+    eta.done(cells[0].key)
+    assert eta.done_cost < SETTLED * (eta.done_cost + eta.left_cost)
+    assert eta.seconds_left(60.0) == pytest.approx(eta.left_cost / 2)  # whatever the clock
