@@ -46,6 +46,7 @@ COUNT_MASK_ROIS = 100  # and the mask head on the first 100
 NECK_CHANNELS = 256
 NECK_LEVELS = 5
 COCO_IMAGE = (800, 1333)  # MMDetection's (height, width) for 2x-scale COCO training
+POSITIVES = ("max", "drawn")
 
 
 def dense_image_shape(resolution: int) -> tuple[int, int]:
@@ -104,6 +105,10 @@ class DetectorConfig(ModelConfig):
     head: str = "faster_rcnn"
     rpn_post_nms_top_n_train: int = 2000  # proposals kept per image after NMS
     box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head
+    # Positive RoIs in a training step: "max", as many as the sampler takes (a quarter of
+    # the sampled RoIs: 128 per image), or "drawn", what the targets and the network give
+    # (`Detector`, "Positives at the sampler's cap").
+    positives: str = "max"
 
     @property
     def resolution_multiple(self) -> int:
@@ -119,6 +124,10 @@ class DetectorConfig(ModelConfig):
 
     def validate(self) -> None:
         check_positive_ints(self, "rpn_post_nms_top_n_train", "box_batch_size_per_image")
+        if self.positives not in POSITIVES:
+            raise ValueError(
+                f"positives {self.positives!r} is invalid; valid: {', '.join(POSITIVES)}"
+            )
         if self.head not in HEADS:
             raise ValueError(f"head {self.head!r} is invalid; valid: {', '.join(HEADS)}")
         if self.num_classes < 2:
@@ -133,6 +142,30 @@ class RevDetectorConfig(DetectorConfig):
     backbone: str = "revbifpn_s0"
 
     modes: ClassVar[tuple[str, ...]] = MODES
+
+
+def fill_positives_to_cap(roi_heads: nn.Module) -> None:
+    """Make `roi_heads` assign positives up to its sampler's cap (see `Detector`)."""
+    from torchvision.ops import box_iou
+
+    assign = roi_heads.assign_targets_to_proposals  # torchvision's, bound
+    sampler = roi_heads.fg_bg_sampler
+    cap = int(sampler.batch_size_per_image * sampler.positive_fraction)
+
+    def assign_up_to_cap(proposals, gt_boxes, gt_labels):
+        matched_idxs, labels = assign(proposals, gt_boxes, gt_labels)
+        for i, (boxes, gts) in enumerate(zip(proposals, gt_boxes)):
+            missing = min(cap, len(boxes)) - int((labels[i] > 0).sum())
+            if missing <= 0 or gts.numel() == 0:
+                continue
+            overlap, best = box_iou(gts, boxes).max(dim=0)  # (P,) each proposal's best target
+            overlap[labels[i] > 0] = -1.0  # already positive
+            chosen = overlap.argsort(descending=True, stable=True)[:missing]
+            matched_idxs[i][chosen] = best[chosen]
+            labels[i][chosen] = gt_labels[i][best[chosen]].to(labels[i].dtype)
+        return matched_idxs, labels
+
+    roi_heads.assign_targets_to_proposals = assign_up_to_cap
 
 
 def _make_backbone(cfg: DetectorConfig) -> nn.Module:
@@ -158,7 +191,23 @@ def _make_backbone(cfg: DetectorConfig) -> nn.Module:
 
 class Detector(ReversibleModel):
     """A torchvision two-stage detector called on `(images, targets)`; its mode is the
-    RevBiFPN trunk's (`set_mode` switches both), "vanilla" for the other trunks."""
+    RevBiFPN trunk's (`set_mode` switches both), "vanilla" for the other trunks.
+
+    Positives at the sampler's cap (`positives="max"`, the default). How many sampled RoIs
+    are positive decides the size of the box head's regression loss and of everything the
+    mask head holds (its four 256-channel 14x14 convolutions, the 28x28 deconvolution and
+    their gradients, for every positive): in training that count is what the data gives,
+    up to the sampler's cap of `box_batch_size_per_image` x `positive_fraction` (512 x 0.25
+    = 128 per image). A randomly initialised network on synthetic targets gives few (its
+    proposals rarely overlap a target), so a measured step would show memory a trained
+    detector on busy images exceeds by hundreds of MB. So where fewer proposals than the
+    cap match a target, the ones that overlap a target most are made positive (labelled
+    and matched as the target they overlap most), until the sampler can take its cap: the
+    step then holds what a step at the configured maximum holds. The sampler still draws
+    its 512 RoIs per image; proposals (`rpn_post_nms_top_n_train`) are not touched (NMS
+    keeps its maximum from the dense random proposals at COCO sizes). "drawn" keeps the
+    assignment as torchvision makes it.
+    """
 
     def __init__(self, cfg: DetectorConfig):
         super().__init__()
@@ -179,6 +228,8 @@ class Detector(ReversibleModel):
             box_batch_size_per_image=cfg.box_batch_size_per_image,
         )
         self.detector.transform.size_divisible = 32
+        if cfg.positives == "max":
+            fill_positives_to_cap(self.detector.roi_heads)
 
     @staticmethod
     def image_shape(resolution: int) -> tuple[int, int]:

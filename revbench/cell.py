@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .cards import DEFAULT_CARD, check_card
+
 # The fields that identify a cell; results, --resume, load()'s de-duplication and the gate
 # match on them. Every field that changes what is measured is here: the optimizer too (AdamW
 # keeps two state tensors per parameter, SGD one). The other Cell fields are not, each for a
@@ -24,6 +26,9 @@ from typing import Any
 # step as two cells. budget_bytes and margin are the memory a cell may use (`run --budget`,
 # `revbench max-batch`): what fits one budget may not fit another, and a max-batch search
 # (batch_size 0: the batch is its answer) is identified by them; None on ordinary cells.
+# card is the card an estimate is for (`revbench.cards`): a card's libraries add to the
+# figure; a measured cell's is its method's own ("" for cuda: the card it ran on, which
+# its record's environment names; "cpu" for cpu).
 KEY_FIELDS = (
     "model",
     "variant",
@@ -34,11 +39,18 @@ KEY_FIELDS = (
     "scenario",
     "optimizer",
     "method",
+    "card",
     "budget_bytes",
     "margin",
 )
 
 DEFAULT_OPTIMIZER = "sgd"  # labels name the optimizer only when it is another
+
+
+def method_card(method: str) -> str | None:
+    """The card field of a measured cell: the cuda method measures the card it runs on
+    (""), the cpu method the CPU ("cpu"); None for an estimate, which names its card."""
+    return {"cuda": "", "cpu": "cpu"}.get(method)
 
 Overrides = tuple[tuple[str, Any], ...]
 
@@ -86,6 +98,13 @@ def cell_label(item: Any, batch: str | None = None) -> str:
         optimizer = DEFAULT_OPTIMIZER
     opt = f" {optimizer}" if optimizer not in (DEFAULT_OPTIMIZER, None) else ""
     try:
+        card = get("card")
+    except (KeyError, AttributeError):
+        card = None
+    method = get("method")
+    if method == "estimate" and isinstance(card, str) and card not in ("", DEFAULT_CARD):
+        method = f"estimate for {card}"
+    try:
         budget, margin = get("budget_bytes"), get("margin")
     except (KeyError, AttributeError):
         budget = margin = None
@@ -97,7 +116,7 @@ def cell_label(item: Any, batch: str | None = None) -> str:
     return (
         f"{model_label(get('model'), get('variant'))} {get('mode')} "
         f"{int(get('resolution'))}px b{b} {get('precision')} {get('scenario')}{opt}{within} "
-        f"({get('method')})"
+        f"({method})"
     )
 
 
@@ -152,9 +171,14 @@ class Cell:
     timeout_s: float = 600.0
     budget_bytes: int | None = None  # memory the cell may use; None: the whole device
     margin: float | None = None  # fraction of the budget held back (max-batch searches)
+    card: str = DEFAULT_CARD  # the card an estimate is for; measured cells: method_card
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
+        card = method_card(self.method)
+        if card is None:  # an estimate: for the card named, the default for ""
+            card = check_card(self.card or DEFAULT_CARD)
+        object.__setattr__(self, "card", card)
 
     @property
     def limit_bytes(self) -> int | None:

@@ -7,6 +7,8 @@ Light on imports, like the CLI itself: every `revbench` command imports this mod
 from __future__ import annotations
 
 import argparse
+
+from .cards import CARDS, DEFAULT_CARD
 import os
 
 from rich.console import Console
@@ -62,6 +64,11 @@ def add_axis_flags(
         "--modes", type=csv_list, help="reversible, vanilla, checkpoint (comma-separated)"
     )
     parser.add_argument("--scenario", help=scenario_help)
+    parser.add_argument(
+        "--card",
+        help=f"the card an estimate is for: {' | '.join(CARDS)} (default {DEFAULT_CARD}; "
+        "cpu: the CPU kernels' step, no card's libraries)",
+    )
     return None
 
 
@@ -91,4 +98,5 @@ def axis_overrides(args: argparse.Namespace) -> dict:
         "modes": args.modes,
         "scenario": args.scenario,
         "optimizer": args.optimizer,
+        "card": getattr(args, "card", None),
     }

@@ -309,6 +309,8 @@ def search(cell: Cell, prober: Prober) -> Record:
         message = f"every batch up to the cap of {m} fits the {within}: {ran}"
     else:
         message = f"{ran} fits the {within}; {failed_text}"
+    if cell.method == "estimate" and cell.card != "cpu":
+        message += f"; {LEFT_OUT_NOTE}"
     return Record.for_cell(
         cell,
         status=status.OK,
@@ -316,6 +318,14 @@ def search(cell: Cell, prober: Prober) -> Record:
         counts=prober.counts(cell),
         max_batch=result,
     )
+
+
+# What an estimate for a card leaves out (revbench.methods.cuda_terms.LEFT_OUT), said in
+# each estimated search's record and under the table.
+LEFT_OUT_NOTE = (
+    "leaves out cuDNN's convolution workspaces and batch-norm reserve, the CUDA attention "
+    "kernel's saved tensors and kernels' own temporaries"
+)
 
 
 # ------------------------------------------------------------------------- running
@@ -474,6 +484,12 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
         what="max-batch search(es)",
     )
     console.print(summary_table(summary.records, console.width))
+    if any(r.method == "estimate" and r.card != "cpu" for r in summary.records):
+        console.print(
+            f"The estimate {LEFT_OUT_NOTE}: none has a size known without the card (see "
+            "docs/measuring.md, \"What a card adds\"); --margin holds memory back for them.",
+            highlight=False,
+        )
     console.print(f"results: {summary.store.results_path}")
     return 130 if summary.interrupted else 0
 

@@ -18,6 +18,7 @@ MEMORY_CATEGORIES = (
     "temporaries",
     "optimizer_state",
     "other",
+    "library_workspace",
 )
 
 
@@ -62,6 +63,7 @@ class Measurement:
     mem_temporaries_bytes: int | None = None
     mem_optimizer_state_bytes: int | None = None
     mem_other_bytes: int | None = None
+    mem_library_workspace_bytes: int | None = None  # a card's cuBLAS workspaces (estimate)
     # time over the measured steps (cuda: CUDA events; cpu: perf_counter)
     step_time_ms_median: float | None = None
     step_time_ms_iqr: float | None = None

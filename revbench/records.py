@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .cell import KEY_FIELDS, Cell, cell_label
+from .cell import KEY_FIELDS, Cell, cell_label, method_card
 from .errors import UsageError
 from .measurement import Counts, MaxBatch, Measurement
 from .status import OK, STATUSES
@@ -41,6 +41,7 @@ class Record:
     scenario: str
     method: str
     optimizer: str
+    card: str  # the card an estimate is for (revbench.cards); "cpu", or "" for cuda
     suite: str
     group: str
     family: str
@@ -79,6 +80,7 @@ class Record:
     mem_temporaries_bytes: int | None = None
     mem_optimizer_state_bytes: int | None = None
     mem_other_bytes: int | None = None
+    mem_library_workspace_bytes: int | None = None  # a card's cuBLAS workspaces (estimate)
     # time (cuda: CUDA events; cpu: perf_counter)
     step_time_ms_median: float | None = None
     step_time_ms_iqr: float | None = None
@@ -137,6 +139,7 @@ class Record:
             scenario=cell.scenario,
             method=cell.method,
             optimizer=cell.optimizer,
+            card=cell.card,
             suite=cell.suite,
             group=cell.group,
             family=cell.family,
@@ -206,6 +209,10 @@ def check_record(row: object, where: str) -> dict:
         raise UsageError(
             f"{where}: schema version {version!r}; this revbench reads version {SCHEMA_VERSION}"
         )
+    if "card" not in row and isinstance(row.get("method"), str):
+        # Written before estimates named a card: they were the CPU kernels' step (no
+        # card's libraries in them), and a measured row's card is its method's.
+        row["card"] = method_card(row["method"]) or "cpu"
     for name in _TEXT_FIELDS:
         if not isinstance(row.get(name), str):
             raise UsageError(f"{where}: record without {name!r} (a string): {row.get(name)!r}")

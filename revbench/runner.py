@@ -250,7 +250,8 @@ def run_suite(
         if workers and config.jobs > 1:
             console.print(escape(workers), highlight=False)
         store.write_manifest(
-            config.manifest(suite.name, len(cells)), model_facts(c.model for c in cells)
+            {**config.manifest(suite.name, len(cells)), **estimate_terms(cells)},
+            model_facts(c.model for c in cells),
         )
         console.print(
             f"{suite.name}: {len(cells)} {what}, method {config.method}, writing {store.dir}"
@@ -265,6 +266,17 @@ def run_suite(
             task=task,
             resume=config.resume is not None,
         )
+
+
+def estimate_terms(cells: list[Cell]) -> dict:
+    """The manifest's record of what the run's estimates are for: each card named, with
+    the terms modelled and left out (`revbench.methods.cuda_terms.card_terms`)."""
+    cards = sorted({c.card for c in cells if c.method == "estimate"})
+    if not cards:
+        return {}
+    from .methods.cuda_terms import card_terms  # start-up: torch, as the run itself loads it
+
+    return {"cards": {card: card_terms(card) for card in cards}}
 
 
 def settle_submitted_jobs(store: RunStore, cancel_pending: bool, console: Console) -> None:

@@ -25,12 +25,14 @@ from .tasks import Task, get_task
 _AMP_DTYPES = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}
 
 
-def make_optimizer(name: str, params) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, foreach: bool | None = None) -> torch.optim.Optimizer:
+    """`foreach`: None lets PyTorch choose the implementation by device, as a user's code
+    does (multi-tensor on CUDA, per parameter on the CPU); the estimator for a card sets it."""
     if name == "sgd":
         # SGD with momentum keeps one state tensor per parameter (the momentum buffer).
-        return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+        return torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=foreach)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05)
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.05, foreach=foreach)
     raise ValueError(f"optimizer {name!r} is invalid; valid: {', '.join(OPTIMIZERS)}")
 
 
@@ -102,8 +104,10 @@ def build_step(
     resolution: int,
     device: torch.device | str,
     optimizer: str = "sgd",
+    foreach: bool | None = None,
 ) -> Step:
-    """Inputs, targets, loss and optimizer of `task` for `model` (already on `device`)."""
+    """Inputs, targets, loss and optimizer of `task` for `model` (already on `device`);
+    `foreach` picks the optimizer's implementation (`make_optimizer`)."""
     device = torch.device(device)
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario {scenario!r} is invalid; valid: {', '.join(SCENARIOS)}")
@@ -112,7 +116,7 @@ def build_step(
     the_task = get_task(task)
     model.train(scenario == "train")
     inputs, targets = the_task.make_batch(model, batch_size, resolution, device)
-    opt = make_optimizer(optimizer, model.parameters()) if scenario == "train" else None
+    opt = make_optimizer(optimizer, model.parameters(), foreach) if scenario == "train" else None
     # fp16 needs loss scaling on a real GPU; bf16 does not.
     scaler = (
         torch.amp.GradScaler("cuda")

@@ -16,7 +16,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tomllib
@@ -30,6 +30,7 @@ from revbench.models import (
 )
 
 from .axes import OPTIMIZERS, PRECISIONS, check_scenario
+from .cards import CARDS
 from .catalog import builtin_suites
 from .cell import Cell, model_label, variant_label
 from .errors import UsageError
@@ -240,14 +241,23 @@ def expand(
     modes: list[str] | None = None,
     scenario: str | None = None,
     optimizer: str | None = None,
+    card: str | None = None,
 ) -> list[Cell]:
     """Cells of `suite`, with any axis replaced by the CLI's value. Validates everything
-    up front, so bad input is reported before a single cell runs.
+    up front, so bad input is reported before a single cell runs. `card`: the card the
+    estimates are for (`revbench.cards`; the estimate method only).
 
     `models` selects: each named model keeps the axes of the groups that list it, and a
     model the suite does not list runs with the suite's defaults.
     """
     _check_choice("method", method, method_names())
+    if card is not None:
+        _check_choice("card", card, list(CARDS))
+        if method != "estimate":
+            raise UsageError(
+                f"--card {card} is for estimates; the {method} method measures the device "
+                "it runs on (use --device estimate)"
+            )
     given = {
         "models": models,
         "resolutions": resolutions,
@@ -279,6 +289,8 @@ def expand(
         g = dict(group)
         g.update({k: v for k, v in cli.items() if v is not None})
         for cell in _expand_group(suite, g, method):
+            if card is not None:
+                cell = replace(cell, card=card)
             cells.setdefault(cell.key, cell)  # groups may overlap once the CLI replaces an axis
     if not cells:
         raise UsageError(f"suite {suite.name!r} expands to no cells; give it models to run")

@@ -167,7 +167,8 @@ def test_detector_infers_and_counts_like_the_task_says():
 # --------------------------------------------------------------------------- estimator
 
 
-def _estimate(name: str, batch_size: int = 2, resolution: int = 128):
+def _estimate(name: str, batch_size: int = 2, resolution: int = 128, card: str = "cpu"):
+    # The CPU kernels' step by default: what the CPU allocator's record is compared with.
     from revbench.methods.estimate_dense import estimate_dense_memory
 
     info = get_info(name)
@@ -177,6 +178,7 @@ def _estimate(name: str, batch_size: int = 2, resolution: int = 128):
         batch_size=batch_size,
         resolution=resolution,
         warmup_resolution=64,
+        card=card,
     )
 
 
@@ -248,6 +250,15 @@ def test_dense_estimate_matches_the_cpu_allocator_of_a_real_step(name):
     assert estimate <= resident + peak
 
 
+def test_dense_estimate_on_a_card_adds_the_box_heads_cublas_workspaces():
+    # The box head's linear layers multiply on cuBLAS(Lt) in the forward and on cuBLAS in
+    # the backward (autograd's device thread): two kept workspaces, the rest unchanged.
+    cpu = _estimate("faster_rcnn_revbifpn_s0")
+    card = _estimate("faster_rcnn_revbifpn_s0", card="a100")
+    assert card.by_category["library_workspace"] == 2 * 8_519_680
+    assert card.peak_bytes == cpu.peak_bytes + 2 * 8_519_680
+
+
 def test_dense_estimate_is_deterministic_and_independent_of_threads():
     a = _estimate("mask_rcnn_revbifpn_s0")
     threads = torch.get_num_threads()
@@ -260,6 +271,57 @@ def test_dense_estimate_is_deterministic_and_independent_of_threads():
     assert a.by_category["activations"] > 0 and a.by_category["other"] > 0
     assert a.by_category["gradients"] > 0
     assert a.peak_bytes == sum(a.by_category.values())
+
+
+def _positives_sampled_from(name: str, **overrides) -> list[int]:
+    """Positive candidates per image the RoI sampler is offered in one training step."""
+    torch.manual_seed(0)
+    model = create(name, img_size=128, **{**CHEAP, **overrides}).train()
+    inputs, _ = get_task(get_info(name).task).make_batch(model, 2, 128, "cpu")
+    heads, seen = model.detector.roi_heads, []
+    sample = heads.subsample
+    heads.subsample = lambda labels: seen.extend(int((x > 0).sum()) for x in labels) or sample(
+        labels
+    )
+    model(inputs)
+    return seen
+
+
+def test_positives_fill_the_samplers_cap_unless_drawn():
+    # 128 RoIs sampled per image, a quarter positive at most: a cap of 32. The random
+    # network's proposals overlap the 7 targets little: "drawn" offers about the targets
+    # themselves (torchvision appends them), "max" fills up to the cap.
+    wide = dict(box_batch_size_per_image=128)
+    drawn = _positives_sampled_from("mask_rcnn_revbifpn_s0", positives="drawn", **wide)
+    assert all(0 < n < 32 for n in drawn)
+    assert _positives_sampled_from("mask_rcnn_revbifpn_s0", **wide) == [32, 32]
+    # More positive candidates than the cap (2) are left as drawn: the sampler picks.
+    many = _positives_sampled_from("mask_rcnn_revbifpn_s0", box_batch_size_per_image=8)
+    assert many == drawn
+    with pytest.raises(ValueError, match="positives 'all' is invalid; valid: max, drawn"):
+        create("mask_rcnn_revbifpn_s0", positives="all")
+
+
+def test_mask_head_at_the_cap_holds_more_than_as_drawn():
+    wide = dict(box_batch_size_per_image=128)
+    at_cap = _estimate_with("mask_rcnn_revbifpn_s0", **wide)
+    drawn = _estimate_with("mask_rcnn_revbifpn_s0", positives="drawn", **wide)
+    assert at_cap.peak_bytes > drawn.peak_bytes
+    assert at_cap.by_category["parameters"] == drawn.by_category["parameters"]
+
+
+def _estimate_with(name: str, **overrides):
+    from revbench.methods.estimate_dense import estimate_dense_memory
+
+    info = get_info(name)
+    return estimate_dense_memory(
+        lambda: create(name, img_size=128, **{**CHEAP, **overrides}),
+        task=info.task,
+        batch_size=2,
+        resolution=128,
+        warmup_resolution=64,
+        card="cpu",
+    )
 
 
 def test_detector_resized_takes_small_images_at_their_own_size():

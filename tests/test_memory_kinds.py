@@ -90,15 +90,26 @@ def test_the_reserved_replay_can_be_skipped():
 
 def test_a_hand_built_step_reserves_one_small_segment():
     # Every tensor of TinyNet at batch 2 is far below 1 MiB: one 2 MiB small-pool segment.
-    est = estimate_memory(TinyNet, batch_size=2, resolution=16)
+    est = estimate_memory(TinyNet, batch_size=2, resolution=16, card="cpu")
     assert est.peak_reserved_bytes == 2 * MiB
     assert est.fragmentation_bytes == 2 * MiB - est.reserved.allocated_at_reserved_peak_bytes
+
+
+def test_a_cards_cublas_workspaces_share_one_large_segment():
+    # On a card the forward's and the backward's cuBLAS workspaces (8,519,680 bytes each,
+    # over 1 MiB: the large pool) come first from one 20 MiB segment (c10 gives allocations
+    # between 1 and 10 MiB a 20 MiB segment), beside the small pool's 2 MiB.
+    est = estimate_memory(TinyNet, batch_size=2, resolution=16, card="generic")
+    cpu = estimate_memory(TinyNet, batch_size=2, resolution=16, card="cpu")
+    assert est.by_category["library_workspace"] == 2 * 8_519_680
+    assert est.peak_bytes == cpu.peak_bytes + 2 * 8_519_680
+    assert est.peak_reserved_bytes == 2 * MiB + 20 * MiB
 
 
 def test_estimate_records_carry_reserved_and_fragmentation():
     from revbench.methods.estimate import _measurement
 
-    m = _measurement(estimate_memory(TinyNet, batch_size=2, resolution=16))
+    m = _measurement(estimate_memory(TinyNet, batch_size=2, resolution=16, card="cpu"))
     assert m.peak_reserved_bytes == 2 * MiB and m.fragmentation_bytes > 0
     new = {"fragmentation_bytes", "process_peak_bytes", "cuda_context_bytes", "num_ooms"}
     assert new <= set(RECORD_FIELDS)
@@ -113,7 +124,7 @@ def test_new_columns_are_validated_like_the_others(column):
     row = {
         **dict.fromkeys(RECORD_FIELDS),
         "model": "m", "variant": "", "mode": "vanilla", "precision": "fp32",
-        "scenario": "train", "method": "cuda", "optimizer": "sgd", "suite": "s",
+        "scenario": "train", "method": "cuda", "optimizer": "sgd", "card": "", "suite": "s",
         "group": "g", "family": "f", "kind": "baseline", "size": "", "task": "classify",
         "resolution": 32, "batch_size": 2, "status": "ok",
         "schema_version": SCHEMA_VERSION,

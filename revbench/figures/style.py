@@ -80,6 +80,7 @@ CATEGORY_COLOURS = dict(
             OKABE_ITO["blue"],
             "#AAAAAA",  # buffers: grey, where sky blue beside the parameters' blue was lost
             *(OKABE_ITO[c] for c in ("green", "vermillion", "yellow", "purple", "black")),
+            OKABE_ITO["sky"],  # library workspaces: after the batch's black
         ],
     )
 )

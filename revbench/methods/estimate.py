@@ -55,6 +55,7 @@ from revbench.models import create, get_info
 
 from ..autocast_policy import cuda_cast_policy
 from ..axes import DdpConfig, cell_ddp
+from ..cards import DEFAULT_CARD, card_capability
 from ..caching_allocator import simulate
 from ..cell import Cell
 from ..measurement import Measurement
@@ -62,17 +63,20 @@ from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
 from .estimate_ddp import DdpBuckets
+from .cuda_terms import kept_workspaces, library_rules
 from .estimate_dense import estimate_dense_memory
 from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
     CATEGORIES,
     CUDA_BLOCK_BYTES,
     DEL,
+    LIBRARY,
     MemoryEstimate,
     StepTrace,
     extrapolate,
     in_settled_order,
     replay,
+    with_kept_blocks,
 )
 
 
@@ -86,8 +90,9 @@ def on_real_tensors(cell: Cell) -> bool:
 
 
 # Bump whenever the estimator's output changes for any cell: persistent caches of its
-# figures are keyed on it.
-ESTIMATOR_VERSION = 1
+# figures are keyed on it. 2: estimates are for a card (cuBLAS workspaces, the optimizer's
+# foreach implementation and host step counts), detectors' positives at the sampler's cap.
+ESTIMATOR_VERSION = 2
 
 
 def from_trace(trace: StepTrace) -> MemoryEstimate:
@@ -127,8 +132,13 @@ class StepEstimator:
         predict_reserved: bool = True,
         ddp: DdpConfig | None = None,
         prime: bool = True,
+        card: str = DEFAULT_CARD,
     ):
         self.prime = prime  # False: a warm-up step makes the optimizer state, always
+        # The card the estimate is for: what its libraries and kernels add (cuda_terms);
+        # None for the CPU step.
+        capability = card_capability(card)
+        self.library = library_rules(capability) if capability else None
         self.resolution, self.scenario, self.precision = resolution, scenario, precision
         self.optimizer, self.task, self.ddp = optimizer, task, ddp
         self.predict_reserved = predict_reserved
@@ -186,6 +196,8 @@ class StepEstimator:
             resolution=self.resolution,
             device="cpu",
             optimizer=self.optimizer,
+            # On a card PyTorch's optimizers run their multi-tensor implementation.
+            foreach=True if self.library else None,
         )
         if not first:
             step.optimizer = self._optimizer  # its state is the first step's
@@ -209,16 +221,21 @@ class StepEstimator:
         recorder = AllocationRecorder() if self.predict_reserved else None
         from .memtrackers import LedgerTracker  # start-up: MemTracker takes a second; workers only
 
-        tracker = LedgerTracker(recorder)
+        host = host_storages(step.optimizer) if self.library else set()
+        tracker = LedgerTracker(recorder, self.library, host)
         # Registered after the warm-up: state created before track_external is not
         # attributed to its category otherwise. The batch (images, targets) lives on the
         # GPU in a real run, so it counts ("other").
         tracker.track_external(
             net, *([step.optimizer] if step.optimizer else []), step.inputs, step.targets
         )
+        workspaces_at = 0
         with tracker, buckets.alive() if buckets else contextlib.nullcontext():
             if recorder is not None:
-                recorder.track(*live_tensors(net, step))
+                start, state = live_tensors(net, step)
+                recorder.track(*start)
+                workspaces_at = len(recorder.events)  # a first step made them here
+                recorder.track(*(t for t in state if id(t.untyped_storage()) not in host))
             with checked or contextlib.nullcontext():
                 step.run()
         self.steps_run += 1
@@ -232,7 +249,11 @@ class StepEstimator:
         events = None
         if recorder is not None:
             events = in_settled_order(recorder.events, lambda e: e.action == "free", lambda e: e.id)
-        return StepTrace(batch_size, ops, tuple(tracker.sizes), events)
+        trace = StepTrace(batch_size, ops, tuple(tracker.sizes), events)
+        if self.library is None:
+            return trace
+        kept = [w.nbytes for w in kept_workspaces(self.library, tracker.blas_calls)]
+        return with_kept_blocks(trace, kept, LIBRARY, workspaces_at)
 
     def _may_prime(self) -> bool:
         # DDP's buckets follow the order gradients became ready in a first step, and the
@@ -312,6 +333,7 @@ def estimate_memory(
     task: str = "classify",
     predict_reserved: bool = True,
     ddp: DdpConfig | None = None,
+    card: str = DEFAULT_CARD,
     **overrides,
 ) -> MemoryEstimate:
     """Peak memory of one steady-state step of `model`, by category.
@@ -322,7 +344,9 @@ def estimate_memory(
     allocations and frees and replays them through the caching-allocator model
     (`revbench.caching_allocator`) for the reserved peak; False skips it (allocated peak only).
     `ddp`: one rank of a data-parallel train step, DDP's gradient buckets included
-    (`revbench.methods.estimate_ddp`). For several batch sizes of one model,
+    (`revbench.methods.estimate_ddp`). `card`: the card the estimate is for
+    (`revbench.cards`): what its libraries and kernels add (`revbench.methods.cuda_terms`);
+    "cpu" for the step as the CPU kernels run it. For several batch sizes of one model,
     `StepEstimator` runs fewer steps.
     """
     return StepEstimator(
@@ -334,6 +358,7 @@ def estimate_memory(
         task=task,
         predict_reserved=predict_reserved,
         ddp=ddp,
+        card=card,
     ).estimate(batch_size)
 
 
@@ -354,10 +379,11 @@ def amp_policy(precision: str) -> contextlib.AbstractContextManager:
     return cuda_cast_policy() if precision != "fp32" else contextlib.nullcontext()
 
 
-def live_tensors(net: nn.Module, step) -> list[torch.Tensor]:
+def live_tensors(net: nn.Module, step) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """What a GPU holds when a steady-state step starts, in the order a real run allocated
-    it: each module's parameters and buffers (construction order), the batch, then the
-    optimizer state (created in the first step, parameter by parameter)."""
+    it: each module's parameters and buffers (construction order) and the batch; then,
+    apart, the optimizer state (created in the first step's end, parameter by parameter:
+    a first step's library workspaces come between the two)."""
     tensors: list[torch.Tensor] = []
     for module in net.modules():
         tensors.extend(module.parameters(recurse=False))
@@ -365,12 +391,26 @@ def live_tensors(net: nn.Module, step) -> list[torch.Tensor]:
     tensors.extend(
         t for t in tree_leaves((step.inputs, step.targets)) if isinstance(t, torch.Tensor)
     )
+    state: list[torch.Tensor] = []
     if step.optimizer is not None:
         for group in step.optimizer.param_groups:
             for p in group["params"]:
-                state = step.optimizer.state.get(p, {})
-                tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
-    return tensors
+                values = step.optimizer.state.get(p, {}).values()
+                state.extend(v for v in values if isinstance(v, torch.Tensor))
+    return tensors, state
+
+
+def host_storages(optimizer: torch.optim.Optimizer | None) -> set[int]:
+    """Ids of the optimizer state's storages a run on a card keeps on the host: AdamW's
+    step counts (0-dim CPU tensors unless capturable or fused, `_init_group`)."""
+    if optimizer is None:
+        return set()
+    return {
+        id(v.untyped_storage())
+        for state in optimizer.state.values()
+        for v in state.values()
+        if isinstance(v, torch.Tensor) and v.dim() == 0
+    }
 
 
 class EstimateMethod(Method):
@@ -400,6 +440,7 @@ class EstimateMethod(Method):
                     scenario=cell.scenario,
                     precision=cell.precision,
                     optimizer=cell.optimizer,
+                    card=cell.card,
                 )
             return _measurement(est)
         key = replace(cell, batch_size=0)
@@ -421,6 +462,7 @@ class EstimateMethod(Method):
             precision=cell.precision,
             optimizer=cell.optimizer,
             task=cell.task,
+            card=cell.card,
         )
 
 

@@ -75,7 +75,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._pytree import tree_flatten
 
+from ..cards import DEFAULT_CARD, card_capability
 from ..scenario import build_step
+from .cuda_terms import BLAS_OPERATORS, kept_workspaces, library_rules
 from .step_trace import CATEGORIES, CUDA_BLOCK_BYTES, MemoryEstimate
 
 SEED = 0
@@ -102,16 +104,28 @@ class Allocation:
 
 @dataclass
 class AllocatorRecord:
-    """The allocations of one step, in order: `events` are (allocation, +1 made / -1 freed)."""
+    """The allocations of one step, in order: `events` are (allocation, +1 made / -1 freed);
+    `blas_calls` the (thread, 'blas' | 'lt') of its cuBLAS operators (cuda_terms)."""
 
     allocations: list[Allocation] = field(default_factory=list)
     events: list[tuple[Allocation, int]] = field(default_factory=list)
+    blas_calls: set[tuple[str, str]] = field(default_factory=set)
 
 
 def _is_operator(name: str) -> bool:
     # Dispatcher operators ("aten::mm", "torchvision::roi_align"), not the autograd
     # engine's node events or revbench's own phase scopes.
     return "::" in name and name.split("::", 1)[0] not in ("autograd", "revbench")
+
+
+def _blas_kind(name: str) -> str | None:
+    # The profiler names operators, not their arguments: every addmm is taken
+    # for a cuBLASLt one (a linear layer's: the box head's, the classifier's), which is
+    # what cuda_terms.blas_call finds for those on fake tensors.
+    op = name.split("::", 1)[1] if name.startswith("aten::") else None
+    if op is None or op not in BLAS_OPERATORS:
+        return None
+    return "lt" if op == "addmm" else "blas"
 
 
 def read_record(prof: profile) -> tuple[AllocatorRecord, list[tuple[int, int]]]:
@@ -147,14 +161,19 @@ def read_record(prof: profile) -> tuple[AllocatorRecord, list[tuple[int, int]]]:
         name = event.name
         if name.startswith(_SCOPE):
             phase = name[len(_SCOPE) :]
-        elif operator is None and _is_operator(name):
-            operator = event
+        elif _is_operator(name):
+            operator = operator or event
+            # Nested ones too: a linear layer's addmm runs inside aten::linear.
+            blas = _blas_kind(name)
+            if blas and phase in ("forward", "backward"):
+                record.blas_calls.add((phase, blas))
         stack.extend((child, phase, operator) for child in reversed(event.children))
     return record, foreign_frees
 
 
-def _resident(net: nn.Module, step) -> dict[int, tuple[str, int]]:
-    """address -> (category, bytes) of every storage alive before the step that it uses."""
+def _resident(net: nn.Module, step, host: bool = False) -> dict[int, tuple[str, int]]:
+    """address -> (category, bytes) of every storage alive before the step that it uses;
+    `host`: for a card, without the optimizer's step counts (host tensors there)."""
     groups = [
         ("parameters", list(net.parameters())),
         ("buffers", list(net.buffers())),
@@ -163,7 +182,12 @@ def _resident(net: nn.Module, step) -> dict[int, tuple[str, int]]:
     ]
     if step.optimizer is not None:
         state = step.optimizer.state.values()
-        groups[2][1].extend(t for s in state for t in s.values() if isinstance(t, torch.Tensor))
+        groups[2][1].extend(
+            t
+            for s in state
+            for t in s.values()
+            if isinstance(t, torch.Tensor) and not (host and t.dim() == 0)
+        )
     resident: dict[int, tuple[str, int]] = {}
     for category, tensors in groups:
         for t in tensors:
@@ -182,15 +206,21 @@ def estimate_dense_memory(
     scenario: str = "train",
     precision: str = "fp32",
     optimizer: str = "sgd",
+    card: str = DEFAULT_CARD,
 ) -> MemoryEstimate:
     """Peak memory of one steady-state step of a detector, by category (see module doc).
 
     `factory` builds the model (on the CPU, at `resolution`); `warmup_resolution` is the
-    smallest side it takes, for the warm-up step of a model with `resized_to`.
+    smallest side it takes, for the warm-up step of a model with `resized_to`. `card`: the
+    card the estimate is for; its kept cuBLAS workspaces are added as resident memory, its
+    optimizer runs as on the card (`revbench.methods.cuda_terms`).
     """
+    capability = card_capability(card)
+    library = library_rules(capability) if capability else None
     torch.manual_seed(SEED)
     net = factory()
     common = dict(task=task, scenario=scenario, precision=precision, device="cpu")
+    common["foreach"] = True if library else None
     step = build_step(
         net, batch_size=batch_size, resolution=resolution, optimizer=optimizer, **common
     )
@@ -212,7 +242,7 @@ def estimate_dense_memory(
         step.optimizer = warmup.optimizer
         del warmup
     torch.manual_seed(SEED)
-    resident = _resident(net, step)
+    resident = _resident(net, step, host=library is not None)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function(_SCOPE + "forward"):
             step.forward()
@@ -224,6 +254,12 @@ def estimate_dense_memory(
         with record_function(_SCOPE + "optimizer"):
             step.optimizer_step()
     record, foreign_frees = read_record(prof)
+    if library is not None:
+        # Kept from the warm-up's first calls, alive through the step: resident, under
+        # addresses no allocation has.
+        kept = kept_workspaces(library, record.blas_calls)
+        for i, workspace in enumerate(kept):
+            resident[-1 - i] = ("library_workspace", workspace.nbytes)
     return _peak(record, foreign_frees, resident, grads)
 
 

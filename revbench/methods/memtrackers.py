@@ -11,8 +11,9 @@ import torch
 from torch.distributed._tools import mem_tracker as _mt
 from torch.utils._pytree import tree_leaves
 
+from .cuda_terms import LibraryRules, blas_call
 from .recorder import AllocationRecorder
-from .step_trace import _SIZED, CHECK, ENTER
+from .step_trace import _SIZED, ADD, CHECK, DEL, ENTER, LIBRARY
 
 
 class LedgerTracker(_mt.MemTracker):
@@ -27,15 +28,43 @@ class LedgerTracker(_mt.MemTracker):
     `recorder`: an allocation recorder fed from this mode's dispatch, so one Python
     dispatch layer serves both (a mode of its own costs a layer on every operator); its
     events are what it would record as a mode entered inside this one.
+
+    `rules`: the estimate is for a CUDA card with these library workspace rules
+    (`revbench.methods.cuda_terms`): the cuBLAS calls are noted by thread (`blas_calls`),
+    a per-call cuBLASLt workspace is written down where the call makes it, and the
+    optimizer's host tensors (`host`) are left out, as the card never holds them.
     """
 
-    def __init__(self, recorder: AllocationRecorder | None = None) -> None:
+    def __init__(
+        self,
+        recorder: AllocationRecorder | None = None,
+        rules: LibraryRules | None = None,
+        host_storages: set[int] = frozenset(),
+    ) -> None:
         super().__init__()
         self.recorder = recorder
+        self.rules = rules
+        self.host_storages = set(host_storages)  # ids of untyped storages on the host
+        self.blas_calls: set[tuple[str, str]] = set()  # (thread, "blas" | "lt")
         self.ops: list[tuple] = []
         self.sizes: list[int] = []
         self._count = 0
         self._added = False  # bytes added (or resized) since the last check
+
+    def host(self, tensor: torch.Tensor) -> bool:
+        """Whether `tensor` lives on the host in a run on the card: the optimizer's step
+        counts, and the 0-dim tensors its step makes for them (only those are 0-dim in
+        the optimizers revbench runs). Always False for a CPU estimate."""
+        if self.rules is None:
+            return False
+        if id(tensor.untyped_storage()) in self.host_storages:
+            return True
+        return self._in_opt and tensor.dim() == 0
+
+    def _update_and_maybe_create_winfos(self, t, reftype, update_existing=False):
+        if self.host(t):
+            return set()
+        return super()._update_and_maybe_create_winfos(t, reftype, update_existing)
 
     def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
         super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
@@ -82,6 +111,9 @@ class LedgerTracker(_mt.MemTracker):
         if self.recorder is not None:
             self.recorder.note_inputs(args, kwargs)
         out = func(*args, **(kwargs or {}))
+        tensors = _tensors(out)
+        if self.rules is not None:
+            tensors = [t for t in tensors if not self.host(t)]
         if _mt.active_fake_mode() is self._fake_mode_on_entry:
             if self._in_opt:
                 reftype = _mt._MemRefType.OPT
@@ -89,12 +121,30 @@ class LedgerTracker(_mt.MemTracker):
                 reftype = _mt._MemRefType.TEMP
             else:
                 reftype = _mt._MemRefType.ACT
-            for tensor in _tensors(out):
+            for tensor in tensors:
                 self._track(reftype, tensor)
             self._update_peak_stats(None)
         if self.recorder is not None:
-            self.recorder.note_outputs(out)
+            self.recorder.note_outputs(tensors)
+        if self.rules is not None:
+            self._note_blas(func, args, kwargs)
         return out
+
+    def _note_blas(self, func, args, kwargs) -> None:
+        kind = blas_call(func, args, kwargs)
+        if kind is None:
+            return
+        # The backward runs on autograd's device thread on a card: its own cuBLAS handle.
+        thread = "backward" if torch._C._current_graph_task_id() != -1 else "forward"
+        self.blas_calls.add((thread, kind))
+        if kind == "lt" and self.rules.lt == "per-call":
+            # Allocated inside the call, beside its output, and freed before it returns.
+            number = self._count
+            self._count += 1
+            self.ops.extend([(ADD, number, LIBRARY, None), (CHECK,), (DEL, number, LIBRARY, None)])
+            self.sizes.append(self.rules.lt_bytes)
+            if self.recorder is not None:
+                self.recorder.transient(self.rules.lt_bytes)
 
 
 def _tensors(out) -> list[torch.Tensor]:

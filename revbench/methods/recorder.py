@@ -59,6 +59,13 @@ class AllocationRecorder(TorchDispatchMode):
             if tensor is not None:
                 self._allocate(tensor.untyped_storage())
 
+    def transient(self, nbytes: int) -> None:
+        """An allocation made and freed inside the operator that just ran (a library's
+        per-call workspace): alloc and free, at this point of the record."""
+        self.events.append(Event("alloc", self._next_id, nbytes, self.stream))
+        self.events.append(Event("free", self._next_id))
+        self._next_id += 1
+
     def empty_cache(self) -> None:
         self.events.append(Event("empty_cache"))
 

@@ -40,7 +40,11 @@ CATEGORIES = {
     "TEMP": "temporaries",
     "OPT": "optimizer_state",
     "OTH": "other",
+    # Not MemTracker's: what a CUDA library allocates for itself through the caching
+    # allocator (cuBLAS's workspaces: revbench.methods.cuda_terms).
+    "LIB": "library_workspace",
 }
+LIBRARY = "LIB"
 
 # Ledger entry kinds: MemTracker's update types, plus its two peak comparisons.
 ADD, DEL, REF, SIZE = "add", "del", "ref", "size"
@@ -68,6 +72,24 @@ class StepTrace:
             (a.action, a.id, a.stream) == (b.action, b.id, b.stream)
             for a, b in zip(self.events, other.events)
         )
+
+
+def with_kept_blocks(
+    trace: StepTrace, blocks: Sequence[int], category: str, events_at: int
+) -> StepTrace:
+    """`trace` with `blocks` (bytes each) alive through the whole step in `category`, as
+    memory a first step allocated and the process keeps (a library's workspace): in the
+    ledger before the tracker is entered, and among the allocator events at `events_at`
+    (where a first step made them among the tensors alive at the step's start)."""
+    if not blocks:
+        return trace
+    adds = tuple((ADD, -1 - i, category, None) for i in range(len(blocks)))
+    events = trace.events
+    if events is not None:
+        first_id = 1 + max((e.id for e in events if e.id is not None), default=-1)
+        made = tuple(Event("alloc", first_id + i, n, 0) for i, n in enumerate(blocks))
+        events = events[:events_at] + made + events[events_at:]
+    return StepTrace(trace.batch_size, adds + trace.ops, tuple(blocks) + trace.sizes, events)
 
 
 def in_settled_order(entries: Sequence, is_free, key) -> tuple:
