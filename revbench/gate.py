@@ -158,7 +158,14 @@ def run_gate(
     """Compare, print, export, update; the exit code."""
     current = load_side(sources, "current")
     if baseline is not None:
-        check_comparable(baseline, current)
+        try:
+            check_comparable(baseline, current)
+        except UsageError as e:
+            if not args.update:
+                raise
+            # A baseline of other cells (a key field added since) is what --update replaces.
+            print(f"note: {e}; --update replaces it", file=sys.stderr)
+            baseline = None
     refresh = shlex.join(
         ["revbench", "gate", "--baseline", args.baseline]
         + (["--suite", args.suite] if args.suite else ["--current", *sources])

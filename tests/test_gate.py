@@ -342,6 +342,23 @@ def test_update_replaces_a_baseline_of_an_old_schema(run_cli, baseline, tmp_path
     assert gate(run_cli, old, baseline)[0] == 0
 
 
+def test_update_replaces_a_baseline_of_other_cells(run_cli, baseline, tmp_path):
+    # A key field added since (the card estimates were written before cards existed, read
+    # as "cpu") leaves no cell in common: the gate refuses to compare, --update replaces.
+    rows = [json.loads(line) for line in (Path(baseline) / "results.jsonl").read_text().splitlines()]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text((Path(baseline) / "manifest.json").read_text())
+    lines = [json.dumps({k: v for k, v in r.items() if k != "card"}) for r in rows]
+    (old / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert set(load(old)["card"]) == {"cpu"}
+    code, out, err = gate(run_cli, str(old), baseline)
+    assert one_line_error(code, out, err) and "no cell in common" in err
+    code, _, err = gate(run_cli, str(old), baseline, "--update")
+    assert code == 0 and "--update replaces it" in err and "a new baseline" in err
+    assert gate(run_cli, str(old), baseline)[0] == 0
+
+
 def test_suite_option_runs_the_suite_then_gates_it(run_cli, tmp_path, monkeypatch):
     def no_cli(*args):
         raise AssertionError("the gate called back into the CLI")
