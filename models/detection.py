@@ -46,7 +46,7 @@ COUNT_MASK_ROIS = 100  # and the mask head on the first 100
 NECK_CHANNELS = 256
 NECK_LEVELS = 5
 COCO_IMAGE = (800, 1333)  # MMDetection's (height, width) for 2x-scale COCO training
-POSITIVES = ("max", "drawn")
+DATA_SIZES = ("max", "drawn")
 
 
 def dense_image_shape(resolution: int) -> tuple[int, int]:
@@ -105,10 +105,10 @@ class DetectorConfig(ModelConfig):
     head: str = "faster_rcnn"
     rpn_post_nms_top_n_train: int = 2000  # proposals kept per image after NMS
     box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head
-    # Positive RoIs in a training step: "max", as many as the sampler takes (a quarter of
-    # the sampled RoIs: 128 per image), or "drawn", what the targets and the network give
-    # (`Detector`, "Positives at the sampler's cap").
-    positives: str = "max"
+    # The data-dependent sizes of a training step: "max", at their configured maxima (the
+    # RPN's proposals after NMS, the sampler's positive RoIs), or "drawn", what the targets
+    # and the network give (`Detector`, "Sizes at their maxima").
+    data_sizes: str = "max"
 
     @property
     def resolution_multiple(self) -> int:
@@ -124,9 +124,9 @@ class DetectorConfig(ModelConfig):
 
     def validate(self) -> None:
         check_positive_ints(self, "rpn_post_nms_top_n_train", "box_batch_size_per_image")
-        if self.positives not in POSITIVES:
+        if self.data_sizes not in DATA_SIZES:
             raise ValueError(
-                f"positives {self.positives!r} is invalid; valid: {', '.join(POSITIVES)}"
+                f"data_sizes {self.data_sizes!r} is invalid; valid: {', '.join(DATA_SIZES)}"
             )
         if self.head not in HEADS:
             raise ValueError(f"head {self.head!r} is invalid; valid: {', '.join(HEADS)}")
@@ -142,6 +142,23 @@ class RevDetectorConfig(DetectorConfig):
     backbone: str = "revbifpn_s0"
 
     modes: ClassVar[tuple[str, ...]] = MODES
+
+
+def keep_proposals_to_maximum(rpn: nn.Module) -> None:
+    """Make `rpn` keep, in training, its top proposals up to its post-NMS maximum: NMS at
+    threshold 1 suppresses none (see `Detector`)."""
+    filter_proposals = rpn.filter_proposals  # torchvision's, bound
+
+    def without_suppression(*args, **kwargs):
+        if not rpn.training:
+            return filter_proposals(*args, **kwargs)
+        threshold, rpn.nms_thresh = rpn.nms_thresh, 1.0
+        try:
+            return filter_proposals(*args, **kwargs)
+        finally:
+            rpn.nms_thresh = threshold
+
+    rpn.filter_proposals = without_suppression
 
 
 def fill_positives_to_cap(roi_heads: nn.Module) -> None:
@@ -193,20 +210,22 @@ class Detector(ReversibleModel):
     """A torchvision two-stage detector called on `(images, targets)`; its mode is the
     RevBiFPN trunk's (`set_mode` switches both), "vanilla" for the other trunks.
 
-    Positives at the sampler's cap (`positives="max"`, the default). How many sampled RoIs
-    are positive decides the size of the box head's regression loss and of everything the
-    mask head holds (its four 256-channel 14x14 convolutions, the 28x28 deconvolution and
-    their gradients, for every positive): in training that count is what the data gives,
-    up to the sampler's cap of `box_batch_size_per_image` x `positive_fraction` (512 x 0.25
-    = 128 per image). A randomly initialised network on synthetic targets gives few (its
-    proposals rarely overlap a target), so a measured step would show memory a trained
-    detector on busy images exceeds by hundreds of MB. So where fewer proposals than the
-    cap match a target, the ones that overlap a target most are made positive (labelled
-    and matched as the target they overlap most), until the sampler can take its cap: the
-    step then holds what a step at the configured maximum holds. The sampler still draws
-    its 512 RoIs per image; proposals (`rpn_post_nms_top_n_train`) are not touched (NMS
-    keeps its maximum from the dense random proposals at COCO sizes). "drawn" keeps the
-    assignment as torchvision makes it.
+    Sizes at their maxima (`data_sizes="max"`, the default). Two sizes of a training step
+    come from the data, up to a configured maximum: the proposals the RPN keeps after NMS
+    (`rpn_post_nms_top_n_train`, 2000 per image), which size the RoI matching, and the
+    positive RoIs the sampler draws (up to `box_batch_size_per_image` x
+    `positive_fraction`, 512 x 0.25 = 128 per image), which size the box regression loss
+    and everything the mask head holds (four 256-channel 14x14 convolutions, the 28x28
+    deconvolution and their gradients, per positive). A randomly initialised network on
+    synthetic targets gives fewer than a trained one on busy images (ResNet-50-FPN keeps
+    about 1,600 proposals per image at 1333x800; positives are about the 7 targets), so a
+    measured step would show memory that training exceeds by hundreds of MB. At "max", in
+    training: NMS suppresses nothing (its threshold is 1), so the RPN keeps its top
+    proposals up to the maximum; and where fewer proposals than the sampler's cap match a
+    target, the ones that overlap a target most are made positive (labelled and matched as
+    the target they overlap most) until the sampler can take its cap. The step then holds
+    what a step at the configured maxima holds. "drawn" keeps torchvision's step as is;
+    inference is never changed.
     """
 
     def __init__(self, cfg: DetectorConfig):
@@ -228,7 +247,8 @@ class Detector(ReversibleModel):
             box_batch_size_per_image=cfg.box_batch_size_per_image,
         )
         self.detector.transform.size_divisible = 32
-        if cfg.positives == "max":
+        if cfg.data_sizes == "max":
+            keep_proposals_to_maximum(self.detector.rpn)
             fill_positives_to_cap(self.detector.roi_heads)
 
     @staticmethod

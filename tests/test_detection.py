@@ -273,39 +273,71 @@ def test_dense_estimate_is_deterministic_and_independent_of_threads():
     assert a.peak_bytes == sum(a.by_category.values())
 
 
-def _positives_sampled_from(name: str, **overrides) -> list[int]:
-    """Positive candidates per image the RoI sampler is offered in one training step."""
+def _sizes_from(name: str, **overrides) -> tuple[list[int], list[int]]:
+    """Proposals the RPN keeps and positive candidates the RoI sampler is offered, per
+    image, in one training step."""
     torch.manual_seed(0)
     model = create(name, img_size=128, **{**CHEAP, **overrides}).train()
     inputs, _ = get_task(get_info(name).task).make_batch(model, 2, 128, "cpu")
-    heads, seen = model.detector.roi_heads, []
-    sample = heads.subsample
-    heads.subsample = lambda labels: seen.extend(int((x > 0).sum()) for x in labels) or sample(
-        labels
-    )
+    rpn, heads = model.detector.rpn, model.detector.roi_heads
+    proposals, positives = [], []
+    keep, sample = rpn.filter_proposals, heads.subsample
+
+    def kept(*args, **kwargs):
+        boxes, scores = keep(*args, **kwargs)
+        proposals.extend(len(b) for b in boxes)
+        return boxes, scores
+
+    def sampled(labels):
+        positives.extend(int((x > 0).sum()) for x in labels)
+        return sample(labels)
+
+    rpn.filter_proposals, heads.subsample = kept, sampled
     model(inputs)
-    return seen
+    return proposals, positives
 
 
-def test_positives_fill_the_samplers_cap_unless_drawn():
-    # 128 RoIs sampled per image, a quarter positive at most: a cap of 32. The random
-    # network's proposals overlap the 7 targets little: "drawn" offers about the targets
-    # themselves (torchvision appends them), "max" fills up to the cap.
-    wide = dict(box_batch_size_per_image=128)
-    drawn = _positives_sampled_from("mask_rcnn_revbifpn_s0", positives="drawn", **wide)
-    assert all(0 < n < 32 for n in drawn)
-    assert _positives_sampled_from("mask_rcnn_revbifpn_s0", **wide) == [32, 32]
+def test_data_sizes_at_their_maxima_unless_drawn():
+    # 256 RoIs sampled per image, a quarter positive at most: a cap of 64. The random
+    # ResNet-50-FPN's proposals overlap the 7 targets little ("drawn" offers about the
+    # targets themselves, which torchvision appends), and NMS suppresses some of them: "max"
+    # keeps every proposal NMS would have dropped (up to the 2000, here fewer exist at 128
+    # px) and fills the positives up to the cap.
+    wide = dict(box_batch_size_per_image=256, rpn_post_nms_top_n_train=2000)
+    proposals, positives = _sizes_from("mask_rcnn_r50_fpn", data_sizes="drawn", **wide)
+    assert all(0 < n < 64 for n in positives) and all(n < 2000 for n in proposals)
+    most, capped = _sizes_from("mask_rcnn_r50_fpn", **wide)
+    assert capped == [64, 64]
+    assert all(m > n for m, n in zip(most, proposals))
+    # Where the RPN has more than the maximum, the maximum is kept.
+    assert _sizes_from("mask_rcnn_r50_fpn", rpn_post_nms_top_n_train=1100)[0] == [1100, 1098]
     # More positive candidates than the cap (2) are left as drawn: the sampler picks.
-    many = _positives_sampled_from("mask_rcnn_revbifpn_s0", box_batch_size_per_image=8)
-    assert many == drawn
-    with pytest.raises(ValueError, match="positives 'all' is invalid; valid: max, drawn"):
-        create("mask_rcnn_revbifpn_s0", positives="all")
+    few = dict(box_batch_size_per_image=8)
+    assert _sizes_from("mask_rcnn_r50_fpn", **few)[1] == _sizes_from(
+        "mask_rcnn_r50_fpn", data_sizes="drawn", **few
+    )[1]
+    with pytest.raises(ValueError, match="data_sizes 'all' is invalid; valid: max, drawn"):
+        create("mask_rcnn_r50_fpn", data_sizes="all")
+
+
+def test_inference_keeps_torchvisions_nms():
+    torch.manual_seed(0)
+    model = create("faster_rcnn_revbifpn_s0", img_size=128, **CHEAP).eval()
+    assert model.detector.rpn.nms_thresh == 0.7
+    seen = []
+    keep = model.detector.rpn.filter_proposals
+    model.detector.rpn.filter_proposals = lambda *a, **k: seen.append(
+        model.detector.rpn.nms_thresh
+    ) or keep(*a, **k)
+    with torch.no_grad():
+        model(get_task("detect").make_batch(model, 1, 128, "cpu")[0])
+    assert seen == [0.7]
 
 
 def test_mask_head_at_the_cap_holds_more_than_as_drawn():
     wide = dict(box_batch_size_per_image=128)
     at_cap = _estimate_with("mask_rcnn_revbifpn_s0", **wide)
-    drawn = _estimate_with("mask_rcnn_revbifpn_s0", positives="drawn", **wide)
+    drawn = _estimate_with("mask_rcnn_revbifpn_s0", data_sizes="drawn", **wide)
     assert at_cap.peak_bytes > drawn.peak_bytes
     assert at_cap.by_category["parameters"] == drawn.by_category["parameters"]
 

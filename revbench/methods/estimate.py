@@ -91,7 +91,7 @@ def on_real_tensors(cell: Cell) -> bool:
 
 # Bump whenever the estimator's output changes for any cell: persistent caches of its
 # figures are keyed on it. 2: estimates are for a card (cuBLAS workspaces, the optimizer's
-# foreach implementation and host step counts), detectors' positives at the sampler's cap.
+# foreach implementation and host step counts), detectors at their data sizes' maxima.
 ESTIMATOR_VERSION = 2
 
 
