@@ -38,6 +38,16 @@ CARDS = {
 }
 DEFAULT_CARD = "generic"
 
+# What an estimate for a card leaves out, each for a reason docs/measuring.md gives ("What
+# a card adds"): no rule sizes it without the card. Said in the run's manifest
+# (`revbench.methods.cuda_terms.card_terms`) and by max-batch.
+LEFT_OUT = (
+    "cuDNN's convolution workspaces",
+    "cuDNN's batch-norm reserve",
+    "the CUDA attention kernel's saved tensors",
+    "kernels' own temporaries",
+)
+
 
 def check_card(name: str) -> str:
     """`name` if it names a card class, else a ValueError listing the valid ones."""

@@ -52,6 +52,7 @@ def method_card(method: str) -> str | None:
     (""), the cpu method the CPU ("cpu"); None for an estimate, which names its card."""
     return {"cuda": "", "cpu": "cpu"}.get(method)
 
+
 Overrides = tuple[tuple[str, Any], ...]
 
 

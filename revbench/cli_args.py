@@ -7,11 +7,11 @@ Light on imports, like the CLI itself: every `revbench` command imports this mod
 from __future__ import annotations
 
 import argparse
-
-from .cards import CARDS, DEFAULT_CARD
 import os
 
 from rich.console import Console
+
+from .cards import CARDS, DEFAULT_CARD
 
 LOG_WIDTH = 160  # table width when the output is neither a terminal nor COLUMNS-sized
 

@@ -42,6 +42,7 @@ from rich.markup import escape
 
 from . import status
 from .budget import parse_margin, resolve_budgets
+from .cards import LEFT_OUT
 from .cell import Cell, bytes_label, cell_label, model_label, readable_bytes
 from .cli_args import (
     add_axis_flags,
@@ -320,12 +321,9 @@ def search(cell: Cell, prober: Prober) -> Record:
     )
 
 
-# What an estimate for a card leaves out (revbench.methods.cuda_terms.LEFT_OUT), said in
-# each estimated search's record and under the table.
-LEFT_OUT_NOTE = (
-    "leaves out cuDNN's convolution workspaces and batch-norm reserve, the CUDA attention "
-    "kernel's saved tensors and kernels' own temporaries"
-)
+# What an estimate for a card leaves out, said in each estimated search's record and
+# under the table.
+LEFT_OUT_NOTE = "leaves out " + ", ".join(LEFT_OUT)
 
 
 # ------------------------------------------------------------------------- running
@@ -487,7 +485,7 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
     if any(r.method == "estimate" and r.card != "cpu" for r in summary.records):
         console.print(
             f"The estimate {LEFT_OUT_NOTE}: none has a size known without the card (see "
-            "docs/measuring.md, \"What a card adds\"); --margin holds memory back for them.",
+            'docs/measuring.md, "What a card adds"); --margin holds memory back for them.',
             highlight=False,
         )
     console.print(f"results: {summary.store.results_path}")

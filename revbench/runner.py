@@ -41,6 +41,7 @@ from .launcher import (
     measure_task,
 )
 from .methods import get_method
+from .methods.cuda_terms import card_terms
 from .methods.estimate import on_real_tensors
 from .outputs import check_output_dir
 from .progress import CellProgress
@@ -274,8 +275,6 @@ def estimate_terms(cells: list[Cell]) -> dict:
     cards = sorted({c.card for c in cells if c.method == "estimate"})
     if not cards:
         return {}
-    from .methods.cuda_terms import card_terms  # start-up: torch, as the run itself loads it
-
     return {"cards": {card: card_terms(card) for card in cards}}
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from revbench.cards import CARDS, card_capability
-from revbench.methods import cuda_terms, estimate
+from revbench.methods import estimate
 from revbench.methods.cuda_terms import (
     LibraryRules,
     blas_call,
@@ -105,7 +105,9 @@ def test_library_rules_read_the_environment():
     rules = library_rules((9, 0), "2.10.0", env)
     assert (rules.cublas_bytes, rules.lt_bytes) == (16 * 1024 * 8, 4 * MiB)
     # An unparsable config: the default, as torch falls back to it.
-    assert library_rules((8, 0), "2.10.0", {"CUBLAS_WORKSPACE_CONFIG": "x"}).cublas_bytes == DEFAULT_WS
+    assert (
+        library_rules((8, 0), "2.10.0", {"CUBLAS_WORKSPACE_CONFIG": "x"}).cublas_bytes == DEFAULT_WS
+    )
 
 
 def test_blas_calls_are_classified_as_cuda_dispatches_them():
@@ -168,7 +170,9 @@ def test_train_step_on_a_card_keeps_a_workspace_per_thread():
 
 
 def test_inference_and_matmul_free_models_keep_fewer():
-    assert _est(LinearNet, "generic", scenario="infer").by_category["library_workspace"] == DEFAULT_WS
+    assert (
+        _est(LinearNet, "generic", scenario="infer").by_category["library_workspace"] == DEFAULT_WS
+    )
     assert _est(ConvNet, "generic").by_category["library_workspace"] == 0
     assert _est(ConvNet, "generic").peak_bytes == _est(ConvNet, "cpu").peak_bytes
 
@@ -183,7 +187,7 @@ def test_the_card_class_and_the_environment_size_the_workspace(monkeypatch):
 def test_cublaslt_per_call_workspace_is_a_transient_of_the_call(monkeypatch):
     # torch <= 2.8: gemm_and_bias allocates its 1 MiB for the call, beside the output.
     rules = library_rules((8, 0), "2.8.0", {})
-    monkeypatch.setattr(estimate, "library_rules", lambda capability: rules)
+    monkeypatch.setattr(estimate, "card_library", lambda card: rules)
     est = _est(LinearNet, "generic")
     events = list(est.events)
     lt = [i for i, e in enumerate(events) if e.action == "alloc" and e.size == MiB]

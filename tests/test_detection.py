@@ -313,9 +313,10 @@ def test_data_sizes_at_their_maxima_unless_drawn():
     assert _sizes_from("mask_rcnn_r50_fpn", rpn_post_nms_top_n_train=1100)[0] == [1100, 1098]
     # More positive candidates than the cap (2) are left as drawn: the sampler picks.
     few = dict(box_batch_size_per_image=8)
-    assert _sizes_from("mask_rcnn_r50_fpn", **few)[1] == _sizes_from(
-        "mask_rcnn_r50_fpn", data_sizes="drawn", **few
-    )[1]
+    assert (
+        _sizes_from("mask_rcnn_r50_fpn", **few)[1]
+        == _sizes_from("mask_rcnn_r50_fpn", data_sizes="drawn", **few)[1]
+    )
     with pytest.raises(ValueError, match="data_sizes 'all' is invalid; valid: max, drawn"):
         create("mask_rcnn_r50_fpn", data_sizes="all")
 
@@ -326,9 +327,9 @@ def test_inference_keeps_torchvisions_nms():
     assert model.detector.rpn.nms_thresh == 0.7
     seen = []
     keep = model.detector.rpn.filter_proposals
-    model.detector.rpn.filter_proposals = lambda *a, **k: seen.append(
-        model.detector.rpn.nms_thresh
-    ) or keep(*a, **k)
+    model.detector.rpn.filter_proposals = lambda *a, **k: (
+        seen.append(model.detector.rpn.nms_thresh) or keep(*a, **k)
+    )
     with torch.no_grad():
         model(get_task("detect").make_batch(model, 1, 128, "cpu")[0])
     assert seen == [0.7]

@@ -345,7 +345,9 @@ def test_update_replaces_a_baseline_of_an_old_schema(run_cli, baseline, tmp_path
 def test_update_replaces_a_baseline_of_other_cells(run_cli, baseline, tmp_path):
     # A key field added since (the card estimates were written before cards existed, read
     # as "cpu") leaves no cell in common: the gate refuses to compare, --update replaces.
-    rows = [json.loads(line) for line in (Path(baseline) / "results.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (Path(baseline) / "results.jsonl").read_text().splitlines()
+    ]
     old = tmp_path / "old"
     old.mkdir()
     (old / "manifest.json").write_text((Path(baseline) / "manifest.json").read_text())

@@ -21,18 +21,19 @@ freed after it; in 2.9-2.11 kept per handle and stream (pytorch#156495), and the
 sets up the cuBLAS workspace of its handle; from 2.12 cuBLASLt uses the cuBLAS workspace
 itself (pytorch#175879) and adds nothing.
 
-The optimizer (`optimizer_is_foreach`, `is_host_tensor`). On CUDA parameters PyTorch's
+The optimizer (`foreach=True`, `is_host_state`). On CUDA parameters PyTorch's
 optimizers default to their multi-tensor (foreach) implementation
 (`torch.optim.optimizer._default_to_fused_or_foreach`): AdamW's `_foreach_sqrt` makes a
 temporary of every second moment at once, where the per-parameter loop the CPU runs makes
-two of one parameter's at a time. AdamW's step counts are CPU tensors unless the optimizer is capturable or
-fused (`_init_group`), so they and the increment made for them are not on the card.
+two of one parameter's at a time. AdamW's step counts are CPU tensors unless the
+optimizer is capturable or fused (`_init_group`), so they and the increment made for them
+are not on the card.
 
-What is left out (`LEFT_OUT`), each for a reason the README gives: cuDNN's convolution
-workspaces (cuDNN's heuristics pick the algorithm, and its workspace, on the card; PyTorch
-allocates it for the call through the caching allocator and frees it after, and when it
-does not fit tries the next configuration instead of failing, Conv_v8.cpp's
-`try_configs`), cuDNN batch norm's reserve space (sized by cuDNN on the card), the
+What is left out (`revbench.cards.LEFT_OUT`), each for a reason docs/measuring.md gives:
+cuDNN's convolution workspaces (cuDNN's heuristics pick the algorithm, and its workspace,
+on the card; PyTorch allocates it for the call through the caching allocator and frees it
+after, and when it does not fit tries the next configuration instead of failing,
+Conv_v8.cpp's `try_configs`), cuDNN batch norm's reserve space (sized by cuDNN on the card), the
 attention kernel CUDA picks for `scaled_dot_product_attention` (flash or memory-efficient:
 their saved log-sum-exp rows differ from the CPU kernel's), and CUDA kernels' internal
 temporaries.
@@ -48,6 +49,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+
+from ..cards import LEFT_OUT, card_capability
 
 FIRST_RELEASE, LAST_RELEASE = (2, 4), (2, 14)  # the releases these rules were read for
 
@@ -99,6 +102,13 @@ class LibraryRules:
         return text + (")" if self.verified else ", unverified for the installed torch)")
 
 
+def card_library(card: str) -> LibraryRules | None:
+    """The workspace rules of card class `card` under the installed torch; None for the
+    CPU kernels' step (`cpu`)."""
+    capability = card_capability(card)
+    return library_rules(capability) if capability else None
+
+
 def library_rules(
     capability: tuple[int, int], version: str | None = None, environ=os.environ
 ) -> LibraryRules:
@@ -119,6 +129,24 @@ def library_rules(
     lt_bytes = (int(lt_kib) if lt_kib.isdigit() else CUBLASLT_DEFAULT_KIB) * 1024
     lt = "per-call" if rel <= (2, 8) else "kept" if rel <= (2, 11) else "shared"
     return LibraryRules(rel, rel == installed, cublas, lt_bytes, lt)
+
+
+def is_host_state(tensor: torch.Tensor) -> bool:
+    """Whether optimizer state `tensor` stays on the host in a run on a card: AdamW's step
+    counts, 0-dim CPU tensors unless the optimizer is capturable or fused (`_init_group`),
+    and the 0-dim increment its step makes for them. The optimizers revbench runs keep no
+    other 0-dim state."""
+    return tensor.dim() == 0
+
+
+def blas_kind_by_name(name: str) -> str | None:
+    """`blas_call` for a profiler's operator name ("aten::addmm"), which carries no
+    arguments: every addmm is taken for a cuBLASLt one (a linear layer's, which is what
+    `blas_call` finds for those)."""
+    op = name[len("aten::") :] if name.startswith("aten::") else None
+    if op is None or op not in BLAS_OPERATORS:
+        return None
+    return "lt" if op == "addmm" else "blas"
 
 
 def blas_call(func, args, kwargs) -> str | None:
@@ -187,19 +215,10 @@ MODELLED = (
     "cuBLASLt workspaces (kept in torch 2.9-2.11, per call up to 2.8)",
     "the optimizer's multi-tensor (foreach) implementation, step counts on the host",
 )
-LEFT_OUT = (
-    "cuDNN convolution workspaces (per call; one that does not fit makes cuDNN take "
-    "another algorithm)",
-    "cuDNN batch norm's reserve space",
-    "the CUDA attention kernel's saved tensors (the CPU kernel's are counted)",
-    "CUDA kernels' internal temporaries",
-)
 
 
 def card_terms(card: str) -> dict:
     """What an estimate for `card` models and leaves out, for the run's manifest."""
-    from ..cards import card_capability
-
     capability = card_capability(card)
     if capability is None:
         return {"modelled": [], "left_out": ["every card's term: the CPU kernels' step"]}

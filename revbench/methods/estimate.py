@@ -55,15 +55,15 @@ from revbench.models import create, get_info
 
 from ..autocast_policy import cuda_cast_policy
 from ..axes import DdpConfig, cell_ddp
-from ..cards import DEFAULT_CARD, card_capability
 from ..caching_allocator import simulate
+from ..cards import DEFAULT_CARD
 from ..cell import Cell
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
+from .cuda_terms import card_library, is_host_state, kept_workspaces
 from .estimate_ddp import DdpBuckets
-from .cuda_terms import kept_workspaces, library_rules
 from .estimate_dense import estimate_dense_memory
 from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
@@ -137,8 +137,7 @@ class StepEstimator:
         self.prime = prime  # False: a warm-up step makes the optimizer state, always
         # The card the estimate is for: what its libraries and kernels add (cuda_terms);
         # None for the CPU step.
-        capability = card_capability(card)
-        self.library = library_rules(capability) if capability else None
+        self.library = card_library(card)
         self.resolution, self.scenario, self.precision = resolution, scenario, precision
         self.optimizer, self.task, self.ddp = optimizer, task, ddp
         self.predict_reserved = predict_reserved
@@ -409,7 +408,7 @@ def host_storages(optimizer: torch.optim.Optimizer | None) -> set[int]:
         id(v.untyped_storage())
         for state in optimizer.state.values()
         for v in state.values()
-        if isinstance(v, torch.Tensor) and v.dim() == 0
+        if isinstance(v, torch.Tensor) and is_host_state(v)
     }
 
 

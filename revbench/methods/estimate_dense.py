@@ -75,9 +75,9 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._pytree import tree_flatten
 
-from ..cards import DEFAULT_CARD, card_capability
+from ..cards import DEFAULT_CARD
 from ..scenario import build_step
-from .cuda_terms import BLAS_OPERATORS, kept_workspaces, library_rules
+from .cuda_terms import blas_kind_by_name, card_library, is_host_state, kept_workspaces
 from .step_trace import CATEGORIES, CUDA_BLOCK_BYTES, MemoryEstimate
 
 SEED = 0
@@ -118,16 +118,6 @@ def _is_operator(name: str) -> bool:
     return "::" in name and name.split("::", 1)[0] not in ("autograd", "revbench")
 
 
-def _blas_kind(name: str) -> str | None:
-    # The profiler names operators, not their arguments: every addmm is taken
-    # for a cuBLASLt one (a linear layer's: the box head's, the classifier's), which is
-    # what cuda_terms.blas_call finds for those on fake tensors.
-    op = name.split("::", 1)[1] if name.startswith("aten::") else None
-    if op is None or op not in BLAS_OPERATORS:
-        return None
-    return "lt" if op == "addmm" else "blas"
-
-
 def read_record(prof: profile) -> tuple[AllocatorRecord, list[tuple[int, int]]]:
     """The step's allocations from a profiler run with `profile_memory=True`, each paired
     with its free by address; also the frees of addresses allocated before the step, as
@@ -164,7 +154,7 @@ def read_record(prof: profile) -> tuple[AllocatorRecord, list[tuple[int, int]]]:
         elif _is_operator(name):
             operator = operator or event
             # Nested ones too: a linear layer's addmm runs inside aten::linear.
-            blas = _blas_kind(name)
+            blas = blas_kind_by_name(name)
             if blas and phase in ("forward", "backward"):
                 record.blas_calls.add((phase, blas))
         stack.extend((child, phase, operator) for child in reversed(event.children))
@@ -186,7 +176,7 @@ def _resident(net: nn.Module, step, host: bool = False) -> dict[int, tuple[str, 
             t
             for s in state
             for t in s.values()
-            if isinstance(t, torch.Tensor) and not (host and t.dim() == 0)
+            if isinstance(t, torch.Tensor) and not (host and is_host_state(t))
         )
     resident: dict[int, tuple[str, int]] = {}
     for category, tensors in groups:
@@ -215,8 +205,7 @@ def estimate_dense_memory(
     card the estimate is for; its kept cuBLAS workspaces are added as resident memory, its
     optimizer runs as on the card (`revbench.methods.cuda_terms`).
     """
-    capability = card_capability(card)
-    library = library_rules(capability) if capability else None
+    library = card_library(card)
     torch.manual_seed(SEED)
     net = factory()
     common = dict(task=task, scenario=scenario, precision=precision, device="cpu")

@@ -11,7 +11,7 @@ import torch
 from torch.distributed._tools import mem_tracker as _mt
 from torch.utils._pytree import tree_leaves
 
-from .cuda_terms import LibraryRules, blas_call
+from .cuda_terms import LibraryRules, blas_call, is_host_state
 from .recorder import AllocationRecorder
 from .step_trace import _SIZED, ADD, CHECK, DEL, ENTER, LIBRARY
 
@@ -53,13 +53,13 @@ class LedgerTracker(_mt.MemTracker):
 
     def host(self, tensor: torch.Tensor) -> bool:
         """Whether `tensor` lives on the host in a run on the card: the optimizer's step
-        counts, and the 0-dim tensors its step makes for them (only those are 0-dim in
-        the optimizers revbench runs). Always False for a CPU estimate."""
+        counts (`host_storages`) and what its step makes for them (`is_host_state`).
+        Always False for a CPU estimate."""
         if self.rules is None:
             return False
         if id(tensor.untyped_storage()) in self.host_storages:
             return True
-        return self._in_opt and tensor.dim() == 0
+        return self._in_opt and is_host_state(tensor)
 
     def _update_and_maybe_create_winfos(self, t, reftype, update_existing=False):
         if self.host(t):
