@@ -44,8 +44,8 @@ DEFAULT_CARD = "generic"
 LEFT_OUT = (
     "cuDNN's convolution workspaces",
     "cuDNN's batch-norm reserve",
-    "the CUDA attention kernel's saved tensors",
     "kernels' own temporaries",
+    "masked or grouped-head attention's CUDA kernel",
 )
 
 

@@ -29,14 +29,16 @@ two of one parameter's at a time. AdamW's step counts are CPU tensors unless the
 optimizer is capturable or fused (`_init_group`), so they and the increment made for them
 are not on the card.
 
+The kernels a card runs in place of the CPU's (attention, dropout) are
+`revbench.methods.cuda_kernels`.
+
 What is left out (`revbench.cards.LEFT_OUT`), each for a reason docs/measuring.md gives:
 cuDNN's convolution workspaces (cuDNN's heuristics pick the algorithm, and its workspace,
 on the card; PyTorch allocates it for the call through the caching allocator and frees it
 after, and when it does not fit tries the next configuration instead of failing,
-Conv_v8.cpp's `try_configs`), cuDNN batch norm's reserve space (sized by cuDNN on the card), the
-attention kernel CUDA picks for `scaled_dot_product_attention` (flash or memory-efficient:
-their saved log-sum-exp rows differ from the CPU kernel's), and CUDA kernels' internal
-temporaries.
+Conv_v8.cpp's `try_configs`), cuDNN batch norm's reserve space (sized by cuDNN on the card;
+its saved statistics are the CPU kernel's), CUDA kernels' internal temporaries, and the
+attention kernel for masked or grouped-head attention (the CPU's is counted).
 
 Releases before 2.4 and after 2.14 are not covered: their rules are taken to be those of
 the nearest covered release, and the estimate says so (`LibraryRules.verified`).
@@ -214,6 +216,9 @@ MODELLED = (
     "cuBLAS workspaces kept per thread that multiplies matrices (library_workspace)",
     "cuBLASLt workspaces (kept in torch 2.9-2.11, per call up to 2.8)",
     "the optimizer's multi-tensor (foreach) implementation, step counts on the host",
+    "scaled_dot_product_attention's CUDA kernel (cuDNN, flash, memory-efficient or math"
+    " by card, release, dtype and head size) and what it saves",
+    "dropout's fused kernel (a one-byte mask)",
 )
 
 

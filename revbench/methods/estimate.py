@@ -56,12 +56,13 @@ from revbench.models import create, get_info
 from ..autocast_policy import cuda_cast_policy
 from ..axes import DdpConfig, cell_ddp
 from ..caching_allocator import simulate
-from ..cards import DEFAULT_CARD
+from ..cards import DEFAULT_CARD, card_capability
 from ..cell import Cell
 from ..measurement import Measurement
 from ..scenario import build_model, build_step
 from ..tasks import get_task
 from .base import Method
+from .cuda_kernels import CardKernels
 from .cuda_terms import card_library, is_host_state, kept_workspaces
 from .estimate_ddp import DdpBuckets
 from .estimate_dense import estimate_dense_memory
@@ -92,7 +93,8 @@ def on_real_tensors(cell: Cell) -> bool:
 # Bump whenever the estimator's output changes for any cell: persistent caches of its
 # figures are keyed on it. 2: estimates are for a card (cuBLAS workspaces, the optimizer's
 # foreach implementation and host step counts), detectors at their data sizes' maxima.
-ESTIMATOR_VERSION = 2
+# 3: the card's attention kernel and fused dropout (cuda_kernels).
+ESTIMATOR_VERSION = 3
 
 
 def from_trace(trace: StepTrace) -> MemoryEstimate:
@@ -135,9 +137,11 @@ class StepEstimator:
         card: str = DEFAULT_CARD,
     ):
         self.prime = prime  # False: a warm-up step makes the optimizer state, always
-        # The card the estimate is for: what its libraries and kernels add (cuda_terms);
-        # None for the CPU step.
+        # The card the estimate is for: what its libraries add (cuda_terms) and the kernels
+        # it runs in place of the CPU's (cuda_kernels); None for the CPU step.
         self.library = card_library(card)
+        self.capability = card_capability(card)
+        self.kernels: CardKernels | None = None  # made on the first traced step
         self.resolution, self.scenario, self.precision = resolution, scenario, precision
         self.optimizer, self.task, self.ddp = optimizer, task, ddp
         self.predict_reserved = predict_reserved
@@ -177,7 +181,7 @@ class StepEstimator:
             self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
             with self._fake_mode:
                 self._net = net._apply(_fake_cpu_like)
-        with self._fake_mode, amp_policy(self.precision):
+        with self._fake_mode, amp_policy(self.precision), self._card_kernels():
             trace = self._tracked_step(batch_size)
         if batch_size > 1 and len(self._traced) < 2:  # batch 1 may differ (above)
             self._traced.append(trace)
@@ -253,6 +257,14 @@ class StepEstimator:
             return trace
         kept = [w.nbytes for w in kept_workspaces(self.library, tracker.blas_calls)]
         return with_kept_blocks(trace, kept, LIBRARY, workspaces_at)
+
+    def _card_kernels(self) -> contextlib.AbstractContextManager:
+        # The card's attention and dropout kernels, where they are not the CPU's.
+        if self.library is None:
+            return contextlib.nullcontext()
+        if self.kernels is None:
+            self.kernels = CardKernels(self.capability, self.library.release)
+        return self.kernels
 
     def _may_prime(self) -> bool:
         # DDP's buckets follow the order gradients became ready in a first step, and the

@@ -11,6 +11,7 @@ import torch
 from torch.distributed._tools import mem_tracker as _mt
 from torch.utils._pytree import tree_leaves
 
+from .cuda_kernels import host_outputs
 from .cuda_terms import LibraryRules, blas_call, is_host_state
 from .recorder import AllocationRecorder
 from .step_trace import _SIZED, ADD, CHECK, DEL, ENTER, LIBRARY
@@ -113,7 +114,8 @@ class LedgerTracker(_mt.MemTracker):
         out = func(*args, **(kwargs or {}))
         tensors = _tensors(out)
         if self.rules is not None:
-            tensors = [t for t in tensors if not self.host(t)]
+            on_host = {id(out[i]) for i in host_outputs(func, self.rules.release)}
+            tensors = [t for t in tensors if not self.host(t) and id(t) not in on_host]
         if _mt.active_fake_mode() is self._fake_mode_on_entry:
             if self._in_opt:
                 reftype = _mt._MemRefType.OPT
