@@ -107,6 +107,12 @@ def test_attention_kernel_by_card_release_dtype_and_head_dim(
     assert chosen == kernel
 
 
+def test_flash_takes_causal_attention_only_when_square():
+    kw = dict(dtype=F16, head_dim=64, head_dim_v=64, is_causal=True)
+    assert attention_kernel((8, 0), (2, 11), seq_q=16, seq_k=16, **kw) == "flash"
+    assert attention_kernel((8, 0), (2, 11), seq_q=16, seq_k=32, **kw) == "efficient"
+
+
 def test_efficient_attention_saves_log_sum_exp_rows_padded_to_32():
     batch, tokens = 4, 6 * 6  # 36 tokens: 64 rows of log-sum-exp on the card
     cpu, _ = _allocs(AttentionNet, "cpu")

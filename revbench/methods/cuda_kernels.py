@@ -48,6 +48,7 @@ def attention_kernel(
     head_dim_v: int,
     dropout_p: float = 0.0,
     needs_grad: bool = True,
+    is_causal: bool = False,
     seq_q: int = 2,
     seq_k: int = 2,
 ) -> str:
@@ -56,8 +57,10 @@ def attention_kernel(
     'flash', 'efficient' or 'math'."""
     checks = {
         "cudnn": lambda: _cudnn_ok(capability, release, dtype, head_dim, head_dim_v, seq_q, seq_k),
-        "flash": lambda: _flash_ok(
-            capability, release, dtype, head_dim, head_dim_v, dropout_p, needs_grad
+        # Flash's causal mask is for square attention only.
+        "flash": lambda: (
+            _flash_ok(capability, release, dtype, head_dim, head_dim_v, dropout_p, needs_grad)
+            and not (is_causal and seq_q != seq_k)
         ),
         "efficient": lambda: _efficient_ok(capability, release, dtype, head_dim, head_dim_v),
     }
@@ -129,8 +132,10 @@ def host_outputs(func, release: tuple[int, int]) -> tuple[int, ...]:
     """Which outputs of attention operator `func` live on the host in a run on a card: the
     random-number seed and offset of the memory-efficient kernel, and of flash up to 2.6
     (from 2.7 flash keeps them on the card, as cuDNN does)."""
-    if func is _EFFICIENT or (func is _FLASH and release <= (2, 6)):
-        return (2, 3) if func is _EFFICIENT else (6, 7)
+    if func is _EFFICIENT:
+        return (2, 3)
+    if func is _FLASH and release <= (2, 6):
+        return (6, 7)
     return ()
 
 
@@ -196,6 +201,7 @@ class CardKernels:
             head_dim_v=value.shape[-1],
             dropout_p=dropout_p,
             needs_grad=needs_grad,
+            is_causal=is_causal,
             seq_q=query.shape[-2],
             seq_k=key.shape[-2],
         )
