@@ -17,6 +17,7 @@ dense cell (torchvision's detectors run a real CPU step at full size) costs 1-3 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -76,8 +77,11 @@ def estimate_time(counts: SuiteCells) -> str:
 
 
 def _rounded(minutes: float) -> int:
-    # to the minute under 10 minutes, else to 5: the model is no finer than that
-    return max(1, round(minutes)) if minutes < 10 else round(minutes / 5) * 5
+    # to the minute under 10 minutes, else to 5: the model is no finer than that. Halves
+    # round up (round() would give 4.5 minutes as 4).
+    if minutes < 10:
+        return max(1, math.floor(minutes + 0.5))
+    return math.floor(minutes / 5 + 0.5) * 5
 
 
 @dataclass(frozen=True)
