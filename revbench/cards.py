@@ -39,13 +39,14 @@ CARDS = {
 DEFAULT_CARD = "generic"
 
 # What an estimate for a card leaves out, each for a reason docs/measuring.md gives ("What
-# a card adds"): no rule sizes it without the card. Said in the run's manifest
+# a card adds"): no rule sizes the first three without the card; masked or grouped-head
+# attention is not routed to the card's kernel. Said in the run's manifest
 # (`revbench.methods.cuda_terms.card_terms`) and by max-batch.
 LEFT_OUT = (
     "cuDNN's convolution workspaces",
     "cuDNN's batch-norm reserve",
     "kernels' own temporaries",
-    "masked or grouped-head attention's CUDA kernel",
+    "masked or grouped-head attention's CUDA kernel (its CPU kernel is counted)",
 )
 
 

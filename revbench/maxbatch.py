@@ -484,8 +484,8 @@ def cmd_max_batch(args: argparse.Namespace) -> int:
     console.print(summary_table(summary.records, console.width))
     if any(r.method == "estimate" and r.card != "cpu" for r in summary.records):
         console.print(
-            f"The estimate {LEFT_OUT_NOTE}: none has a size known without the card (see "
-            'docs/measuring.md, "What a card adds"); --margin holds memory back for them.',
+            f"The estimate {LEFT_OUT_NOTE}; --margin holds memory back for them "
+            '(why they are left out: docs/measuring.md, "What a card adds").',
             highlight=False,
         )
     console.print(f"results: {summary.store.results_path}")
