@@ -88,6 +88,9 @@ class ModelConfig:
     mode: str = "vanilla"
 
     modes: ClassVar[tuple[str, ...]] = ("vanilla",)
+    # Fields that change only how a training step keeps its tensors, never the weights or
+    # the forward's operators: a model's parameter and MAC counts hold for every value.
+    memory_only: ClassVar[tuple[str, ...]] = ()
 
     @property
     def resolution_multiple(self) -> int:

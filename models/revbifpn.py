@@ -80,6 +80,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -531,6 +532,8 @@ class RevBiFPNConfig(ReversibleConfig):
     # (the official code's disable_recomp=True), as the published memory figures may have
     # been measured (docs/published-figures.md). No effect in vanilla mode.
     recompute_neck: bool = True
+
+    memory_only: ClassVar[tuple[str, ...]] = ("recompute_neck",)
 
     @property
     def resolution_multiple(self) -> int:

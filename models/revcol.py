@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -303,6 +303,8 @@ class RevColConfig(ReversibleConfig):
     # Store each column's inputs (exact); False rebuilds them by inversion (see RevCol).
     store_columns: bool = True
     intermediate_supervision: bool = False  # 3 extra classifiers + 3 decoders
+
+    memory_only: ClassVar[tuple[str, ...]] = ("store_columns",)
 
     @property
     def resolution_multiple(self) -> int:

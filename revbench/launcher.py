@@ -52,6 +52,9 @@ class RunContext:
     on_start: Callable[[Cell, int], None] | None = None  # a slot took a cell
     cache: EstimateCache | None = None  # estimate cells answered from, and kept in, it
     counted: dict[tuple, Counts] = field(default_factory=dict)
+    # What counts are keyed by: the model and its overrides (`Cell.model_key`), or less
+    # the memory-only ones (`revbench.suite.counts_key`, which reads the registry).
+    counts_key: Callable[[Cell], tuple] = lambda cell: cell.model_key
     _taken: int = 0
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,7 +63,7 @@ class RunContext:
         snapshot file, numbered in the order cells are taken (unique across slots), when
         asked and its method records snapshots."""
         with self._guard:
-            counts = count and cell.model_key not in self.counted
+            counts = count and self.counts_key(cell) not in self.counted
             path = None
             if snapshot and self.snapshots_in and get_method(cell.method).records_snapshots:
                 number = self.snapshots_before + self._taken
@@ -72,10 +75,10 @@ class RunContext:
     def took(self, cell: Cell, outcome: Outcome) -> None:
         if outcome.counts is not None:
             with self._guard:
-                self.counted.setdefault(cell.model_key, outcome.counts)
+                self.counted.setdefault(self.counts_key(cell), outcome.counts)
 
     def counts(self, cell: Cell) -> Counts | None:
-        return self.counted.get(cell.model_key)
+        return self.counted.get(self.counts_key(cell))
 
     def cached(self, cell: Cell, *, count: bool) -> Outcome | None:
         """An estimate cell's outcome from the cache, counts included when it is to count
@@ -86,7 +89,7 @@ class RunContext:
         if measurement is None:
             return None
         counts = None
-        if count and cell.model_key not in self.counted:
+        if count and self.counts_key(cell) not in self.counted:
             counts = self.cache.get_counts(cell, self.thop)
             if counts is None:
                 return None

@@ -217,6 +217,19 @@ def _line_of(text: str, needle: str, occurrence: int = 0) -> int:
     return hits[occurrence] if len(hits) > occurrence else 1
 
 
+def counts_key(cell: Cell) -> tuple:
+    """What a cell's parameter and MAC counts belong to: `Cell.model_key` less the
+    overrides its family declares memory-only (`ModelConfig.memory_only`: how the step
+    keeps its tensors, as `recompute_neck`), so that a run counts a model once for all of
+    them, as it does for all modes. A model not registered keeps its whole key."""
+    try:
+        memory_only = get_info(cell.model).config.memory_only
+    except UnknownModelError:
+        return cell.model_key
+    counted = [(k, v) for k, v in cell.overrides if k not in memory_only]
+    return (cell.model, variant_label(counted), cell.resolution)
+
+
 def model_facts(models: Iterable[str]) -> dict[str, dict[str, int]]:
     """What analysis needs of each registered model named that its records do not carry:
     its place in the registry (legends and tables list S0 before S1, T before S before B)

@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from revbench.counting import count_macs_thop
-from revbench.models import create
+from revbench import status
+from revbench.counting import count_macs_both, count_macs_thop, count_params
+from revbench.launcher import RunContext
+from revbench.measurement import Counts
+from revbench.models import create, get_info
+from revbench.outcome import Outcome
+from revbench.suite import counts_key, make_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,3 +33,41 @@ def test_meta_device_counts_what_real_tensors_count(name, resolution, overrides)
     with torch.device("meta"):
         on_meta = create(name, img_size=resolution, **overrides)
     assert count_macs_thop(on_meta, resolution) == real > 0
+
+
+# Memory-only fields (`ModelConfig.memory_only`) change how the step keeps its tensors,
+# never the weights or the forward: one count serves every value of them.
+MEMORY_ONLY = [
+    ("revbifpn_s0", 64, {"recompute_neck": False, "num_ext_layers": 0, "blocks_per_stage": 1}),
+    ("revcol_tiny", 64, {"store_columns": False, "num_columns": 2}),
+]
+
+
+@pytest.mark.parametrize(
+    "name, resolution, memory_only", MEMORY_ONLY, ids=[c[0] for c in MEMORY_ONLY]
+)
+def test_memory_only_fields_leave_the_counts_alone(name, resolution, memory_only):
+    assert set(memory_only) & set(get_info(name).config.memory_only)
+    shared = {k: v for k, v in memory_only.items() if k not in get_info(name).config.memory_only}
+    with torch.device("meta"):
+        base = create(name, img_size=resolution, **shared)
+        other = create(name, img_size=resolution, **memory_only)
+    assert count_params(base) == count_params(other)
+    assert count_macs_both(base, resolution) == count_macs_both(other, resolution)
+
+
+def test_a_run_counts_a_model_once_for_its_memory_only_overrides():
+    base = make_cell("revbifpn_s0", resolution=64, batch_size=2)
+    kept = make_cell(
+        "revbifpn_s0", resolution=64, batch_size=2, overrides={"recompute_neck": False}
+    )
+    wider = make_cell("revbifpn_s0", resolution=64, batch_size=2, overrides={"fc_features": 640})
+    assert counts_key(kept) == counts_key(base) != counts_key(wider)
+    assert kept.model_key != base.model_key  # the cell itself still names its variant
+    context = RunContext(counts_key=counts_key)
+    assert context.request(base, count=True, snapshot=False).counts
+    counts = Counts(params=1, macs=2, macs_thop=3)
+    context.took(base, Outcome(status.OK, counts=counts))
+    assert not context.request(kept, count=True, snapshot=False).counts
+    assert context.counts(kept) == counts
+    assert context.request(wider, count=True, snapshot=False).counts
