@@ -9,7 +9,8 @@ activations, temporaries). Rules read in PyTorch's source, releases 2.4 to 2.11 
 - `scaled_dot_product_attention` (ATen/native/transformers/cuda/sdp_utils.cpp,
   `select_sdp_backend`): the first of the backends in priority order whose checks pass,
   `attention_kernel`. The chosen ATen operator is then called directly, so that its meta
-  kernel gives the card's outputs: the output in (B, L, H, D) memory, the log-sum-exp rows
+  kernel gives the card's outputs: the output in the kernel's layout ((B, L, H, D) memory
+  for the memory-efficient kernel, the query's for flash), the log-sum-exp rows
   the backward reads (the memory-efficient kernel pads them to a multiple of 32), the
   random-number state (on the host for the memory-efficient kernel, and for flash up to
   2.6: `host_outputs`), and flash's head dimension padded to a multiple of 8 (attention.cpp,
@@ -20,8 +21,9 @@ activations, temporaries). Rules read in PyTorch's source, releases 2.4 to 2.11 
   the input's dtype.
 
 Attention with a mask, grouped heads (`enable_gqa`) or nested tensors is left as the CPU
-runs it (counted in `CardKernels.chosen` as "unmodelled"); so are the kernels' own scratch
-buffers (the backward's delta rows and accumulators), as `revbench.cards.LEFT_OUT` says.
+runs it (counted in `CardKernels.chosen` as "unmodelled"), and the kernels' own scratch
+buffers (the backward's delta rows and accumulators) are left out, as
+`revbench.cards.LEFT_OUT` says.
 """
 
 from __future__ import annotations
