@@ -89,8 +89,9 @@ class ModelConfig:
 
     modes: ClassVar[tuple[str, ...]] = ("vanilla",)
     # Fields that change only how a training step keeps its tensors, never the weights or
-    # the forward's operators: a model's parameter and MAC counts hold for every value.
-    memory_only: ClassVar[tuple[str, ...]] = ()
+    # the forward's operators: a model's parameter and MAC counts hold for every value
+    # (the engine's mode is one; families add theirs).
+    memory_only: ClassVar[tuple[str, ...]] = ("mode",)
 
     @property
     def resolution_multiple(self) -> int:

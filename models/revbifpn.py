@@ -533,7 +533,7 @@ class RevBiFPNConfig(ReversibleConfig):
     # been measured (docs/published-figures.md). No effect in vanilla mode.
     recompute_neck: bool = True
 
-    memory_only: ClassVar[tuple[str, ...]] = ("recompute_neck",)
+    memory_only: ClassVar[tuple[str, ...]] = (*ReversibleConfig.memory_only, "recompute_neck")
 
     @property
     def resolution_multiple(self) -> int:

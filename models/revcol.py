@@ -304,7 +304,7 @@ class RevColConfig(ReversibleConfig):
     store_columns: bool = True
     intermediate_supervision: bool = False  # 3 extra classifiers + 3 decoders
 
-    memory_only: ClassVar[tuple[str, ...]] = ("store_columns",)
+    memory_only: ClassVar[tuple[str, ...]] = (*ReversibleConfig.memory_only, "store_columns")
 
     @property
     def resolution_multiple(self) -> int:

@@ -43,6 +43,7 @@ from revbench.models import get_info
 from .cell import KEY_FIELDS, Cell
 from .measurement import Counts, Measurement
 from .methods.estimate import ESTIMATOR_VERSION
+from .suite import counts_key
 
 ENV_VAR = "REVBENCH_CACHE"
 
@@ -101,16 +102,17 @@ def code_digest(extra_files: tuple[str, ...] = ()) -> str:
     return digest.hexdigest()
 
 
-def resolved_config(cell: Cell, *, with_mode: bool = True) -> dict:
+def resolved_config(cell: Cell, *, for_counts: bool = False) -> dict:
     """The model's registered config with the cell's overrides, side and mode applied, as
-    plain data (with the config's class, so two families' equal fields differ). Without
-    the mode for counts: a run counts a model once for all its modes (`Cell.model_key`)."""
+    plain data (with the config's class, so two families' equal fields differ). For counts
+    without its memory-only fields (the mode among them): a run counts a model once for
+    all their values (`revbench.suite.counts_key`)."""
     info = get_info(cell.model)
     changes = {**dict(cell.overrides), "img_size": cell.resolution}
-    config = info.configure({**changes, "mode": cell.mode} if with_mode else changes)
+    config = info.configure(changes if for_counts else {**changes, "mode": cell.mode})
     data = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    if not with_mode:
-        data.pop("mode", None)
+    if for_counts:
+        data = {k: v for k, v in data.items() if k not in config.memory_only}
     kind = type(config)
     return {"class": f"{kind.__module__}.{kind.__qualname__}", "fields": data}
 
@@ -145,7 +147,7 @@ class EstimateCache:
 
     # ------------------------------------------------------------------------- keys
 
-    def _base(self, cell: Cell, *, with_mode: bool = True) -> dict:
+    def _base(self, cell: Cell, *, for_counts: bool = False) -> dict:
         if self._software is None:
             self._software = software()
         builder = _source_file(get_info(cell.model).builder)
@@ -154,7 +156,7 @@ class EstimateCache:
         return {
             "software": self._software,
             "code": self._code[builder],
-            "config": resolved_config(cell, with_mode=with_mode),
+            "config": resolved_config(cell, for_counts=for_counts),
             "task": cell.task,
         }
 
@@ -163,12 +165,12 @@ class EstimateCache:
         return {"kind": "estimate", "cell": key, **self._base(cell)}
 
     def counts_key(self, cell: Cell, thop: bool) -> dict:
-        model = dict(zip(("model", "variant", "resolution"), cell.model_key))
+        model = dict(zip(("model", "variant", "resolution"), counts_key(cell)))
         return {
             "kind": "counts",
             "model": model,
             "thop": thop,
-            **self._base(cell, with_mode=False),
+            **self._base(cell, for_counts=True),
         }
 
     def _key(self, cell: Cell, kind: str, thop: bool = False) -> dict | None:

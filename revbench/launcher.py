@@ -35,6 +35,7 @@ from .measurement import Counts
 from .methods import get_method
 from .outcome import Outcome, Request
 from .records import Record
+from .suite import counts_key
 from .worker import Worker, WorkerPool, run_isolated, shared_pool  # noqa: F401  (by name)
 
 # ------------------------------------------------------------------ what a task is given
@@ -51,10 +52,7 @@ class RunContext:
     snapshots_before: int = 0  # records earlier invocations stored: numbering goes on
     on_start: Callable[[Cell, int], None] | None = None  # a slot took a cell
     cache: EstimateCache | None = None  # estimate cells answered from, and kept in, it
-    counted: dict[tuple, Counts] = field(default_factory=dict)
-    # What counts are keyed by: the model and its overrides (`Cell.model_key`), or less
-    # the memory-only ones (`revbench.suite.counts_key`, which reads the registry).
-    counts_key: Callable[[Cell], tuple] = lambda cell: cell.model_key
+    counted: dict[tuple, Counts] = field(default_factory=dict)  # by `counts_key`
     _taken: int = 0
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,7 +61,7 @@ class RunContext:
         snapshot file, numbered in the order cells are taken (unique across slots), when
         asked and its method records snapshots."""
         with self._guard:
-            counts = count and self.counts_key(cell) not in self.counted
+            counts = count and counts_key(cell) not in self.counted
             path = None
             if snapshot and self.snapshots_in and get_method(cell.method).records_snapshots:
                 number = self.snapshots_before + self._taken
@@ -75,10 +73,10 @@ class RunContext:
     def took(self, cell: Cell, outcome: Outcome) -> None:
         if outcome.counts is not None:
             with self._guard:
-                self.counted.setdefault(self.counts_key(cell), outcome.counts)
+                self.counted.setdefault(counts_key(cell), outcome.counts)
 
     def counts(self, cell: Cell) -> Counts | None:
-        return self.counted.get(self.counts_key(cell))
+        return self.counted.get(counts_key(cell))
 
     def cached(self, cell: Cell, *, count: bool) -> Outcome | None:
         """An estimate cell's outcome from the cache, counts included when it is to count
@@ -89,7 +87,7 @@ class RunContext:
         if measurement is None:
             return None
         counts = None
-        if count and self.counts_key(cell) not in self.counted:
+        if count and counts_key(cell) not in self.counted:
             counts = self.cache.get_counts(cell, self.thop)
             if counts is None:
                 return None

@@ -48,7 +48,7 @@ from .progress import CellProgress
 from .records import Record
 from .store import RunStore
 from .submitit_launcher import SubmititLauncher, active_jobs, cancel, check_options
-from .suite import Suite, counts_key, model_facts
+from .suite import Suite, model_facts
 
 
 @dataclass
@@ -201,7 +201,6 @@ class RunConfig:
         """What the run's slots share: counting, snapshots, the estimate cache."""
         return RunContext(
             thop=self.thop,
-            counts_key=counts_key,
             snapshots_in=store.dir if self.memory_snapshot else None,
             cache=EstimateCache(default_root()) if self.cache else None,
         )

@@ -218,10 +218,11 @@ def _line_of(text: str, needle: str, occurrence: int = 0) -> int:
 
 
 def counts_key(cell: Cell) -> tuple:
-    """What a cell's parameter and MAC counts belong to: `Cell.model_key` less the
-    overrides its family declares memory-only (`ModelConfig.memory_only`: how the step
+    """What a cell's parameter and MAC counts belong to: `Cell.model_key` (no mode) less
+    the overrides its family declares memory-only (`ModelConfig.memory_only`: how the step
     keeps its tensors, as `recompute_neck`), so that a run counts a model once for all of
-    them, as it does for all modes. A model not registered keeps its whole key."""
+    them. The run's counting (`RunContext`) and the estimate cache's counts entries key on
+    it. A model not registered keeps its whole key."""
     try:
         memory_only = get_info(cell.model).config.memory_only
     except UnknownModelError:

@@ -64,7 +64,7 @@ def test_a_run_counts_a_model_once_for_its_memory_only_overrides():
     wider = make_cell("revbifpn_s0", resolution=64, batch_size=2, overrides={"fc_features": 640})
     assert counts_key(kept) == counts_key(base) != counts_key(wider)
     assert kept.model_key != base.model_key  # the cell itself still names its variant
-    context = RunContext(counts_key=counts_key)
+    context = RunContext()
     assert context.request(base, count=True, snapshot=False).counts
     counts = Counts(params=1, macs=2, macs_thop=3)
     context.took(base, Outcome(status.OK, counts=counts))
