@@ -110,6 +110,14 @@ def _cast(dtype: torch.dtype, tree):
     return tree_map(lambda x: x.to(dtype) if _eligible(x) and x.dtype != dtype else x, tree)
 
 
+def lower_precision(*tensors):
+    """`tensors` as autocast's lower-precision policy passes them to an op: cast to the
+    autocast dtype where autocast is on (for callers that run such an op themselves)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    return _cast(torch.get_autocast_dtype("cpu"), tensors)
+
+
 def _kernel(name: str, policy: str):
     op = _overload(name)
     arguments = op._schema.arguments

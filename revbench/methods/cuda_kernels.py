@@ -33,6 +33,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..autocast_policy import lower_precision
+
 _SDPA = F.scaled_dot_product_attention
 _DROPOUT = F.dropout
 _HALF = (torch.float16, torch.bfloat16)
@@ -193,7 +195,9 @@ class CardKernels:
                 scale=scale,
                 enable_gqa=enable_gqa,
             )
-        query, key, value = _autocast(query, key, value)
+        # sdpa is a lower-precision op under CUDA's autocast; the private kernels called
+        # instead have no autocast entry of their own.
+        query, key, value = lower_precision(query, key, value)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
         kernel = attention_kernel(
             self.capability,
@@ -234,15 +238,6 @@ class CardKernels:
 
     def _count(self, kernel: str) -> None:
         self.chosen[kernel] = self.chosen.get(kernel, 0) + 1
-
-
-def _autocast(*tensors):
-    # autocast casts sdpa's floating inputs to its dtype on CUDA (a lower-precision op);
-    # the private kernels called instead have no autocast entry of their own.
-    if not torch.is_autocast_enabled("cpu"):
-        return tensors
-    dtype = torch.get_autocast_dtype("cpu")
-    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
 
 
 def _dropout(input, p=0.5, training=True, inplace=False):
