@@ -54,6 +54,7 @@ def sized_by_resolution(overrides: dict) -> dict:
 
 
 REVVIT_TINY = sized_by_resolution(FAMILIES["RevViT"].tiny)
+REVCOL_TINY = sized_by_resolution(FAMILIES["RevCol"].tiny)
 
 
 def figures(est) -> tuple:
@@ -323,14 +324,16 @@ class BuildsOnFirstUse(nn.Module):
     "factory, steps",
     [
         (model_factory("revvit_small", 32, REVVIT_TINY), 1),  # primed: the one traced step
-        (UnusedBranch, 2),  # the first tracked step is not steady: traced again
-        (BuildsOnFirstUse, 2),
+        (UnusedBranch, 1),  # its primed state is taken out of the one traced step
+        # The first column's fusion weights take no gradient (it has no earlier column).
+        (model_factory("revcol_tiny", 32, REVCOL_TINY), 1),
+        (BuildsOnFirstUse, 2),  # the first tracked step is not steady: traced again
     ],
-    ids=["steady", "unused-parameter", "built-on-first-use"],
+    ids=["steady", "unused-parameter", "revcol-unused-parameters", "built-on-first-use"],
 )
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_primed_optimizer_state_is_the_warm_up_steps(factory, steps, optimizer):
-    resolution = 32 if steps == 1 else 8
+    resolution = 32 if factory not in (UnusedBranch, BuildsOnFirstUse) else 8
     primed = StepEstimator(factory, resolution=resolution, optimizer=optimizer)
     warmed = StepEstimator(factory, resolution=resolution, optimizer=optimizer, prime=False)
     est, warm = primed.estimate(2), warmed.estimate(2)

@@ -78,6 +78,7 @@ from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, 
     in_settled_order,
     replay,
     with_kept_blocks,
+    without_storages,
 )
 
 
@@ -114,9 +115,10 @@ class StepEstimator:
     """Estimates of one model's step (everything of a cell but the batch) at any batch size.
 
     The model is built once, as fake tensors, and given the optimizer state a first step
-    leaves (made by the optimizer from zero gradients, `prime_optimizer`; where the first
-    tracked step shows it was not a steady-state step, it is traced again; DDP and the
-    detectors run a warm-up step instead); each batch size then runs only its tracked
+    leaves (made by the optimizer from zero gradients, `prime_optimizer`; the state of
+    parameters the first tracked step gives no gradient is taken out of its trace, and a
+    model that builds tensors on first use is traced again; DDP and the detectors run a
+    warm-up step instead); each batch size then runs only its tracked
     step, on the same model and optimizer. Once two batch sizes above 1 are traced and their
     traces line up (the step runs the same operators at both), every other batch size above
     1 is extrapolated from them exactly, without a step (`revbench.methods.step_trace`).
@@ -242,17 +244,26 @@ class StepEstimator:
             with checked or contextlib.nullcontext():
                 step.run()
         self.steps_run += 1
-        if checked is not None and not checked.steady(step.optimizer):
-            # The step was a first step after all (it built state, or some parameter got
-            # no gradient and so would have no optimizer state): trace it again, now
-            # that it has run once, as after a warm-up.
-            del step, tracker, recorder
-            return self._tracked_step(batch_size)
         ops = in_settled_order(tracker.ops, lambda op: op[0] == DEL, lambda op: op[1])
         events = None
         if recorder is not None:
             events = in_settled_order(recorder.events, lambda e: e.action == "free", lambda e: e.id)
         trace = StepTrace(batch_size, ops, tuple(tracker.sizes), events)
+        if checked is not None:
+            unused = checked.unused_state(step.optimizer)
+            if not checked.kept_model():
+                # The model built tensors on first use: the step was a first step after
+                # all. Traced again, now that it has run once, as after a warm-up.
+                del step, tracker, recorder, unused
+                return self._tracked_step(batch_size)
+            # State primed for parameters no gradient reached, which a first step leaves
+            # without any: it lived through the step untouched, so taking its entries out
+            # gives the trace of a step without it (as a warm-up would have left).
+            trace = without_storages(
+                trace,
+                {n for n in map(tracker.ledger_number, unused) if n is not None},
+                {i for i in map(recorder.alloc_id, unused) if i is not None} if recorder else set(),
+            )
         if self.library is None:
             return trace
         kept = [w.nbytes for w in kept_workspaces(self.library, tracker.blas_calls)]
@@ -287,10 +298,9 @@ def prime_optimizer(step) -> None:
 
 
 class FirstStepCheck:
-    """Whether a step after `prime_optimizer` was a steady-state step: every parameter
-    with optimizer state got a gradient in it (none left unused, whose state a real first
-    step would not have made), and the model kept the tensors it had (nothing built on
-    first use). Enter it around the step."""
+    """Whether a step after `prime_optimizer` was a steady-state step: the model kept the
+    tensors it had (nothing built on first use), and which parameters got no gradient
+    (their primed state a real first step would not have made). Enter it around the step."""
 
     def __init__(self, net: nn.Module):
         self.net = net
@@ -310,14 +320,18 @@ class FirstStepCheck:
         for hook in self._hooks:
             hook.remove()
 
-    def steady(self, optimizer) -> bool:
+    def kept_model(self) -> bool:
+        """Whether the model holds the tensors it held before the step."""
+        return _model_tensors(self.net) == self._before
+
+    def unused_state(self, optimizer) -> list[torch.Tensor]:
+        """The primed state of parameters that got no gradient, taken out of `optimizer`
+        (a first step leaves them without state)."""
+        if optimizer is None:
+            return []
         unused = [p for p in self.params if id(p) not in self.got_grad]
-        if optimizer is not None:
-            for p in unused:  # a first step leaves them without state
-                optimizer.state.pop(p, None)
-        else:
-            unused = []
-        return not unused and _model_tensors(self.net) == self._before
+        state = [optimizer.state.pop(p, {}) for p in unused]
+        return [v for values in state for v in values.values() if isinstance(v, torch.Tensor)]
 
 
 def _fake_cpu_like(t: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,11 @@ class LedgerTracker(_mt.MemTracker):
             return True
         return self._in_opt and is_host_state(tensor)
 
+    def ledger_number(self, tensor: torch.Tensor) -> int | None:
+        """The number `tensor`'s storage holds in the ledger; None if it has no entry."""
+        winfo, _ = self._WINFO.get(tensor.untyped_storage(), (None, None))
+        return getattr(winfo, "ledger_number", None)
+
     def _update_and_maybe_create_winfos(self, t, reftype, update_existing=False):
         if self.host(t):
             return set()

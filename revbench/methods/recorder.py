@@ -59,6 +59,11 @@ class AllocationRecorder(TorchDispatchMode):
             if tensor is not None:
                 self._allocate(tensor.untyped_storage())
 
+    def alloc_id(self, tensor: torch.Tensor) -> int | None:
+        """The id of the live allocation holding `tensor`'s storage; None if there is none."""
+        record = self._storages.get(tensor.untyped_storage())
+        return None if record is None else record.alloc_id
+
     def transient(self, nbytes: int) -> None:
         """An allocation made and freed inside the operator that just ran (a library's
         per-call workspace): alloc and free, at this point of the record."""

@@ -92,6 +92,47 @@ def with_kept_blocks(
     return StepTrace(trace.batch_size, adds + trace.ops, tuple(blocks) + trace.sizes, events)
 
 
+def without_storages(trace: StepTrace, numbers: set[int], alloc_ids: set[int]) -> StepTrace:
+    """`trace` as if the storages numbered `numbers` in the ledger (and allocated as
+    `alloc_ids` among its events) had never existed: their entries gone, every other storage
+    numbered as a run without them numbers it (in order, with no gaps), so the result is
+    the trace of that run entry for entry.
+
+    For storages that live through the step untouched (optimizer state no gradient reaches):
+    their only entries are the additions made before the step."""
+    if not numbers and not alloc_ids:
+        return trace
+    ops: list[tuple] = []
+    sizes: list[int] = []
+    at = iter(trace.sizes)
+    for op in trace.ops:
+        size = next(at) if op[0] in _SIZED else None
+        if op[0] in (CHECK, ENTER):
+            ops.append(op)
+            continue
+        if op[1] in numbers:
+            continue
+        ops.append((op[0], _renumbered(op[1], numbers), *op[2:]))
+        if size is not None:
+            sizes.append(size)
+    events = trace.events
+    if events is not None:
+        events = tuple(
+            Event(e.action, _renumbered(e.id, alloc_ids), e.size, e.stream)
+            for e in events
+            if e.id is None or e.id not in alloc_ids
+        )
+    return StepTrace(trace.batch_size, tuple(ops), tuple(sizes), events)
+
+
+def _renumbered(number: int | None, gone: set[int]) -> int | None:
+    # Numbers are handed out in order from zero: a run without `gone` hands each survivor
+    # its number less the gone ones before it.
+    if number is None or number < 0:
+        return number
+    return number - sum(1 for n in gone if n < number)
+
+
 def in_settled_order(entries: Sequence, is_free, key) -> tuple:
     """`entries` with each run of consecutive frees sorted by `key`.
 
