@@ -33,6 +33,7 @@ from revbench.methods.estimate import (
 )
 from revbench.methods.memtrackers import LedgerTracker, PeakOnlyMemTracker
 from revbench.methods.step_trace import (
+    DEL,
     StepTrace,
     extrapolate,
     in_settled_order,
@@ -131,6 +132,46 @@ def test_ledger_replay_is_memtrackers_peak(monkeypatch):
         "library_workspace": 0,  # not MemTracker's: a card's (this ledger is the CPU step's)
     }
     assert ours.by_category["gradients"] > 0 and ours.by_category["optimizer_state"] > 0
+
+
+class _StockModuleHooks(LedgerTracker):
+    """The ledger written under MemTracker's own module hooks (per-module statistics)."""
+
+    _pre_fw_hook = _mt.MemTracker._pre_fw_hook
+    _post_fw_hook = _mt.MemTracker._post_fw_hook
+    _pre_bw_hook = _mt.MemTracker._pre_bw_hook
+    _post_bw_hook = _mt.MemTracker._post_bw_hook
+
+
+@pytest.mark.parametrize(
+    "name, mode",
+    [("revvit_small", "reversible"), ("revvit_small", "checkpoint"), ("revcol_tiny", "vanilla")],
+)
+def test_ledger_is_the_same_under_memtrackers_own_module_hooks(name, mode):
+    # LedgerTracker's hooks leave out MemTracker's per-module snapshots; what they track
+    # (parameters and gradients on a module's first call, recomputation in the backward
+    # under checkpointing) must leave the ledger entry for entry as it was.
+    overrides = REVVIT_TINY if name == "revvit_small" else REVCOL_TINY
+    ledgers = []
+    for tracker_type in (LedgerTracker, _StockModuleHooks):
+        with torch.device("meta"):
+            net = model_factory(name, 32, {**overrides, "mode": mode})()
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            net = net.to_empty(device="cpu")
+            step = build_step(
+                net, scenario="train", precision="fp32", batch_size=2, resolution=32,
+                device="cpu", optimizer="adamw",
+            )  # fmt: skip
+            step.run()
+            tracker = tracker_type()
+            tracker.track_external(net, step.optimizer, step.inputs, step.targets)
+            with tracker:
+                step.run()
+        ops = in_settled_order(tracker.ops, lambda op: op[0] == DEL, lambda op: op[1])
+        ledgers.append((ops, tuple(tracker.sizes)))
+    ours, stock = ledgers
+    assert ours == stock
+    assert any(op[2] == "GRAD" for op in ours[0] if len(op) > 2)
 
 
 # -------------------------------------------------------------------- affine extrapolation

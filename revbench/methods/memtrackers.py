@@ -7,6 +7,8 @@ second: the run's own process never needs it, only the workers that trace a step
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.distributed._tools import mem_tracker as _mt
 from torch.utils._pytree import tree_leaves
@@ -84,6 +86,39 @@ class LedgerTracker(_mt.MemTracker):
         if kind in _SIZED:
             self.sizes.append(winfo.size * winfo.element_size)
             self._added = True
+
+    # MemTracker's module hooks, less what only its per-module statistics read (a deep copy
+    # of the category counts at every module's entry and exit, the bytes of its inputs and
+    # outputs): what they change in the tracking is kept as it is, so the ledger is the same
+    # entry for entry. ModTracker, which calls them, is left as it is: its gradient hooks
+    # hold some gradients until a module's last one arrives, and so move frees.
+
+    def _pre_fw_hook(self, module, inputs) -> None:
+        if module not in self.memory_tracking:
+            # First sight: its parameters and buffers, and the hooks that track gradients.
+            self._track_module_params_and_buffers(module, install_grad_hooks=True)
+            self.memory_tracking[module] = _mt._ModMemStats(type(module).__name__)
+        elif self._mod_tracker.is_bw:
+            # Called again in the backward: recomputation (activation checkpointing), whose
+            # outputs are activations, not temporaries, until its outermost module returns.
+            if self._ac_mod is None:
+                self._ac_mod = weakref.ref(module)
+                self._in_ac = True
+        else:
+            name = self._mod_tracker.get_known_fqn(module)
+            if set(self._mod_tracker.parents) - {name} == {"Global"}:
+                raise NotImplementedError("MemTracker tracks one iteration: the root ran twice")
+
+    def _post_fw_hook(self, module, inputs, outputs) -> None:
+        if self._mod_tracker.is_bw and self._ac_mod is not None and self._ac_mod() is module:
+            self._ac_mod = None
+            self._in_ac = False
+
+    def _pre_bw_hook(self, module, args) -> None:
+        pass
+
+    def _post_bw_hook(self, module, args) -> None:
+        pass
 
     def _update_peak_stats(self, peak_state) -> None:
         # Only a check after bytes were added since the last check (or the entry) can move
