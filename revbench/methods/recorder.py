@@ -91,6 +91,12 @@ class AllocationRecorder(TorchDispatchMode):
                 if self._storages.get(storage) is None:
                     self._storages[storage] = _Storage(storage.nbytes())
 
+    def note_input(self, tensor: torch.Tensor) -> None:
+        """`note_inputs` for an operator on one tensor."""
+        storage = tensor.untyped_storage()
+        if self._storages.get(storage) is None:
+            self._storages[storage] = _Storage(storage.nbytes())
+
     def note_outputs(self, out) -> None:
         """After an operator ran: a new (or resized) storage among its outputs is allocated."""
         for leaf in tree_leaves(out):
