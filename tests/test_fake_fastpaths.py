@@ -1,0 +1,136 @@
+"""The estimator's fast fake outputs (revbench/methods/fake_fastpaths.py) are FakeTensor's
+own: layout for layout on the operators they cover, refused where they would differ, and
+the same estimate, event for event, with them or without."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_model_contract import FAMILIES
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from revbench.methods import fake_fastpaths, memtrackers
+from revbench.methods.estimate import StepEstimator, model_factory
+from revbench.methods.fake_fastpaths import FAST, FastOutputs, _layout, _signature
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+aten = torch.ops.aten
+
+LAYOUTS = {
+    "contiguous": lambda shape, dtype: torch.empty(shape, dtype=dtype),
+    "channels_last": lambda shape, dtype: torch.empty(shape, dtype=dtype).to(
+        memory_format=torch.channels_last
+    ),
+}
+
+
+def _cases():
+    """(operator, arguments) for every covered operator, dtype, layout and flag."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for layout, make in LAYOUTS.items():
+            x = make((3, 4, 5, 6), dtype)
+            g = make((3, 4, 5, 6), dtype)
+            vec = [torch.empty(4) for _ in range(4)]
+            for op in (aten.hardswish.default, aten.hardsigmoid.default):
+                yield f"{op}-{dtype}-{layout}", op, (x,)
+            for op in (aten.hardswish_backward.default, aten.hardsigmoid_backward.default):
+                yield f"{op}-{dtype}-{layout}", op, (g, x)
+            for training in (True, False):
+                args = (x, *vec, training, 0.1, 1e-5)
+                yield f"bn-{dtype}-{layout}-{training}", aten.native_batch_norm.default, args
+            saved = torch.empty(4, dtype=dtype)  # a training step's (eval saves none)
+            for training in (True, False):
+                for mask in ([True, True, True], [True, False, False], [False, True, True]):
+                    args = (g, x, *vec[:3], saved, saved, training, 1e-5, mask)
+                    name = f"bn_backward-{dtype}-{layout}-{training}-{mask}"
+                    yield name, aten.native_batch_norm_backward.default, args
+
+
+def _fake(args, mode):
+    return tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+@pytest.mark.parametrize("op, args", [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])
+def test_fast_outputs_are_fakemodes_own(op, args):
+    mode = FakeTensorMode()
+    args = _fake(args, mode)
+    with mode:
+        assert _signature(op, args, {}) is not None
+        assert _layout(FAST[op](*args)) == _layout(op(*args))
+
+
+def test_size_one_or_non_dense_inputs_take_fakemodes_path():
+    mode = FakeTensorMode()
+    with mode:
+        pooled = torch.empty(3, 4, 1, 1)  # a squeeze-excite gate: strides of size-1 dims vary
+        strided = torch.empty(3, 4, 10, 6)[:, :, ::2]
+        unsaved = torch.empty(0)  # batch norm in eval mode saves no statistics
+    real = torch.empty(3, 4, 5, 6)
+    op = aten.hardsigmoid.default
+    assert _signature(op, (pooled,), {}) is None
+    assert _signature(op, (strided,), {}) is None
+    assert _signature(op, (real,), {}) is None  # not a fake tensor
+    with mode:
+        different = (torch.empty(3, 4, 5, 6), torch.empty(3, 4, 5, 6).contiguous(
+            memory_format=torch.channels_last))  # fmt: skip
+    assert _signature(aten.hardswish_backward.default, different, {}) is None
+    with mode:
+        x, g, vec = torch.empty(3, 4, 5, 6), torch.empty(3, 4, 5, 6), torch.empty(4)
+    args = (g, x, vec, vec, vec, unsaved, unsaved, False, 1e-5, [True, True, True])
+    assert _signature(aten.native_batch_norm_backward.default, args, {}) is None
+
+
+def test_a_signature_whose_fast_output_differs_is_refused(monkeypatch):
+    wrong = dict(FAST)
+    wrong[aten.hardswish.default] = lambda x: torch.empty(x.shape, dtype=torch.float64)
+    monkeypatch.setattr(fake_fastpaths, "FAST", wrong)
+    outputs = FastOutputs()
+    mode = FakeTensorMode()
+    with mode:
+        x = torch.empty(3, 4, 5, 6)
+        first, second = (outputs.call(aten.hardswish.default, (x,), {}) for _ in range(2))
+    assert first.dtype == second.dtype == torch.float32  # FakeTensor's, both times
+    assert len(outputs.refused) == 1 and not outputs.verified
+
+
+class _CountingHardswish:
+    """aten.hardswish, counting its calls."""
+
+    calls = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return aten.hardswish.default(*args)
+
+
+def test_a_verified_signature_answers_without_fakemodes_path(monkeypatch):
+    op = _CountingHardswish()
+    monkeypatch.setattr(fake_fastpaths, "FAST", {op: fake_fastpaths._unary})
+    outputs = FastOutputs()
+    with FakeTensorMode():
+        first = outputs.call(op, (torch.empty(3, 4, 5, 6),), {})  # verifies the layout
+        other = outputs.call(op, (torch.empty(5, 4, 7, 6),), {})  # then answers itself
+    assert op.calls == 1 and len(outputs.verified) == 1
+    assert tuple(first.shape) == (3, 4, 5, 6) and tuple(other.shape) == (5, 4, 7, 6)
+
+
+def _figures(est):
+    return est.peak_bytes, est.by_category, est.peak_reserved_bytes, est.events
+
+
+def test_estimates_are_the_same_with_and_without_fast_outputs(monkeypatch):
+    # A small RevBiFPN: batch norm, hardswish and hardsigmoid forward and backward, in its
+    # recomputed (reversible) and ordinary blocks; two batch sizes and the extrapolation.
+    family = FAMILIES["RevBiFPN"]
+    small = {k: v for k, v in {**family.tiny, **family.shallow}.items() if k != "img_size"}
+    factory = model_factory("revbifpn_s0", 64, small)
+
+    def estimates():
+        est = StepEstimator(factory, resolution=64)
+        return [_figures(est.estimate(b)) for b in (2, 3, 5)]
+
+    monkeypatch.setattr(memtrackers, "FAST_OUTPUTS", FastOutputs())
+    fast = estimates()
+    assert memtrackers.FAST_OUTPUTS.verified  # the fast path did answer
+    monkeypatch.setattr(memtrackers, "FAST", {})
+    assert estimates() == fast
