@@ -367,7 +367,7 @@ def test_estimated_time_is_rounded_to_what_the_model_knows():
     # a timed run's wall time wins over the model, rounded the same way
     assert estimate_time(SuiteCells(cells=100, dense_cells=0, measured_minutes=47.0)) == "~45 min"
     assert estimate_time(SuiteCells(cells=10, dense_cells=0, measured_minutes=1.4)) == "~1 min"
-    # Halves round up: the main job timed at 4.5 minutes reads "~5 min", as the README says.
+    # Halves round up: a run timed at 4.5 minutes reads "~5 min" (round() would give 4).
     assert estimate_time(SuiteCells(cells=10, dense_cells=0, measured_minutes=4.5)) == "~5 min"
 
 
