@@ -55,7 +55,8 @@ def sized_by_resolution(overrides: dict) -> dict:
 
 
 REVVIT_TINY = sized_by_resolution(FAMILIES["RevViT"].tiny)
-REVCOL_TINY = sized_by_resolution(FAMILIES["RevCol"].tiny)
+# Tiny widths, three columns of one block per level: the fewest operators a RevCol has.
+REVCOL_TINY = sized_by_resolution({**FAMILIES["RevCol"].tiny, **FAMILIES["RevCol"].shallow})
 
 
 def figures(est) -> tuple:
