@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import replace
 
@@ -96,6 +97,30 @@ class _BothTrackers(LedgerTracker):
         PeakOnlyMemTracker._update_peak_stats(self, peak_state)
 
 
+def _tracked_step(factory, tracker_type, batch_size: int) -> LedgerTracker:
+    """A tracker of `tracker_type` after one AdamW train step of the model at 32 px, on
+    fake tensors, after a warm-up step. Garbage collection is paused during the tracked
+    step, as the estimator pauses it, so cycles cannot move frees from run to run."""
+    with torch.device("meta"):
+        net = factory()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        net = net.to_empty(device="cpu")
+        step = build_step(
+            net, scenario="train", precision="fp32", batch_size=batch_size, resolution=32,
+            device="cpu", optimizer="adamw",
+        )  # fmt: skip
+        step.run()
+        tracker = tracker_type()
+        tracker.track_external(net, step.optimizer, step.inputs, step.targets)
+        gc.disable()
+        try:
+            with tracker:
+                step.run()
+        finally:
+            gc.enable()
+    return tracker
+
+
 def test_ledger_replay_is_memtrackers_peak(monkeypatch):
     # A tiny RevViT step with AdamW: activations, temporaries, gradients re-attributed once
     # accumulated, optimizer state; rounding of the small storages to 512 bytes, which
@@ -105,20 +130,7 @@ def test_ledger_replay_is_memtrackers_peak(monkeypatch):
         "_calculate_mem_consumed",
         lambda winfo: rounded(winfo.size * winfo.element_size),
     )
-    factory = model_factory("revvit_small", 32, REVVIT_TINY)
-    with torch.device("meta"):
-        net = factory()
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        net = net.to_empty(device="cpu")
-        step = build_step(
-            net, scenario="train", precision="fp32", batch_size=3, resolution=32,
-            device="cpu", optimizer="adamw",
-        )  # fmt: skip
-        step.run()
-        tracker = _BothTrackers()
-        tracker.track_external(net, step.optimizer, step.inputs, step.targets)
-        with tracker:
-            step.run()
+    tracker = _tracked_step(model_factory("revvit_small", 32, REVVIT_TINY), _BothTrackers, 3)
     (memtracker,) = tracker.get_tracker_snapshot("peak").values()
     ours = replay(StepTrace(3, tuple(tracker.ops), tuple(tracker.sizes), None))
     assert ours.peak_bytes == memtracker["Total"]
@@ -155,19 +167,8 @@ def test_ledger_is_the_same_under_memtrackers_own_module_hooks(name, mode):
     overrides = REVVIT_TINY if name == "revvit_small" else REVCOL_TINY
     ledgers = []
     for tracker_type in (LedgerTracker, _StockModuleHooks):
-        with torch.device("meta"):
-            net = model_factory(name, 32, {**overrides, "mode": mode})()
-        with FakeTensorMode(allow_non_fake_inputs=True):
-            net = net.to_empty(device="cpu")
-            step = build_step(
-                net, scenario="train", precision="fp32", batch_size=2, resolution=32,
-                device="cpu", optimizer="adamw",
-            )  # fmt: skip
-            step.run()
-            tracker = tracker_type()
-            tracker.track_external(net, step.optimizer, step.inputs, step.targets)
-            with tracker:
-                step.run()
+        factory = model_factory(name, 32, {**overrides, "mode": mode})
+        tracker = _tracked_step(factory, tracker_type, 2)
         ops = in_settled_order(tracker.ops, lambda op: op[0] == DEL, lambda op: op[1])
         ledgers.append((ops, tuple(tracker.sizes)))
     ours, stock = ledgers

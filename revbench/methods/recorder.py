@@ -87,12 +87,10 @@ class AllocationRecorder(TorchDispatchMode):
         """Before an operator runs: the storages it reads exist already (not allocations)."""
         for leaf in tree_leaves((args, kwargs)):
             if isinstance(leaf, torch.Tensor):
-                storage = leaf.untyped_storage()
-                if self._storages.get(storage) is None:
-                    self._storages[storage] = _Storage(storage.nbytes())
+                self.note_input(leaf)
 
     def note_input(self, tensor: torch.Tensor) -> None:
-        """`note_inputs` for an operator on one tensor."""
+        """`note_inputs` for one tensor the operator reads."""
         storage = tensor.untyped_storage()
         if self._storages.get(storage) is None:
             self._storages[storage] = _Storage(storage.nbytes())
