@@ -13,7 +13,6 @@ from pathlib import Path
 from . import status
 from .axes import cell_ddp
 from .cell import Cell
-from .counting import count_macs, count_macs_both, count_macs_thop, count_params
 from .ddp import init_rank, run_ranks
 from .measurement import Counts, Measurement
 from .methods import get_method
@@ -32,6 +31,9 @@ def count(cell: Cell, thop: bool = True) -> Counts:
     model that cannot be counted still runs, with the count missing.
     """
     import torch
+
+    # start-up: the flop counter imports triton (0.2 s), which only a counting process needs
+    from .counting import count_macs, count_macs_both, count_macs_thop, count_params
 
     params = macs = macs_thop = None
     try:
