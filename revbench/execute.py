@@ -17,7 +17,7 @@ from .ddp import init_rank, run_ranks
 from .measurement import Counts, Measurement
 from .methods import get_method
 from .outcome import Outcome, first_line, is_oom
-from .scenario import build_model
+from .scenario import build_model, build_on_meta
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,12 @@ def count(cell: Cell, thop: bool = True) -> Counts:
     only, so no real forward is needed; skipped with `thop=False`). Counts are extras: a
     model that cannot be counted still runs, with the count missing.
     """
-    import torch
-
     # start-up: the flop counter imports triton (0.2 s), which only a counting process needs
     from .counting import count_macs, count_macs_both, count_macs_thop, count_params
 
     params = macs = macs_thop = None
     try:
-        with torch.device("meta"):
-            model = build_model(cell)
+        model = build_on_meta(lambda: build_model(cell))
     except Exception as exc:
         log.warning("could not build %s on the meta device: %s", cell.model, exc)
         return Counts()

@@ -9,6 +9,7 @@ can attribute peak memory to each.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -140,6 +141,40 @@ def build_model(cell: Cell) -> nn.Module:
     """The cell's model, built on the current default device."""
     overrides = {**dict(cell.overrides), "img_size": cell.resolution, "mode": cell.mode}
     return create(cell.model, **overrides)
+
+
+# Weight initialisers on meta tensors: no values to fill, but their meta kernels are Python
+# references (normal_ 0.35 ms, clamp_ 1 ms a call; RevCol-T's trunc_normal_ inits took 0.25
+# of a 0.32 s build). In place, they leave shape, strides and dtype as they are.
+_INITIALISERS = {
+    torch.Tensor.normal_,
+    torch.Tensor.uniform_,
+    torch.Tensor.random_,
+    torch.Tensor.bernoulli_,
+    torch.Tensor.exponential_,
+    torch.Tensor.geometric_,
+    torch.Tensor.log_normal_,
+    torch.Tensor.cauchy_,
+    torch.Tensor.erfinv_,
+    torch.Tensor.clamp_,
+    torch.Tensor.clamp_min_,
+    torch.Tensor.clamp_max_,
+    torch.clamp_,
+}
+
+
+class _SkipMetaInit(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INITIALISERS and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    """`factory()`'s model on the meta device (shapes without storage), its in-place
+    initialisers skipped: a meta tensor has no values for them to set."""
+    with torch.device("meta"), _SkipMetaInit():
+        return factory()
 
 
 def step_for(cell: Cell, model: nn.Module, device: torch.device | str) -> Step:

@@ -71,3 +71,45 @@ def test_a_run_counts_a_model_once_for_its_memory_only_overrides():
     assert not context.request(kept, count=True, snapshot=False).counts
     assert context.counts(kept) == counts
     assert context.request(wider, count=True, snapshot=False).counts
+
+
+# One model of each family, full size (meta tensors cost no memory).
+META_BUILDS = [
+    "revbifpn_s0",
+    "revcol_tiny",
+    "rev_mvit_base",
+    "vit_small_patch16_224",
+    "tf_efficientnet_b0",
+    "hrnet_w18_small",
+    "tf_efficientdet_d0",
+]
+
+
+def _layout(model: torch.nn.Module) -> list:
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return [(n, t.shape, t.stride(), t.dtype, t.requires_grad, t.is_meta) for n, t in tensors] + [
+        sorted(model.state_dict())
+    ]
+
+
+@pytest.mark.parametrize("name", META_BUILDS)
+def test_a_meta_build_without_initialisers_has_the_same_tensors(name):
+    from revbench.scenario import build_on_meta
+
+    with torch.device("meta"):
+        plain = create(name)
+    assert _layout(build_on_meta(lambda: create(name))) == _layout(plain)
+
+
+def test_only_meta_tensors_skip_their_initialisers():
+    from revbench.scenario import build_on_meta
+
+    def factory():
+        table = torch.zeros(64, device="cpu").normal_().clamp_(-1, 1)  # values a model reads
+        layer = torch.nn.Linear(4, 4)
+        layer.register_buffer("table", table)
+        return layer
+
+    layer = build_on_meta(factory)
+    assert layer.weight.is_meta and layer.table.device.type == "cpu"
+    assert layer.table.abs().sum() > 0 and layer.table.abs().max() <= 1

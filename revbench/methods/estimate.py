@@ -59,7 +59,7 @@ from ..caching_allocator import simulate
 from ..cards import DEFAULT_CARD, card_capability
 from ..cell import Cell
 from ..measurement import Measurement
-from ..scenario import build_model, build_step
+from ..scenario import build_model, build_on_meta, build_step
 from ..tasks import get_task
 from .base import Method
 from .cuda_kernels import CardKernels
@@ -178,8 +178,7 @@ class StepEstimator:
             # Built on the meta device first: model constructors may read values (`.item()`
             # on a linspace of drop-path rates), which fake tensors refuse; to_empty then
             # gives the weights fake CPU storage.
-            with torch.device("meta"):
-                net = self._factory()
+            net = build_on_meta(self._factory)
             self._fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
             with self._fake_mode:
                 self._net = net._apply(_fake_cpu_like)
