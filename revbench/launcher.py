@@ -240,7 +240,7 @@ class Launcher:
         # first, and a slot with no model of its own left to take is done. Real runs
         # (cpu, cuda) spread every cell over every slot.
         keep_models = bool(cells) and get_method(cells[0].method).batches_share_work
-        held: dict[int, tuple] = {}  # the model (cell but its batch) each slot works on
+        held: dict[int, Cell] = {}  # the cell each slot took last: its model is the slot's
 
         def take(index: int) -> Cell | None:
             with guard:
@@ -248,16 +248,25 @@ class Launcher:
                     return None
                 if not keep_models:
                     return pending.pop(0)
-                mine = held.get(index)
-                others = {key for slot, key in held.items() if slot != index}
+                mine = held[index].batchless_key if index in held else None
+                elsewhere = [c for slot, c in held.items() if slot != index]
+                others = {c.batchless_key for c in elsewhere}
                 i = next((i for i, c in enumerate(pending) if c.batchless_key == mine), None)
                 if i is None:
-                    free = (i for i, c in enumerate(pending) if c.batchless_key not in others)
-                    i = next(free, None)
+                    free = [i for i, c in enumerate(pending) if c.batchless_key not in others]
+                    # A model's configurations share its counts (`counts_key`): one whose
+                    # model another slot may be counting now waits behind the rest, or two
+                    # slots count the same model at once (RevBiFPN-S0: 3 s each).
+                    counting = {counts_key(c) for c in elsewhere}
+                    counting = {key for key in counting if key not in context.counted}
+                    i = next(
+                        (i for i in free if counts_key(pending[i]) not in counting),
+                        free[0] if free else None,
+                    )
                 if i is None:  # every cell left is another slot's model's
                     return None
                 cell = pending.pop(i)
-                held[index] = cell.batchless_key
+                held[index] = cell
                 return cell
 
         def serve(index: int) -> None:

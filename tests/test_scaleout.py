@@ -228,6 +228,43 @@ def test_estimate_cells_of_one_model_stay_on_one_slot_real_runs_spread(tmp_path,
     assert len({slot for slot, _, _ in ran}) == 2  # both slots worked
 
 
+def test_two_slots_count_a_model_once_while_other_models_wait(tmp_path):
+    # Two configurations of one model (modes: the same counts) come first in the suite; the
+    # second slot takes the other model rather than count the first one again at once.
+    import threading
+    import time
+
+    from revbench_launch_helpers import FunctionLauncher
+
+    from revbench.measurement import Counts
+    from revbench.outcome import Outcome
+
+    counted: list[str] = []
+    guard = threading.Lock()
+
+    def launch(cell, snapshot=None, counts=False, **_):
+        time.sleep(0.05)
+        if not counts:
+            return Outcome("ok")
+        with guard:
+            counted.append(cell.variant)
+        return Outcome("ok", counts=Counts(params=1, macs=2, macs_thop=3))
+
+    launcher = FunctionLauncher(launch)
+    launcher.slots = 2
+    cells = [
+        make_cell("test_tiny_cnn", resolution=32, batch_size=b, mode=mode, overrides=o)
+        for mode, o in [("vanilla", {}), ("checkpoint", {}), ("vanilla", {"width": 4})]
+        for b in (1, 2)
+    ]  # fmt: skip
+    store = RunStore.create(tmp_path, "s")
+    summary = run_cells(
+        store, cells, launcher, CellProgress(Console(quiet=True), total=0), context=RunContext()
+    )
+    assert sorted(counted) == ["", "width=4"], counted  # each model counted once
+    assert all(r.params == 1 for r in summary.records)  # and every row has its counts
+
+
 def _cells(models: int, batches=(1, 2, 3), model="test_tiny_cnn"):
     return [
         make_cell(model, resolution=32, batch_size=b, overrides={"width": 4 * (m + 1)})
