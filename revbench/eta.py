@@ -93,6 +93,13 @@ class Eta:
         self.done_cost = 0.0
         self.left_cost = sum(sum(p) for p in self._parts.values())
 
+    def costliest_first(self, cells: Sequence) -> list:
+        """`cells` with the costliest configurations first, each configuration's cells in
+        their order: several workers then finish together rather than one taking the
+        last big model alone (longest processing time first). Call before `done`."""
+        cost = {config: sum(parts) for config, parts in self._parts.items()}
+        return sorted(cells, key=lambda cell: -cost[self._config[cell.key]])
+
     def done(self, key: tuple) -> None:
         """The cell with `key` finished: its configuration's next part is spent."""
         parts = self._parts.get(self._config.get(key))

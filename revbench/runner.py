@@ -324,6 +324,8 @@ def run_cells(
     if todo:
         shares_work = get_method(todo[0].method).batches_share_work
         progress.eta = Eta(todo, shares_work, on_real_tensors, workers=launcher.slots)
+        if shares_work and launcher.slots > 1:  # slots keep their model: the big ones first
+            todo = progress.eta.costliest_first(todo)
     context.on_start = lambda cell, slot: progress.start(cell)
     records: list[Record] = []
     served = [0] * launcher.slots

@@ -91,3 +91,16 @@ def test_before_the_pace_settles_the_table_over_the_workers_is_the_guess():
     eta.done(cells[0].key)
     assert eta.done_cost < SETTLED * (eta.done_cost + eta.left_cost)
     assert eta.seconds_left(60.0) == pytest.approx(eta.left_cost / 2)  # whatever the clock
+
+
+def test_costliest_configurations_go_first_each_in_its_own_order():
+    vit = _cells("vit_small_patch16_224")
+    s0 = _cells("revbifpn_s0", mode="reversible")
+    s0_vanilla = _cells("revbifpn_s0", batches=(2, 4, 8), mode="vanilla")
+    col = _cells("revcol_tiny", mode="reversible")
+    cells = vit + s0 + col + s0_vanilla
+    assert model_cost("revbifpn_s0", "RevBiFPN") > model_cost("revcol_tiny", "RevCol")
+    assert model_cost("revcol_tiny", "RevCol") > model_cost("vit_small_patch16_224", "ViT")
+    ordered = Eta(cells, shares_work=True).costliest_first(cells)
+    # equal costs keep the suite's order; a configuration's batch sizes stay in theirs
+    assert ordered == s0 + s0_vanilla + col + vit
