@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import glob
 import shlex
 import sys
 import traceback
@@ -34,6 +35,7 @@ from .cli_args import (
 )
 from .errors import ENVIRONMENT_ERRNOS, ENVIRONMENT_EXIT_CODE, UsageError
 from .outputs import EMPTY, check_output_dir, check_output_file, fit_table
+from .worker import discard_prestarted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +53,31 @@ INTERNAL_ERROR = 3
 # ------------------------------------------------------------------------------- run
 
 
+def _prestart_first_worker(args: argparse.Namespace) -> None:
+    """Start the run's first worker before this process loads torch (2 s each, one core
+    each): settled by the arguments alone for GPU-free runs in local workers. A run that
+    wants another worker, or none (cached, resumed to the end), leaves it to be killed."""
+    from .jobs import AUTO, parse_jobs, usable_cores
+    from .worker import cpu_slots, prestart
+
+    if "torch" in sys.modules:  # loaded already (main called in-process): nothing to overlap
+        return
+    if args.dry_run or not args.isolate or args.launcher != "local" or args.gpus:
+        return
+    if args.device == "cuda" or (args.device == "auto" and glob.glob("/dev/nvidia[0-9]*")):
+        return  # cuda cells start their own workers, pinned to their cards
+    try:
+        jobs = parse_jobs(args.jobs)
+    except UsageError:
+        return  # said by the run's own checks
+    if jobs is None:  # RunConfig's default, for the GPU-free methods
+        jobs = AUTO if args.device != "cpu" else 1
+    jobs = usable_cores() if jobs == AUTO else jobs
+    prestart(cpu_slots(jobs)[0] if jobs > 1 else None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _prestart_first_worker(args)
     # start-up: torch, timm and pandas load with these, when a run starts (module top)
     from .analysis import per_sample_fit
     from .loading import export_csv, load
@@ -484,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print(f"revbench: internal error: {type(e).__name__}: {e}", file=sys.stderr)
         return INTERNAL_ERROR
+    finally:
+        discard_prestarted()  # a run's first worker, started early, that no pool took
 
 
 def entry() -> None:

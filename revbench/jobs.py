@@ -17,7 +17,6 @@ from importlib import resources
 
 from .cell import Cell
 from .errors import UsageError
-from .methods.estimate import on_real_tensors
 
 AUTO = "auto"
 # Kept free for the run's own process, the system and page cache: a worker past the
@@ -85,6 +84,8 @@ def worker_memory() -> dict[tuple[str, str], WorkerMemory]:
 def worker_peak(cells: list[Cell]) -> int:
     """The largest peak host memory a worker reaches on these cells (a family without a
     measurement takes the largest measured on its path)."""
+    from .methods.estimate import on_real_tensors  # start-up: torch, for a run only
+
     table = worker_memory()
     largest = {
         path: max(e.peak_bytes for e in table.values() if e.path == path)

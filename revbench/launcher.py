@@ -36,7 +36,7 @@ from .methods import get_method
 from .outcome import Outcome, Request
 from .records import Record
 from .suite import counts_key
-from .worker import Worker, WorkerPool, run_isolated, shared_pool  # noqa: F401  (by name)
+from .worker import Worker, WorkerPool, cpu_slots, run_isolated, shared_pool  # noqa: F401
 
 # ------------------------------------------------------------------ what a task is given
 
@@ -362,16 +362,6 @@ class PoolLauncher(Launcher):
                 for slot, env in enumerate(self.envs)
             ]
         }
-
-
-def cpu_slots(jobs: int) -> list[dict[str, str]]:
-    """The environments of `jobs` CPU workers: each gets its share of the cores as torch's
-    thread count, so N workers computing at once (the cpu method, a detector's real CPU
-    step) do not run N x cores threads. A thread count the user set is kept."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return [{}] * jobs
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    return [{"OMP_NUM_THREADS": str(threads)}] * jobs
 
 
 def gpu_slots(gpus: list[str]) -> list[dict[str, str]]:

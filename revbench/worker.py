@@ -111,6 +111,7 @@ class Worker:
         )
         self._buffer = b""
         self.ready = False
+        self.extra_env = dict(extra_env or {})
         self.env = worker_env(extra_env)
 
     def _read_line(self, deadline: float | None) -> bytes:
@@ -200,14 +201,16 @@ class Worker:
 
     _killed = False
 
-    def kill(self) -> None:
-        """Kill the worker and everything it started (its process group)."""
+    def kill(self, wait: bool = True) -> None:
+        """Kill the worker and everything it started (its process group); without `wait`,
+        its exit is not waited for (the kernel's release of its memory: 30-60 ms)."""
         if self.proc.poll() is None:
             self._killed = True
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+        if wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
         for stream in (self.proc.stdin, self.proc.stdout, self._stderr):
             with contextlib.suppress(OSError):
                 stream.close()
@@ -220,6 +223,39 @@ def worker_env(extra_env: dict[str, str] | None = None) -> tuple:
     names = ("REVBENCH_PLUGINS", "PYTHONPATH", "CUDA_VISIBLE_DEVICES", "REVBENCH_DEBUG")
     env = {**os.environ, **(extra_env or {})}
     return (sys.executable, os.getcwd(), *(env.get(n) for n in names))
+
+
+def cpu_slots(jobs: int) -> list[dict[str, str]]:
+    """The environments of `jobs` CPU workers: each gets its share of the cores as torch's
+    thread count, so N workers computing at once (the cpu method, a detector's real CPU
+    step) do not run N x cores threads. A thread count the user set is kept."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return [{}] * jobs
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return [{"OMP_NUM_THREADS": str(threads)}] * jobs
+
+
+_PRESTARTED: list[Worker] = []
+
+
+def prestart(extra_env: dict[str, str] | None = None) -> None:
+    """Start a worker now for a pool that will want one with `extra_env` (`WorkerPool`
+    takes it): a run's first worker loads torch while the run's own process loads it,
+    on another core, instead of after. `discard_prestarted` kills one nobody took."""
+    _PRESTARTED.append(Worker(extra_env))
+
+
+def _prestarted(extra_env: dict[str, str]) -> Worker | None:
+    for worker in _PRESTARTED:
+        if worker.extra_env == extra_env and worker.env == worker_env(extra_env):
+            _PRESTARTED.remove(worker)
+            return worker
+    return None
+
+
+def discard_prestarted() -> None:
+    while _PRESTARTED:  # at the end of a command: subprocess reaps it later, or init does
+        _PRESTARTED.pop().kill(wait=False)
 
 
 class WorkerPool:
@@ -243,7 +279,7 @@ class WorkerPool:
             if worker.proc.poll() is None and worker.env == worker_env(self.extra_env):
                 return worker
             worker.kill()
-        return Worker(self.extra_env)
+        return _prestarted(self.extra_env) or Worker(self.extra_env)
 
     def run(
         self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True

@@ -265,6 +265,25 @@ def test_two_slots_count_a_model_once_while_other_models_wait(tmp_path):
     assert all(r.params == 1 for r in summary.records)  # and every row has its counts
 
 
+def test_a_prestarted_worker_serves_the_pool_that_wants_its_environment():
+    # `revbench run` starts its first worker before it loads torch itself; the pool whose
+    # workers get that environment takes it, and one nobody takes is killed.
+    from revbench import worker
+
+    worker.prestart({"OMP_NUM_THREADS": "1"})
+    worker.prestart(None)
+    one_thread, plain = worker._PRESTARTED
+    pool = worker.WorkerPool({"OMP_NUM_THREADS": "1"})
+    try:
+        outcome = pool.run(make_cell("test_tiny_cnn", resolution=32, batch_size=1), counts=False)
+        assert outcome.status == "ok", outcome.message
+        assert pool._warm == [one_thread] and worker._PRESTARTED == [plain]
+    finally:
+        pool.close()
+        worker.discard_prestarted()
+    assert worker._PRESTARTED == [] and plain.proc.wait(timeout=30) < 0  # killed
+
+
 def _cells(models: int, batches=(1, 2, 3), model="test_tiny_cnn"):
     return [
         make_cell(model, resolution=32, batch_size=b, overrides={"width": 4 * (m + 1)})
