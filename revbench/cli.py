@@ -14,8 +14,11 @@ saved).
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import gc
 import glob
+import os
 import shlex
 import sys
 import traceback
@@ -515,13 +518,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `revbench` command: `main`, then exit without the interpreter's last garbage
-    collection over everything torch and timm loaded (half a second to a second on every
-    command; the run's files are closed by then, and its workers are killed, not waited
-    for)."""
+    """The `revbench` command: `main`, its exit handlers (workers killed, logs flushed),
+    then the end of the process without the interpreter's teardown: its last garbage
+    collection and the module-by-module release of everything torch and timm loaded took
+    0.4 s of a cached run's 2.3 s. The run's files are closed by then."""
     code = main()
     gc.freeze()
-    sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, a stream closed
+            stream.flush()
+    os._exit(0 if code is None else code)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,32 @@ def test_python_dash_m_works():
     assert {"run", "list", "plot", "gate"} <= set(commands)
 
 
+def test_the_command_ends_after_its_exit_handlers_with_its_output_whole(tmp_path):
+    # `entry` ends the process without the interpreter's teardown: what the exit handlers
+    # do (a pool's workers killed, logs flushed) still happens, and a pipe gets every line.
+    (tmp_path / "plugin_at_exit.py").write_text(
+        "import atexit, pathlib\n"
+        f"atexit.register(pathlib.Path({str(tmp_path / 'ran')!r}).write_text, 'ran')\n"
+    )
+    env = {
+        **os.environ,
+        "REVBENCH_PLUGINS": "plugin_at_exit",
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "revbench", "list"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith("\n") and "revcol_large" in proc.stdout
+    assert (tmp_path / "ran").read_text() == "ran"
+    bad = subprocess.run(
+        [sys.executable, "-m", "revbench", "list", "--bad-flag"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+
+
 def test_csv_export_from_the_cli(run_cli, tmp_path, tiny_suite):
     csv = tmp_path / "r.csv"
     code, _, _ = run_cli(
