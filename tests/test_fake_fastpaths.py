@@ -4,6 +4,8 @@ the same estimate, event for event, with them or without."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from test_model_contract import FAMILIES
@@ -24,26 +26,35 @@ LAYOUTS = {
 }
 
 
+# A feature map, a squeeze-excite gate, and a batch of one (as counting runs).
+SHAPES = [(3, 4, 5, 6), (3, 4, 1, 1), (1, 4, 5, 6)]
+
+
 def _cases():
-    """(operator, arguments) for every covered operator, dtype, layout and flag."""
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for layout, make in LAYOUTS.items():
-            x = make((3, 4, 5, 6), dtype)
-            g = make((3, 4, 5, 6), dtype)
-            vec = [torch.empty(4) for _ in range(4)]
-            for op in (aten.hardswish.default, aten.hardsigmoid.default):
-                yield f"{op}-{dtype}-{layout}", op, (x,)
-            for op in (aten.hardswish_backward.default, aten.hardsigmoid_backward.default):
-                yield f"{op}-{dtype}-{layout}", op, (g, x)
-            for training in (True, False):
-                args = (x, *vec, training, 0.1, 1e-5)
-                yield f"bn-{dtype}-{layout}-{training}", aten.native_batch_norm.default, args
-            saved = torch.empty(4, dtype=dtype)  # a training step's (eval saves none)
-            for training in (True, False):
-                for mask in ([True, True, True], [True, False, False], [False, True, True]):
-                    args = (g, x, *vec[:3], saved, saved, training, 1e-5, mask)
-                    name = f"bn_backward-{dtype}-{layout}-{training}-{mask}"
-                    yield name, aten.native_batch_norm_backward.default, args
+    """(operator, arguments) for every covered operator, dtype, layout, shape and flag."""
+    kinds = itertools.product(
+        (torch.float32, torch.bfloat16, torch.float16), LAYOUTS.items(), SHAPES
+    )
+    for dtype, (layout, make), shape in kinds:
+        x, g = make(shape, dtype), make(shape, dtype)
+        layout = f"{layout}-{'x'.join(map(str, shape))}"
+        vec = [torch.empty(4) for _ in range(4)]
+        for op in (aten.hardswish.default, aten.hardsigmoid.default):
+            yield f"{op}-{dtype}-{layout}", op, (x,)
+        for op in (aten.hardswish_backward.default, aten.hardsigmoid_backward.default):
+            yield f"{op}-{dtype}-{layout}", op, (g, x)
+        for training in (True, False):
+            args = (x, *vec, training, 0.1, 1e-5)
+            yield f"bn-{dtype}-{layout}-{training}", aten.native_batch_norm.default, args
+        saved = torch.empty(4, dtype=dtype)  # a training step's (eval saves none)
+        for training in (True, False):
+            for mask in ([True, True, True], [True, False, False], [False, True, True]):
+                args = (g, x, *vec[:3], saved, saved, training, 1e-5, mask)
+                name = f"bn_backward-{dtype}-{layout}-{training}-{mask}"
+                yield name, aten.native_batch_norm_backward.default, args
+        for scales in ((None, None), (2.0, 2.0)):
+            args = (x, [10, 12], False, *scales)
+            yield f"upsample-{dtype}-{layout}-{scales}", aten.upsample_bilinear2d.default, args
 
 
 def _fake(args, mode):
@@ -59,17 +70,28 @@ def test_fast_outputs_are_fakemodes_own(op, args):
         assert _layout(FAST[op](*args)) == _layout(op(*args))
 
 
-def test_size_one_or_non_dense_inputs_take_fakemodes_path():
+@pytest.mark.parametrize("op, args", [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])
+def test_fast_outputs_are_the_meta_devices_own(op, args):
+    # counting runs on the meta device, whose kernels for these are the same decompositions
+    args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+    assert _signature(op, args, {}) is not None
+    assert _layout(FAST[op](*args)) == _layout(op(*args))
+
+
+def test_odd_strides_or_non_dense_inputs_take_fakemodes_path():
     mode = FakeTensorMode()
     with mode:
-        pooled = torch.empty(3, 4, 1, 1)  # a squeeze-excite gate: strides of size-1 dims vary
+        pooled = torch.empty(3, 4, 1, 1)  # a squeeze-excite gate, strided as it is made
+        corner = torch.empty(3, 4, 5, 6)[:, :, :1, :1]  # size 1, but strided as its base
         strided = torch.empty(3, 4, 10, 6)[:, :, ::2]
         unsaved = torch.empty(0)  # batch norm in eval mode saves no statistics
     real = torch.empty(3, 4, 5, 6)
     op = aten.hardsigmoid.default
-    assert _signature(op, (pooled,), {}) is None
+    assert _signature(op, (pooled,), {}) is not None
+    assert _signature(op, (corner.contiguous(),), {}) == _signature(op, (pooled,), {})
+    assert _signature(op, (corner,), {}) is None
     assert _signature(op, (strided,), {}) is None
-    assert _signature(op, (real,), {}) is None  # not a fake tensor
+    assert _signature(op, (real,), {}) is None  # neither fake nor on the meta device
     with mode:
         different = (torch.empty(3, 4, 5, 6), torch.empty(3, 4, 5, 6).contiguous(
             memory_format=torch.channels_last))  # fmt: skip

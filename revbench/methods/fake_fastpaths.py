@@ -1,18 +1,21 @@
 """Fake outputs made directly for operators FakeTensor can only decompose in Python.
 
-Batch norm, hardswish, hardsigmoid and their backwards have no meta kernel in C++: on a
-cache miss (every new shape, so every layer at every batch size) FakeTensor runs their
-Python decomposition, 4-6 ms each, a fifth of a traced RevBiFPN step. What a traced step
-needs of them is only their outputs' layout: new tensors shaped and strided like an input,
-and small per-channel vectors. `FastOutputs.call` makes those directly.
+Batch norm, hardswish, hardsigmoid, their backwards and bilinear upsampling have no meta
+kernel in C++: on a cache miss (every new shape, so every layer at every batch size)
+FakeTensor runs their Python decomposition, 4-8 ms each, a fifth of a traced RevBiFPN
+step. What a traced step needs of them is only their outputs' layout: new tensors shaped
+and strided like an input, and small per-channel vectors. `FastOutputs.call` makes those
+directly. Counting runs the same operators on the meta device, whose kernels are the same
+decompositions (`MetaFastOutputs`).
 
-A fast answer is trusted for a layout only once FakeTensor's own answer matched it: the
-first call of each signature (operator, and for every argument its dtype, dimensions,
-stride order, or its value for non-tensors) runs FakeTensor's path, compares every
-output's shape, strides, dtype, offset and storage bytes with the fast one, and keeps the
-signature as verified or refused. Inputs with a dimension of size 1 (whose stride is
-arbitrary) or that are not dense take FakeTensor's path always. So the outputs, and with
-them every figure, are FakeTensor's own, to the byte.
+A fast answer is trusted for a layout only once FakeTensor's (or the meta device's) own
+answer matched it: the first call of each signature (operator, and for every argument its
+dtype, device kind, dimensions of size 1 and stride order, its length for a list of sizes,
+or its value for other non-tensors) runs the slow path, compares every output's shape,
+strides, dtype, offset and storage bytes with the fast one, and keeps the signature as
+verified or refused. Inputs that are not dense, or whose size-1 dimensions are strided
+otherwise than their order gives (a slice of a larger tensor), take the slow path always.
+So the outputs, and with them every figure, are FakeTensor's own, to the byte.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
@@ -43,8 +47,14 @@ def _unary_backward(grad_output, x):
 
 def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
     # Training saves the batch's mean and inverse deviation per channel; eval saves none.
-    saved = x.shape[1] if training else 0
-    return _like(x), _vector(saved, x.dtype, x.device), _vector(saved, x.dtype, x.device)
+    # The meta kernel keeps both per channel either way, in float32 for 16-bit inputs.
+    saved, dtype = (x.shape[1] if training else 0), x.dtype
+    if x.is_meta:
+        saved, dtype = x.shape[1], _OPMATH.get(x.dtype, x.dtype)
+    return _like(x), _vector(saved, dtype, x.device), _vector(saved, dtype, x.device)
+
+
+_OPMATH = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def _batch_norm_backward(
@@ -59,6 +69,14 @@ def _batch_norm_backward(
     )
 
 
+def _upsample_bilinear2d(x, output_size, align_corners, scales_h=None, scales_w=None):
+    # The decomposition's result is made contiguous in the input's suggested format.
+    channels_last = _dense_order(x.shape, x.stride()) == (0, 2, 3, 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (*x.shape[:2], *output_size)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
 FAST: dict = {
     aten.hardswish.default: _unary,
     aten.hardsigmoid.default: _unary,
@@ -66,27 +84,32 @@ FAST: dict = {
     aten.hardsigmoid_backward.default: _unary_backward,
     aten.native_batch_norm.default: _batch_norm,
     aten.native_batch_norm_backward.default: _batch_norm_backward,
+    aten.upsample_bilinear2d.default: _upsample_bilinear2d,
 }
 
 
 def _signature(func, args, kwargs) -> tuple | None:
     """What decides the outputs' layout, shapes aside; None where the fast path is not
-    taken (keyword arguments, a size-1 or non-dense tensor, a tensor that is not fake)."""
+    taken (keyword arguments, a size-1 or non-dense tensor, a tensor neither fake nor on
+    the meta device). Sizes given as a list of integers count by their number only."""
     if kwargs:
         return None
     parts: list = [func]
     for arg in args:
         if isinstance(arg, torch.Tensor):
-            if not isinstance(arg, FakeTensor) or arg.storage_offset():
+            if not (isinstance(arg, FakeTensor) or arg.is_meta) or arg.storage_offset():
                 return None
             order = _dense_order(arg.shape, arg.stride())
             if order is None:
                 return None
-            parts.append((arg.dtype, order))
+            ones = tuple(size == 1 for size in arg.shape)
+            parts.append((arg.dtype, arg.is_meta, order, ones))
         elif arg is None or isinstance(arg, (bool, int, float)):
             parts.append(arg)
         elif isinstance(arg, (list, tuple)) and all(isinstance(a, bool) for a in arg):
             parts.append(tuple(arg))
+        elif isinstance(arg, (list, tuple)) and all(type(a) is int for a in arg):
+            parts.append(("sizes", len(arg)))
         else:
             return None
     # Operands of a backward taken with different layouts: FakeTensor's path.
@@ -100,8 +123,10 @@ def _signature(func, args, kwargs) -> tuple | None:
 
 def _dense_order(shape, stride) -> tuple | None:
     """The dimensions from outermost to innermost of a dense tensor without dimensions of
-    size 0 or 1; None for any other."""
-    if 0 in shape or 1 in shape:
+    size 0, ties (a dimension of size 1 strides like its inner neighbour) broken by
+    position; None for any other. Every stride, a size-1 dimension's too, must be the one
+    this order gives: then order and sizes decide the strides."""
+    if 0 in shape:
         return None
     order = sorted(range(len(shape)), key=lambda d: (-stride[d], d))
     expected = 1
@@ -162,3 +187,14 @@ class FastOutputs:
 
 
 FAST_OUTPUTS = FastOutputs()
+
+
+class MetaFastOutputs(TorchDispatchMode):
+    """The fast outputs on the meta device, whose kernels for these operators are the same
+    Python decompositions (a RevBiFPN-S0 forward's hardswish alone: 0.9 s). Entered outside
+    a flop counter, so that the counter still sees every operator first."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in FAST:
+            return FAST_OUTPUTS.call(func, args, kwargs)
+        return func(*args, **(kwargs or {}))
