@@ -52,16 +52,43 @@ def _cases():
                 args = (g, x, *vec[:3], saved, saved, training, 1e-5, mask)
                 name = f"bn_backward-{dtype}-{layout}-{training}-{mask}"
                 yield name, aten.native_batch_norm_backward.default, args
+        yield f"gelu_backward-{dtype}-{layout}", aten.gelu_backward.default, (g, x)
         for scales in ((None, None), (2.0, 2.0)):
             args = (x, [10, 12], False, *scales)
             yield f"upsample-{dtype}-{layout}-{scales}", aten.upsample_bilinear2d.default, args
+
+
+def _layer_norm_cases():
+    """Layer norm over the last dimension: tokens, a channels-last view of a feature map
+    (ConvNeXt blocks), a contiguous map; each backward mask."""
+    inputs = {
+        "tokens": lambda dtype: torch.empty(2, 5, 8, dtype=dtype),
+        "permuted": lambda dtype: torch.empty(2, 8, 3, 4, dtype=dtype).permute(0, 2, 3, 1),
+        "map": lambda dtype: torch.empty(2, 3, 4, 8, dtype=dtype),
+    }
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for name, make in inputs.items():
+            x, w, b = make(dtype), torch.empty(8, dtype=dtype), torch.empty(8, dtype=dtype)
+            yield f"ln-{dtype}-{name}", aten.native_layer_norm.default, (x, [8], w, b, 1e-6)
+            stats = torch.empty(*x.shape[:-1], 1, dtype=dtype)
+            for grad in ("contiguous", "strided_as_input"):
+                g = torch.empty(x.shape, dtype=dtype)
+                if grad != "contiguous":
+                    g = torch.empty_like(x)
+                for mask in ([True, True, True], [True, False, False]):
+                    args = (g, x, [8], stats, stats, w, b, mask)
+                    op = aten.native_layer_norm_backward.default
+                    yield f"ln_backward-{dtype}-{name}-{grad}-{mask}", op, args
+
+
+ALL_CASES = [*_cases(), *_layer_norm_cases()]
 
 
 def _fake(args, mode):
     return tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
 
 
-@pytest.mark.parametrize("op, args", [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])
+@pytest.mark.parametrize("op, args", [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES])
 def test_fast_outputs_are_fakemodes_own(op, args):
     mode = FakeTensorMode()
     args = _fake(args, mode)
@@ -70,7 +97,7 @@ def test_fast_outputs_are_fakemodes_own(op, args):
         assert _layout(FAST[op](*args)) == _layout(op(*args))
 
 
-@pytest.mark.parametrize("op, args", [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])
+@pytest.mark.parametrize("op, args", [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES])
 def test_fast_outputs_are_the_meta_devices_own(op, args):
     # counting runs on the meta device, whose kernels for these are the same decompositions
     args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)

@@ -1,12 +1,13 @@
 """Fake outputs made directly for operators FakeTensor can only decompose in Python.
 
-Batch norm, hardswish, hardsigmoid, their backwards and bilinear upsampling have no meta
-kernel in C++: on a cache miss (every new shape, so every layer at every batch size)
-FakeTensor runs their Python decomposition, 4-8 ms each, a fifth of a traced RevBiFPN
-step. What a traced step needs of them is only their outputs' layout: new tensors shaped
-and strided like an input, and small per-channel vectors. `FastOutputs.call` makes those
-directly. Counting runs the same operators on the meta device, whose kernels are the same
-decompositions (`MetaFastOutputs`).
+Batch norm, layer norm, hardswish, hardsigmoid, their backwards, GELU's backward and
+bilinear upsampling have no meta kernel in C++: on a cache miss (every new shape, so
+every layer at every batch size) FakeTensor runs their Python decomposition, 4-10 ms
+each, a fifth of a traced RevBiFPN step. What a traced step needs of them is only their
+outputs' layout: new tensors shaped and strided like an input, and small per-channel or
+per-row vectors. `FastOutputs.call` makes those directly. Counting runs the same
+operators on the meta device, whose kernels are the same decompositions
+(`MetaFastOutputs`).
 
 A fast answer is trusted for a layout only once FakeTensor's (or the meta device's) own
 answer matched it: the first call of each signature (operator, and for every argument its
@@ -69,6 +70,30 @@ def _batch_norm_backward(
     )
 
 
+def _layer_norm(x, normalized_shape, weight, bias, eps):
+    # The output is contiguous whatever the input's order; mean and inverse deviation keep
+    # one value per normalised row (float32 for 16-bit inputs on the meta device).
+    rows = (*x.shape[: x.dim() - len(normalized_shape)], *(1,) * len(normalized_shape))
+    dtype = _OPMATH.get(x.dtype, x.dtype) if x.is_meta else x.dtype
+    stats = (torch.empty(rows, dtype=dtype, device=x.device) for _ in range(2))
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), *stats
+
+
+def _layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, bias, mask):
+    # The input's gradient is strided as the output's gradient, or contiguous where the
+    # decomposition computes in float32 and converts back (16-bit).
+    if grad_out.dtype in _OPMATH:
+        grad_in = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    else:
+        grad_in = _like(grad_out)
+    grads = (
+        grad_in if mask[0] else None,
+        _like(weight) if mask[1] and weight is not None else None,
+        _like(bias) if mask[2] and bias is not None else None,
+    )
+    return grads
+
+
 def _upsample_bilinear2d(x, output_size, align_corners, scales_h=None, scales_w=None):
     # The decomposition's result is made contiguous in the input's suggested format.
     channels_last = _dense_order(x.shape, x.stride()) == (0, 2, 3, 1)
@@ -85,6 +110,9 @@ FAST: dict = {
     aten.native_batch_norm.default: _batch_norm,
     aten.native_batch_norm_backward.default: _batch_norm_backward,
     aten.upsample_bilinear2d.default: _upsample_bilinear2d,
+    aten.native_layer_norm.default: _layer_norm,
+    aten.native_layer_norm_backward.default: _layer_norm_backward,
+    aten.gelu_backward.default: _unary_backward,
 }
 
 
@@ -138,6 +166,7 @@ def _dense_order(shape, stride) -> tuple | None:
 
 
 _SAME_LAYOUT = {
+    aten.gelu_backward.default,
     aten.hardswish_backward.default,
     aten.hardsigmoid_backward.default,
     aten.native_batch_norm_backward.default,
