@@ -236,26 +236,34 @@ def cpu_slots(jobs: int) -> list[dict[str, str]]:
 
 
 _PRESTARTED: list[Worker] = []
+_PRESTARTED_GUARD = threading.Lock()  # the slots of a run take workers from their threads
 
 
 def prestart(extra_env: dict[str, str] | None = None) -> None:
     """Start a worker now for a pool that will want one with `extra_env` (`WorkerPool`
     takes it): a run's first worker loads torch while the run's own process loads it,
     on another core, instead of after. `discard_prestarted` kills one nobody took."""
-    _PRESTARTED.append(Worker(extra_env))
+    worker = Worker(extra_env)
+    with _PRESTARTED_GUARD:
+        _PRESTARTED.append(worker)
 
 
 def _prestarted(extra_env: dict[str, str]) -> Worker | None:
-    for worker in _PRESTARTED:
-        if worker.extra_env == extra_env and worker.env == worker_env(extra_env):
-            _PRESTARTED.remove(worker)
-            return worker
+    with _PRESTARTED_GUARD:
+        for worker in _PRESTARTED:
+            alive = worker.proc.poll() is None
+            if alive and worker.extra_env == extra_env and worker.env == worker_env(extra_env):
+                _PRESTARTED.remove(worker)
+                return worker
     return None
 
 
 def discard_prestarted() -> None:
-    while _PRESTARTED:  # at the end of a command: subprocess reaps it later, or init does
-        _PRESTARTED.pop().kill(wait=False)
+    with _PRESTARTED_GUARD:
+        workers = list(_PRESTARTED)
+        _PRESTARTED.clear()
+    for worker in workers:  # at the end of a command: subprocess reaps it later, or init does
+        worker.kill(wait=False)
 
 
 class WorkerPool:

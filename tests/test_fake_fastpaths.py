@@ -97,9 +97,13 @@ def test_fast_outputs_are_fakemodes_own(op, args):
         assert _layout(FAST[op](*args)) == _layout(op(*args))
 
 
-@pytest.mark.parametrize("op, args", [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES])
+# Counting runs in float32 on the meta device, whose kernels for these are the same
+# decompositions; other dtypes there would be verified at run time like any signature.
+META_CASES = [c for c in ALL_CASES if "float32" in c[0]]
+
+
+@pytest.mark.parametrize("op, args", [c[1:] for c in META_CASES], ids=[c[0] for c in META_CASES])
 def test_fast_outputs_are_the_meta_devices_own(op, args):
-    # counting runs on the meta device, whose kernels for these are the same decompositions
     args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
     assert _signature(op, args, {}) is not None
     assert _layout(FAST[op](*args)) == _layout(op(*args))
