@@ -10,8 +10,9 @@ Expected time on the estimator: the wall time of a timed run where the table has
 (`measured_minutes`, on 2 cores), else the cost model a run's time left also uses
 (`revbench.eta`): the suite's fake-tensor cells cost `cost_seconds`, the sum of their
 models' seconds per configuration from a timed main job, which took those seconds over
-`TIMED_WORKERS` workers (the main job: 391 s over two, 3.3 minutes; it took 3 min 19 s); a
-dense cell (torchvision's detectors run a real CPU step at full size) costs 1-3 minutes.
+`TIMED_WORKERS` workers (the main job: 391 s over two, 3.3 minutes, from a run of 3 min
+19 s; 3 min 10 s since); a dense cell (torchvision's detectors run a real CPU step at full
+size) costs 1-3 minutes.
 """
 
 from __future__ import annotations
