@@ -499,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # before a command's own handling (during its imports)
+        print("revbench: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:
         if e.errno not in ENVIRONMENT_ERRNOS:
             traceback.print_exc()

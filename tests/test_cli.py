@@ -283,6 +283,18 @@ def test_the_command_ends_after_its_exit_handlers_with_its_output_whole(tmp_path
     assert bad.returncode == 2
 
 
+def test_ctrl_c_before_a_command_handles_it_is_one_line_and_130(run_cli, monkeypatch):
+    # Ctrl-C while a command still imports torch: the documented 130, not a traceback
+    from revbench import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    code, out, err = run_cli("list")
+    assert (code, out, err) == (130, "", "revbench: interrupted\n")
+
+
 def test_csv_export_from_the_cli(run_cli, tmp_path, tiny_suite):
     csv = tmp_path / "r.csv"
     code, _, _ = run_cli(
