@@ -37,8 +37,9 @@ from .cli_args import (
     make_console,
 )
 from .errors import ENVIRONMENT_ERRNOS, ENVIRONMENT_EXIT_CODE, UsageError
+from .jobs import AUTO, default_jobs, parse_jobs, usable_cores
 from .outputs import EMPTY, check_output_dir, check_output_file, fit_table
-from .worker import discard_prestarted
+from .worker import cpu_slots, discard_prestarted, prestart
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,9 +61,6 @@ def _prestart_first_worker(args: argparse.Namespace) -> None:
     """Start the run's first worker before this process loads torch (2 s each, one core
     each): settled by the arguments alone for GPU-free runs in local workers. A run that
     wants another worker, or none (cached, resumed to the end), leaves it to be killed."""
-    from .jobs import AUTO, parse_jobs, usable_cores
-    from .worker import cpu_slots, prestart
-
     if "torch" in sys.modules:  # loaded already (main called in-process): nothing to overlap
         return
     if args.dry_run or not args.isolate or args.launcher != "local" or args.gpus:
@@ -73,8 +71,8 @@ def _prestart_first_worker(args: argparse.Namespace) -> None:
         jobs = parse_jobs(args.jobs)
     except UsageError:
         return  # said by the run's own checks
-    if jobs is None:  # RunConfig's default, for the GPU-free methods
-        jobs = AUTO if args.device != "cpu" else 1
+    if jobs is None:  # RunConfig's default; without a GPU, auto means the estimator
+        jobs = default_jobs("cpu" if args.device == "cpu" else "estimate", local=True)
     jobs = usable_cores() if jobs == AUTO else jobs
     prestart(cpu_slots(jobs)[0] if jobs > 1 else None)
 

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .methods.fake_fastpaths import MetaFastOutputs
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -141,8 +143,6 @@ def _fast_outputs(model: nn.Module, device: torch.device):
     hardswish = any(isinstance(m, (nn.Hardswish, nn.Hardsigmoid)) for m in model.modules())
     if device.type != "meta" or not hardswish:
         return contextlib.nullcontext()
-    from .methods.fake_fastpaths import MetaFastOutputs
-
     return MetaFastOutputs()
 
 

@@ -40,6 +40,12 @@ def parse_jobs(text: str | int | None) -> int | str | None:
     return value
 
 
+def default_jobs(method: str, local: bool) -> int | str:
+    """Workers when --jobs is not given: one per core on the estimator in local workers
+    (`auto`), else one."""
+    return AUTO if method == "estimate" and local else 1
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
     try:

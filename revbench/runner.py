@@ -29,7 +29,7 @@ from .cell import KEY_FIELDS, Cell
 from .errors import UsageError
 from .estimate_cache import EstimateCache, default_root
 from .eta import Eta
-from .jobs import AUTO, auto_jobs, parse_jobs
+from .jobs import AUTO, auto_jobs, default_jobs, parse_jobs
 from .launcher import (
     InlineLauncher,
     Launcher,
@@ -153,8 +153,7 @@ class RunConfig:
         method, gpus, launcher, isolate = self.method, self.gpus, self.launcher, self.isolate
         jobs = parse_jobs(self.jobs)
         if jobs is None:
-            local = launcher == "local" and isolate and gpus is None
-            jobs = AUTO if method == "estimate" and local else 1
+            jobs = default_jobs(method, local=launcher == "local" and isolate and gpus is None)
         object.__setattr__(self, "jobs", jobs)
         many = jobs == AUTO or jobs > 1
         if launcher not in LAUNCHERS:

@@ -46,6 +46,9 @@ def _unary_backward(grad_output, x):
     return _like(grad_output)
 
 
+_OPMATH = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # what 16-bit computes in
+
+
 def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps):
     # Training saves the batch's mean and inverse deviation per channel; eval saves none.
     # The meta kernel keeps both per channel either way, in float32 for 16-bit inputs.
@@ -53,9 +56,6 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
     if x.is_meta:
         saved, dtype = x.shape[1], _OPMATH.get(x.dtype, x.dtype)
     return _like(x), _vector(saved, dtype, x.device), _vector(saved, dtype, x.device)
-
-
-_OPMATH = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
 def _batch_norm_backward(
@@ -86,12 +86,11 @@ def _layer_norm_backward(grad_out, x, normalized_shape, mean, rstd, weight, bias
         grad_in = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     else:
         grad_in = _like(grad_out)
-    grads = (
+    return (
         grad_in if mask[0] else None,
         _like(weight) if mask[1] and weight is not None else None,
         _like(bias) if mask[2] and bias is not None else None,
     )
-    return grads
 
 
 def _upsample_bilinear2d(x, output_size, align_corners, scales_h=None, scales_w=None):
@@ -118,8 +117,8 @@ FAST: dict = {
 
 def _signature(func, args, kwargs) -> tuple | None:
     """What decides the outputs' layout, shapes aside; None where the fast path is not
-    taken (keyword arguments, a size-1 or non-dense tensor, a tensor neither fake nor on
-    the meta device). Sizes given as a list of integers count by their number only."""
+    taken (keyword arguments, a tensor that is not dense or not in its order's strides,
+    one neither fake nor on the meta device). A list of sizes counts by its length."""
     if kwargs:
         return None
     parts: list = [func]
@@ -224,6 +223,4 @@ class MetaFastOutputs(TorchDispatchMode):
     a flop counter, so that the counter still sees every operator first."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in FAST:
-            return FAST_OUTPUTS.call(func, args, kwargs)
-        return func(*args, **(kwargs or {}))
+        return FAST_OUTPUTS.call(func, args, kwargs)  # the others run as they are
