@@ -4,8 +4,9 @@
 - For a model of every family that the estimator traces on fake tensors (EfficientDet's
   training step included), the estimate extrapolated to a third batch size equals a direct
   estimate there: peak, every category, reserved peak, fragmentation and the allocator
-  events. Every registered model is checked at full size in a `slow` test (15 min on 2
-  cores; run with REVBENCH_EVERY_MODEL=1).
+  events. The direct estimate's outputs are all FakeTensorMode's; the traced ones come
+  from the fast paths and remembered outputs as in a run. Every registered model is checked
+  at full size in a `slow` test (15 min on 2 cores; run with REVBENCH_EVERY_MODEL=1).
 - Traces that do not line up (a step whose operators depend on the batch) are not
   extrapolated: the third batch size is traced, and equals the direct estimate too.
 - The estimate method keeps a model's estimator between cells.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from dataclasses import replace
@@ -25,6 +27,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools import mem_tracker as _mt
 
 from revbench.axes import DdpConfig
+from revbench.methods import memtrackers
 from revbench.methods.estimate import (
     EstimateMethod,
     StepEstimator,
@@ -32,6 +35,7 @@ from revbench.methods.estimate import (
     model_factory,
     on_real_tensors,
 )
+from revbench.methods.fake_fastpaths import FastOutputs
 from revbench.methods.memtrackers import LedgerTracker, PeakOnlyMemTracker
 from revbench.methods.step_trace import (
     DEL,
@@ -66,18 +70,46 @@ def figures(est) -> tuple:
 
 def check_extrapolation(name: str, resolution: int, **overrides) -> bool:
     """Asserts the estimate at OTHER after two traced batch sizes is the direct one, to the
-    byte; True where it came without a step (extrapolated), False where it was traced."""
+    byte; True where it came without a step (extrapolated), False where it was traced.
+
+    The direct estimate is FakeTensorMode's alone, from its cache cleared: every output
+    made by FakeTensorMode, none by the fast paths or from remembered outputs
+    (`revbench.methods.fake_fastpaths`), which the traced steps use as the estimator does."""
     task = get_info(name).task
     factory = model_factory(name, resolution, overrides)
     estimator = StepEstimator(factory, resolution=resolution, task=task)
+    recalled = memtrackers.FAST_OUTPUTS.recalled
     for batch in TRACED:
         estimator.estimate(batch)
+    assert memtrackers.FAST_OUTPUTS.recalled > recalled  # outputs were remembered
     steps = estimator.steps_run
     extrapolated = estimator.estimate(OTHER)
-    direct = estimate_memory(name, batch_size=OTHER, resolution=resolution, task=task, **overrides)
+    with fakemodes_outputs_only():
+        direct = estimate_memory(
+            name, batch_size=OTHER, resolution=resolution, task=task, **overrides
+        )
     assert figures(extrapolated) == figures(direct)
     assert extrapolated.events == direct.events  # the allocator sees the same calls
     return estimator.steps_run == steps
+
+
+class _FakeTensorOnly(FastOutputs):
+    """Every operator through FakeTensorMode: no fast outputs, nothing remembered."""
+
+    def call_fake(self, func, args, kwargs):
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def fakemodes_outputs_only():
+    """Traced steps inside get every output from FakeTensorMode, its cache cleared."""
+    kept = memtrackers.FAST_OUTPUTS
+    FakeTensorMode.cache.clear()
+    memtrackers.FAST_OUTPUTS = _FakeTensorOnly()
+    try:
+        yield
+    finally:
+        memtrackers.FAST_OUTPUTS = kept
 
 
 def fake_path(name: str) -> bool:

@@ -1,6 +1,9 @@
 """The estimator's fast fake outputs (revbench/methods/fake_fastpaths.py) are FakeTensor's
-own: layout for layout on the operators they cover, refused where they would differ, and
-the same estimate, event for event, with them or without."""
+own: layout for layout on the operators they cover, refused where they would differ.
+Remembered outputs are made as FakeTensor's cache makes them (new, view, in place), only
+for inputs laid out alike, never for constants, real tensors or value-sized outputs, and
+forgotten where they would differ. The same estimate, event for event, with them or
+without, for every traced family: tests/test_estimate_extrapolation.py."""
 
 from __future__ import annotations
 
@@ -8,12 +11,10 @@ import itertools
 
 import pytest
 import torch
-from test_model_contract import FAMILIES
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from revbench.methods import fake_fastpaths, memtrackers
-from revbench.methods.estimate import StepEstimator, model_factory
-from revbench.methods.fake_fastpaths import FAST, FastOutputs, _layout, _signature
+from revbench.methods import fake_fastpaths
+from revbench.methods.fake_fastpaths import FAST, FastOutputs, _layout, _layouts, _signature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 aten = torch.ops.aten
@@ -167,23 +168,81 @@ def test_a_verified_signature_answers_without_fakemodes_path(monkeypatch):
     assert tuple(first.shape) == (3, 4, 5, 6) and tuple(other.shape) == (5, 4, 7, 6)
 
 
-def _figures(est):
-    return est.peak_bytes, est.by_category, est.peak_reserved_bytes, est.events
+def _empty_fake(*shape, mode):
+    with mode:
+        return torch.empty(shape)
 
 
-def test_estimates_are_the_same_with_and_without_fast_outputs(monkeypatch):
-    # A small RevBiFPN: batch norm, hardswish and hardsigmoid forward and backward, in its
-    # recomputed (reversible) and ordinary blocks; two batch sizes and the extrapolation.
-    family = FAMILIES["RevBiFPN"]
-    small = {k: v for k, v in {**family.tiny, **family.shallow}.items() if k != "img_size"}
-    factory = model_factory("revbifpn_s0", 64, small)
+def test_remembered_outputs_are_fakemodes_for_new_views_and_in_place():
+    mode, outputs = FakeTensorMode(), FastOutputs()
+    x, y = _empty_fake(4, 6, mode=mode), _empty_fake(4, 6, mode=mode)
+    calls = [
+        (aten.mul.Tensor, (x, y), {}),  # a new tensor
+        (aten.t.default, (x,), {}),  # a view: the input's storage
+        (aten.add_.Tensor, (x, y), {}),  # in place: the input itself
+        (aten.sum.dim_IntList, (x, [1]), {"keepdim": True}),
+    ]
+    with mode:
+        firsts = [outputs.call_fake(*call) for call in calls]
+        again = [outputs.call_fake(*call) for call in calls]
+    assert outputs.recalled == len(calls) and len(outputs.remembered) == len(calls)
+    for first, second in zip(firsts, again):
+        assert _layouts(first) == _layouts(second)
+    assert again[1].untyped_storage()._cdata == x.untyped_storage()._cdata
+    assert again[2] is x
+    assert again[0].untyped_storage()._cdata != firsts[0].untyped_storage()._cdata
 
-    def estimates():
-        est = StepEstimator(factory, resolution=64)
-        return [_figures(est.estimate(b)) for b in (2, 3, 5)]
 
-    monkeypatch.setattr(memtrackers, "FAST_OUTPUTS", FastOutputs())
-    fast = estimates()
-    assert memtrackers.FAST_OUTPUTS.verified  # the fast path did answer
-    monkeypatch.setattr(memtrackers, "FAST", {})
-    assert estimates() == fast
+def test_inputs_laid_out_otherwise_are_not_answered_from_memory():
+    mode, outputs = FakeTensorMode(), FastOutputs()
+    x = _empty_fake(4, 6, mode=mode)
+    with mode:
+        outputs.call_fake(aten.relu.default, (x,), {})
+        others = [
+            _empty_fake(4, 7, mode=mode),  # sizes
+            x.t().contiguous().t(),  # strides
+            _empty_fake(5, 6, mode=mode)[1:],  # offset
+            x.to(torch.float64),  # dtype
+            x.detach().requires_grad_(),  # requires grad
+        ]
+        for other in others:
+            out = outputs.call_fake(aten.relu.default, (other,), {})
+            assert _layouts(out) == _layouts(aten.relu.default(other))
+    assert outputs.recalled == 0 and len(outputs.remembered) == 1 + len(others)
+    with mode:
+        outputs.call_fake(aten.relu.default, (x,), {})
+        outputs.call_fake(aten.leaky_relu.default, (x, 0.5), {})  # 0.5 and 1 differ
+        outputs.call_fake(aten.leaky_relu.default, (x, 1), {})
+    assert outputs.recalled == 1
+
+
+def test_constants_real_tensors_and_value_dependent_outputs_take_fakemodes_path():
+    mode, outputs = FakeTensorMode(allow_non_fake_inputs=True), FastOutputs()
+    real = torch.ones(8)
+    with mode:
+        constant = torch.tensor(2.0)  # a fake tensor that keeps its value
+        x = torch.empty(8)
+        for _ in range(2):
+            outputs.call_fake(aten.mul.Tensor, (constant, constant), {})
+            outputs.call_fake(aten.mul.Tensor, (x, real), {})
+    assert constant.constant is not None
+    assert not outputs.remembered and not outputs.forgotten
+    assert not fake_fastpaths._rememberable(aten.nonzero.default)  # sized by values
+    assert not fake_fastpaths._rememberable(aten.resize_.default)  # resizes in place
+
+
+def test_outputs_made_otherwise_than_fakemodes_are_forgotten(monkeypatch):
+    # A recipe that would make a different layout is checked against FakeTensor's answer
+    # on first sight, and never used.
+    mode, outputs = FakeTensorMode(), FastOutputs()
+    x = _empty_fake(4, 6, mode=mode)
+
+    def wrong(recipe, inputs, mode):
+        return aten.mul.Tensor(*inputs).to(torch.float64)
+
+    with mode:
+        monkeypatch.setattr(fake_fastpaths, "_made", wrong)
+        outputs.call_fake(aten.mul.Tensor, (x, x), {})
+        second = outputs.call_fake(aten.mul.Tensor, (x, x), {})
+    assert len(outputs.forgotten) == 1 and not outputs.remembered and outputs.recalled == 0
+    assert second.dtype == torch.float32

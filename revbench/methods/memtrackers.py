@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_leaves
 
 from .cuda_kernels import host_outputs
 from .cuda_terms import LibraryRules, blas_call, is_host_state
-from .fake_fastpaths import FAST, FAST_OUTPUTS
+from .fake_fastpaths import FAST_OUTPUTS
 from .recorder import AllocationRecorder
 from .step_trace import _SIZED, ADD, CHECK, DEL, ENTER, LIBRARY
 
@@ -162,10 +162,7 @@ class LedgerTracker(_mt.MemTracker):
             return out
         if self.recorder is not None:
             self.recorder.note_inputs(args, kwargs)
-        if func in FAST:
-            out = FAST_OUTPUTS.call(func, args, kwargs)
-        else:
-            out = func(*args, **(kwargs or {}))
+        out = FAST_OUTPUTS.call_fake(func, args, kwargs)
         tensors = _tensors(out)
         if self.rules is not None:
             on_host = {id(out[i]) for i in host_outputs(func, self.rules.release)}
