@@ -122,7 +122,11 @@ def fake_path(name: str) -> bool:
 
 
 class _BothTrackers(LedgerTracker):
-    """Writes the ledger and keeps MemTracker's own peak, to compare the two."""
+    """Writes the ledger and keeps MemTracker's own totals and peak, to compare the two."""
+
+    def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
+        _mt.MemTracker._update_snap(self, u_type, winfo, old_mem_consumed, old_reftype)
+        LedgerTracker._update_snap(self, u_type, winfo, old_mem_consumed, old_reftype)
 
     def _update_peak_stats(self, peak_state) -> None:
         LedgerTracker._update_peak_stats(self, peak_state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import weakref
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.distributed._tools import mem_tracker as _mt
 from torch.utils._pytree import tree_leaves
 
@@ -76,7 +77,8 @@ class LedgerTracker(_mt.MemTracker):
         return super()._update_and_maybe_create_winfos(t, reftype, update_existing)
 
     def _update_snap(self, u_type, winfo, old_mem_consumed=None, old_reftype=None) -> None:
-        super()._update_snap(u_type, winfo, old_mem_consumed, old_reftype)
+        # MemTracker's running totals per category are left out: the ledger is what the
+        # peak and breakdown are replayed from (`replay`), and nothing here reads them.
         number = getattr(winfo, "ledger_number", None)  # on the winfo: ids are reused
         if number is None:
             number = winfo.ledger_number = self._count
@@ -150,14 +152,19 @@ class LedgerTracker(_mt.MemTracker):
         # MemTracker's dispatch, less what the estimator never meets (DTensor, functional
         # collectives) and its pytree walk over the
         # outputs: the same storages tracked in the same order, 10% less per traced step.
+        fake_mode = torch._C._get_dispatch_mode(_FAKE)  # MemTracker's active_fake_mode()
         if func is _DEVICE:
             # Two in three operators of a step: the autograd engine, the optimizer and
-            # functionals asking a tensor its device. The same bookkeeping, without walks.
+            # functionals asking a tensor its device. The same bookkeeping, without walks;
+            # a fake tensor's device is answered as FakeTensorMode answers it.
             (tensor,) = args
             if self.recorder is not None:
                 self.recorder.note_input(tensor)
-            out = func(tensor)
-            if _mt.active_fake_mode() is self._fake_mode_on_entry:
+            if isinstance(tensor, FakeTensor) and not tensor.fake_mode.in_kernel_invocation:
+                out = tensor.fake_device
+            else:
+                out = func(tensor)
+            if fake_mode is self._fake_mode_on_entry:
                 self._update_peak_stats(None)
             return out
         if self.recorder is not None:
@@ -167,7 +174,7 @@ class LedgerTracker(_mt.MemTracker):
         if self.rules is not None:
             on_host = {id(out[i]) for i in host_outputs(func, self.rules.release)}
             tensors = [t for t in tensors if not self.host(t) and id(t) not in on_host]
-        if _mt.active_fake_mode() is self._fake_mode_on_entry:
+        if fake_mode is self._fake_mode_on_entry:
             if self._in_opt:
                 reftype = _mt._MemRefType.OPT
             elif self._mod_tracker.is_bw and not self._in_ac:
@@ -201,6 +208,7 @@ class LedgerTracker(_mt.MemTracker):
 
 
 _DEVICE = torch.ops.prim.device.default
+_FAKE = torch._C._TorchDispatchModeKey.FAKE  # the slot a FakeTensorMode runs in
 
 
 def _tensors(out) -> list[torch.Tensor]:
