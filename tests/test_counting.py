@@ -3,10 +3,13 @@ CPU tensors: every rule reads shapes, never values (the ci baseline's counts agr
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import pytest
 import torch
 
-from revbench import status
+from revbench import counting, status
 from revbench.counting import count_macs_both, count_macs_thop, count_params
 from revbench.launcher import RunContext
 from revbench.measurement import Counts
@@ -33,6 +36,29 @@ def test_meta_device_counts_what_real_tensors_count(name, resolution, overrides)
     with torch.device("meta"):
         on_meta = create(name, img_size=resolution, **overrides)
     assert count_macs_thop(on_meta, resolution) == real > 0
+
+
+def test_thop_counts_the_same_without_its_parameter_hooks(monkeypatch):
+    # Its parameter count (thrown away) is left out for the call, and put back after.
+    import thop  # noqa: F401  (loads thop.profile)
+
+    profile_module = sys.modules["thop.profile"]
+    original = profile_module.count_parameters
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(profile_module, "count_parameters", spy)
+    name, resolution, overrides = CASES[0]
+    with torch.device("meta"):
+        model = create(name, img_size=resolution, **overrides)
+    without = count_macs_thop(model, resolution)
+    assert not calls and profile_module.count_parameters is spy  # left out, then put back
+    monkeypatch.setattr(counting, "_thop_counting_macs_only", contextlib.nullcontext)
+    assert count_macs_thop(model, resolution) == without > 0
+    assert calls  # thop's own hooks ran this time
 
 
 # Memory-only fields (`ModelConfig.memory_only`) change how the step keeps its tensors,

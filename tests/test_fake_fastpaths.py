@@ -47,6 +47,8 @@ def _cases():
         for training in (True, False):
             args = (x, *vec, training, 0.1, 1e-5)
             yield f"bn-{dtype}-{layout}-{training}", aten.native_batch_norm.default, args
+        args = (x, *vec, 0.1, 1e-5)
+        yield f"bn_eval-{dtype}-{layout}", aten._native_batch_norm_legit_no_training.default, args
         saved = torch.empty(4, dtype=dtype)  # a training step's (eval saves none)
         for training in (True, False):
             for mask in ([True, True, True], [True, False, False], [False, True, True]):

@@ -1,12 +1,12 @@
 """Fake outputs made without FakeTensorMode's dispatch, to the byte what it makes.
 
-Fast paths. Batch norm, layer norm, hardswish, hardsigmoid, their backwards, GELU's
-backward and bilinear upsampling have no meta kernel in C++: on a cache miss (every new
-shape, so every layer at every batch size) FakeTensor runs their Python decomposition,
-4-10 ms each, a fifth of a traced RevBiFPN step. What a traced step needs of them is only
-their outputs' layout: new tensors shaped and strided like an input, and small per-channel
-or per-row vectors. `FastOutputs.call` makes those directly. Counting runs the same
-operators on the meta device, whose kernels are the same decompositions
+Fast paths. Batch norm (training and eval), layer norm, hardswish, hardsigmoid, their
+backwards, GELU's backward and bilinear upsampling have no meta kernel in C++: on a cache
+miss (every new shape, so every layer at every batch size) FakeTensor runs their Python
+decomposition, 4-10 ms each, a fifth of a traced RevBiFPN step. What a traced step needs
+of them is only their outputs' layout: new tensors shaped and strided like an input, and
+small per-channel or per-row vectors. `FastOutputs.call` makes those directly. Counting
+runs the same operators on the meta device, whose kernels are the same decompositions
 (`MetaFastOutputs`).
 
 A fast answer is trusted for a layout only once FakeTensor's (or the meta device's) own
@@ -88,6 +88,11 @@ def _batch_norm(x, weight, bias, running_mean, running_var, training, momentum, 
     return _like(x), _vector(saved, dtype, x), _vector(saved, dtype, x)
 
 
+def _batch_norm_eval(x, weight, bias, running_mean, running_var, momentum, eps):
+    # Batch norm in eval mode (counting runs models so): the running statistics normalise.
+    return _batch_norm(x, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
 def _batch_norm_backward(
     grad_output, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps, mask
 ):
@@ -137,6 +142,7 @@ FAST: dict = {
     aten.hardswish_backward.default: _unary_backward,
     aten.hardsigmoid_backward.default: _unary_backward,
     aten.native_batch_norm.default: _batch_norm,
+    aten._native_batch_norm_legit_no_training.default: _batch_norm_eval,
     aten.native_batch_norm_backward.default: _batch_norm_backward,
     aten.upsample_bilinear2d.default: _upsample_bilinear2d,
     aten.native_layer_norm.default: _layer_norm,
