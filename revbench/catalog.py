@@ -11,8 +11,8 @@ Expected time on the estimator: the wall time of a timed run where the table has
 (`revbench.eta`): the suite's fake-tensor cells cost `cost_seconds`, the sum of their
 models' seconds per configuration from a timed main job, which took those seconds over
 `TIMED_WORKERS` workers (the main job: 391 s over two, 3.3 minutes, from a run of 3 min
-19 s; 3 min 10 s since); a dense cell (torchvision's detectors run a real CPU step at full
-size) costs 1-3 minutes.
+19 s; 1 min 59 s since, the ratios between models about the same); a dense cell
+(torchvision's detectors run a real CPU step at full size) costs 1-3 minutes.
 """
 
 from __future__ import annotations
