@@ -291,28 +291,42 @@ def test_extrapolated_estimate_is_the_direct_one(family):
 
 
 @pytest.mark.parametrize(
-    "settings",
+    "family, settings",
     [
-        dict(precision="amp-bf16", optimizer="adamw"),
-        dict(ddp=DdpConfig(2)),
-        dict(ddp=DdpConfig(2, bucket_cap_mb=0.01, gradient_as_bucket_view=True)),
-        dict(scenario="infer"),
+        ("RevViT", dict(precision="amp-bf16", optimizer="adamw")),
+        ("RevBiFPN", dict(precision="amp-bf16", optimizer="adamw")),
+        ("RevViT", dict(precision="amp-fp16")),
+        ("RevViT", dict(ddp=DdpConfig(2))),
+        ("RevViT", dict(ddp=DdpConfig(2, bucket_cap_mb=0.01, gradient_as_bucket_view=True))),
+        ("RevViT", dict(scenario="infer")),
+        ("RevCol", dict(card="cpu")),
     ],
-    ids=["amp-adamw", "ddp", "ddp-bucket-views", "infer"],
+    ids=[
+        "amp-adamw",
+        "revbifpn-amp-adamw",
+        "amp-fp16",
+        "ddp",
+        "ddp-bucket-views",
+        "infer",
+        "revcol-cpu-card",
+    ],
 )
-def test_step_settings_extrapolate_too(settings):
-    estimator = StepEstimator(
-        model_factory("revvit_small", 32, REVVIT_TINY), resolution=32, **settings
-    )
+def test_step_settings_extrapolate_too(family, settings):
+    # The direct estimate's outputs all FakeTensorMode's, as in check_extrapolation.
+    name, resolution, overrides = TINY_BY_FAMILY[family]
+    factory = model_factory(name, resolution, overrides)
+    estimator = StepEstimator(factory, resolution=resolution, **settings)
     for batch in TRACED:
         estimator.estimate(batch)
     steps = estimator.steps_run
     extrapolated = estimator.estimate(OTHER)
     assert estimator.steps_run == steps
-    direct = estimate_memory(
-        "revvit_small", batch_size=OTHER, resolution=32, **settings, **REVVIT_TINY
-    )
+    with fakemodes_outputs_only():
+        direct = estimate_memory(
+            name, batch_size=OTHER, resolution=resolution, **settings, **overrides
+        )
     assert figures(extrapolated) == figures(direct)
+    assert extrapolated.events == direct.events
 
 
 class PerSample(nn.Module):
