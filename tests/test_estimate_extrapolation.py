@@ -6,7 +6,7 @@
   estimate there: peak, every category, reserved peak, fragmentation and the allocator
   events. The direct estimate's outputs are all FakeTensorMode's; the traced ones come
   from the fast paths and remembered outputs as in a run. Every registered model is checked
-  at full size in a `slow` test (15 min on 2 cores; run with REVBENCH_EVERY_MODEL=1).
+  at full size in a `slow` test (4 min on 2 cores; run with REVBENCH_EVERY_MODEL=1).
 - Traces that do not line up (a step whose operators depend on the batch) are not
   extrapolated: the third batch size is traced, and equals the direct estimate too.
 - The estimate method keeps a model's estimator between cells.
@@ -371,11 +371,11 @@ def test_the_estimate_method_keeps_a_model_between_its_batch_sizes():
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("REVBENCH_EVERY_MODEL"),
-    reason="about 15 min on 2 cores: REVBENCH_EVERY_MODEL=1 runs it",
+    reason="about 4 min on 2 cores: REVBENCH_EVERY_MODEL=1 runs it",
 )
 @pytest.mark.parametrize("name", [n for n in _names() if fake_path(n)])
 def test_every_registered_model_extrapolates_to_the_byte(name):
-    """Full-size layouts at the smallest resolution each model takes (minutes in all)."""
+    """Full-size layouts at the smallest resolution each model takes (3.5 min in all)."""
     assert check_extrapolation(name, get_info(name).min_resolution), f"{name}: not extrapolated"
 
 
