@@ -226,14 +226,19 @@ def _layout(out) -> tuple:
 
 
 # What FakeTensor's cache never answers, so neither does `FastOutputs.call_fake`: outputs
-# that depend on values, operators that change a tensor's sizes in place, and constants
-# lifted into fake tensors; views that may or may not alias (CompositeImplicitAutograd).
+# that depend on values, operators that change a tensor's sizes in place, constants lifted
+# into fake tensors, prims' as_strided; views that may or may not alias
+# (CompositeImplicitAutograd).
 _UNREMEMBERED_TAGS = {
     torch.Tag.data_dependent_output,
     torch.Tag.dynamic_output_shape,
     torch.Tag.inplace_view,
 }
-_UNREMEMBERED = {aten.lift_fresh.default, aten.lift_fresh_copy.default}
+_UNREMEMBERED = {
+    aten.lift_fresh.default,
+    aten.lift_fresh_copy.default,
+    torch.ops.prims.as_strided.default,
+}
 _REMEMBERABLE: dict = {}  # operator -> whether its outputs may be remembered
 
 
@@ -244,7 +249,6 @@ def _rememberable(func) -> bool:
             isinstance(func, torch._ops.OpOverload)
             and func.namespace in ("aten", "prims")
             and func not in _UNREMEMBERED
-            and func is not torch.ops.prims.as_strided.default
             and not _UNREMEMBERED_TAGS.intersection(func.tags)
             and not (
                 func.is_view
