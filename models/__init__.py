@@ -3,14 +3,16 @@
     from revbench.models import create, list_models
     model = create("revvit_small", mode="reversible")
 
-Each family lives in its own file and registers its models on import, through
-`register_family` (models/_registry.py), as plugins named in REVBENCH_PLUGINS do through
+Each family's network lives in its own file (models/revvit.py); its config, published
+sizes and registration, through `register_family` (models/_registry.py), in its twin under
+models/configs/, which imports no torch. Plugins named in REVBENCH_PLUGINS register through
 `register_model`.
 
 Importing the package itself is light (no torch): it is the bottom layer, and the harness
 takes its `UsageError` from here, also where a command must answer at once (`--help`).
-The family modules and the plugins are imported on first use of the registry: the first
-name taken from this package, or the first `list_models`, `get_info` or `create`.
+The families' configs and the plugins are imported on first use of the registry: the first
+name taken from this package, or the first `list_models`, `get_info` or `create`. Reading
+the registry imports no torch; building a model imports its network (and torch) then.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 
 from .errors import UsageError
 
-# Importing a family module registers its models; this is their registration order.
+# Importing a family's config module registers its models; this is their registration
+# order. timm's baselines are one torch-free file (no network of their own).
 FAMILY_MODULES = (
     "baselines",
     "bifpn",
@@ -51,9 +54,9 @@ _DEFINED_IN = {
         "_registry",
     ),
     **dict.fromkeys(
-        ("MODES", "ReversibleBlock", "ReversibleModel", "ReversibleStack", "set_mode"),
-        "reversible",
+        ("ReversibleBlock", "ReversibleModel", "ReversibleStack", "set_mode"), "reversible"
     ),
+    "MODES": "modes",
     "Registry": "registry",
 }
 
@@ -70,8 +73,8 @@ def load() -> None:
     # Set first: the families and plugins import this package back while they load.
     _loaded = True
     try:
-        for module in FAMILY_MODULES:
-            importlib.import_module(f"{__name__}.{module}")
+        for family in FAMILY_MODULES:
+            importlib.import_module(_config_module(family))
         _load_plugins()
     except BaseException:
         _loaded = False  # the next use tries again, and fails again with the same line
@@ -90,6 +93,11 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+def _config_module(family: str) -> str:
+    """Where `family` registers its models: models/configs/<family>.py, or baselines.py."""
+    return f"{__name__}.{family}" if family == "baselines" else f"{__name__}.configs.{family}"
 
 
 def _load_plugins() -> None:

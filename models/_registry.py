@@ -8,26 +8,35 @@ in `ModelConfig.__post_init__` and nowhere else). The registry restates none of 
 `ModelInfo` reads it off the config, with the overrides of the moment applied. Published
 figures come from revbench/data/published.csv (`models/published.py`).
 
-    register_model("revvit_small", RevViTConfig(...), family="RevViT", size="S", builder=RevViT)
+    register_model("revvit_small", RevViTConfig(...), family="RevViT", size="S",
+                   builder="revbench.models.revvit:RevViT")
     model = create("revvit_small", depth=4, img_size=64, mode="vanilla")
 
-Your own models register the same way, from a module named in `REVBENCH_PLUGINS`.
+Nothing here imports torch, and neither do the configs (models/configs/): a builder is
+named as "module:attribute" and imported when a model is first built, so reading the
+registry (listing models, expanding a suite, keying the estimate cache) costs no torch
+import. A builder may also be the callable itself, as your own models' usually are; they
+register the same way, from a module named in `REVBENCH_PLUGINS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from torch import nn
-
+from .modes import MODES, check_mode
 from .published import PublishedFigure, model_figures
 from .registry import Registry
-from .reversible import MODES, check_mode
+
+if TYPE_CHECKING:
+    from torch import nn
 
 Overrides = Mapping[str, Any] | Iterable[tuple[str, Any]] | None
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
@@ -151,8 +160,32 @@ class ModelInfo:
     family: str  # plot/report grouping: "RevBiFPN", "EfficientNet", ...
     size: str  # short label within the family: "S0", "B7", "W18", ...
     config: ModelConfig = field(repr=False)
-    builder: Callable[[Any], nn.Module] = field(repr=False, compare=False)
+    # `builder(config) -> nn.Module`, or where to import it from: "package.module:name"
+    builder_ref: Callable[[Any], nn.Module] | str = field(repr=False, compare=False)
     pretrained_url: str | None = None  # the published checkpoint, for `pretrained=True`
+
+    @property
+    def builder(self) -> Callable[[Any], nn.Module]:
+        """The builder, its module imported on first use (torch with it)."""
+        if not isinstance(self.builder_ref, str):
+            return self.builder_ref
+        module, _, name = self.builder_ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    @property
+    def builder_file(self) -> str:
+        """The file the builder is defined in, found without importing it ("" where it
+        cannot be told). Partials (timm's baselines) name their function."""
+        if isinstance(self.builder_ref, str):
+            spec = importlib.util.find_spec(self.builder_ref.partition(":")[0])
+            return (spec.origin or "") if spec else ""
+        builder = self.builder_ref
+        while hasattr(builder, "func"):
+            builder = builder.func
+        try:
+            return inspect.getsourcefile(builder) or ""
+        except TypeError:
+            return ""
 
     @property
     def kind(self) -> str:
@@ -240,25 +273,28 @@ def register_model(
     *,
     family: str,
     size: str,
-    builder: Callable[[Any], nn.Module],
+    builder: Callable[[Any], nn.Module] | str,
     pretrained_url: str | None = None,
 ) -> ModelInfo:
     """Register `builder(config) -> nn.Module` under `name`.
 
     `builder` may be the model class; if it has a `load_pretrained(source, check_hash)`
     method, `create(name, pretrained=...)` loads weights with it (`pretrained_url` for True).
+    Given as "package.module:name", it is imported when the model is first built.
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"{name}: config must be a ModelConfig, not {type(config).__name__}")
+    if isinstance(builder, str) and not (builder.count(":") == 1 and all(builder.split(":"))):
+        raise TypeError(f"{name}: builder {builder!r} is invalid; valid: 'package.module:name'")
     return _MODELS.register(name, ModelInfo(name, family, size, config, builder, pretrained_url))
 
 
 def register_family(
     family: str,
     variants: Mapping[str, tuple[str, ModelConfig]],
-    builder: Callable[[Any], nn.Module] | None = None,
+    builder: Callable[[Any], nn.Module] | str | None = None,
     *,
-    builder_for: Callable[[str], Callable[[Any], nn.Module]] | None = None,
+    builder_for: Callable[[str], Callable[[Any], nn.Module] | str] | None = None,
     pretrained_urls: Mapping[str, str] | None = None,
 ) -> list[ModelInfo]:
     """Register a family's table of `name: (size, config)`, in its order.

@@ -5,6 +5,9 @@ backbones), ViT (RevViT) and ResNet. Any timm.create_model argument is an overri
 (`create("vit_small_patch16_224", depth=2)`). Published figures:
 revbench/data/published.csv (Tan & Le for EfficientNet; timm's model card, marked as its
 own count, for the rest).
+
+timm holds the networks, so this one file is the family's config and registration, and
+imports no torch (unlike the reversible families, whose configs are in models/configs/).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ._registry import ModelConfig, check_positive_ints, register_family
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True, kw_only=True)

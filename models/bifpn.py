@@ -14,22 +14,19 @@ One BiFPN layer on levels P3..P7 (stride 8..128, all `width` channels):
     conv = depthwise 3x3 -> pointwise 1x1 -> BatchNorm -> SiLU
     up = nearest x2, down = 3x3 max-pool, stride 2
 
-Inputs as in EfficientDet (Tan et al., CVPR 2020): P3-P5 from C3-C5 by 1x1 convs, P6 a 3x3 stride-2 conv on
-C5, P7 one on P6. `BiFPNNet` puts a small convolutional stem before the neck (C3-C5) and a
+Inputs as in EfficientDet: P3-P5 from C3-C5 by 1x1 convs, P6 a 3x3 stride-2 conv on C5,
+P7 one on P6. `BiFPNNet` puts a small convolutional stem before the neck (C3-C5) and a
 pooled linear head after it, so it trains as a classifier through revbench's estimator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._registry import ModelConfig, check_positive_ints, register_model
+from .configs.bifpn import LEVELS, BiFPNConfig
 
-LEVELS = 5  # P3..P7
 STEM_WIDTHS = (32, 48, 64, 128, 256)  # strides 2..32; the last three are C3, C4, C5
 EPS = 1e-4
 
@@ -110,20 +107,6 @@ class BiFPN(nn.Module):
         return self.layers(p)
 
 
-@dataclass(frozen=True, kw_only=True)
-class BiFPNConfig(ModelConfig):
-    img_size: int = 256
-    width: int = 64  # EfficientDet-D0's BiFPN width
-    num_layers: int = 3  # D0's depth
-
-    @property
-    def resolution_multiple(self) -> int:
-        return 2 ** (LEVELS + 2)  # P7's stride
-
-    def validate(self) -> None:
-        check_positive_ints(self, "width", "num_layers")
-
-
 class BiFPNNet(nn.Module):
     """A small stem (C3-C5), the BiFPN neck, and a pooled linear classifier."""
 
@@ -144,5 +127,3 @@ class BiFPNNet(nn.Module):
         pooled = torch.stack([p.mean((2, 3)) for p in levels]).mean(0)  # (B, width)
         return self.head(pooled)  # (B, num_classes)
 
-
-register_model("bifpn", BiFPNConfig(), family="BiFPN", size="neck", builder=BiFPNNet)

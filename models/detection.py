@@ -30,29 +30,19 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._registry import ModelConfig, check_positive_ints, create, register_model
-from .detection_names import BACKBONES, HEAD_TASKS, HEADS, model_name
-from .reversible import MODES, ReversibleModel
+from ._registry import create
+from .configs.detection import DetectorConfig, dense_image_shape
+from .reversible import ReversibleModel
 
 COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals
 COUNT_MASK_ROIS = 100  # and the mask head on the first 100
 NECK_CHANNELS = 256
 NECK_LEVELS = 5
-COCO_IMAGE = (800, 1333)  # MMDetection's (height, width) for 2x-scale COCO training
-DATA_SIZES = ("max", "drawn")
-
-
-def dense_image_shape(resolution: int) -> tuple[int, int]:
-    """(height, width) of a detection image whose short side is `resolution` (the
-    `detect` and `segment` tasks' images, and so this file's detectors')."""
-    return resolution, round(resolution * COCO_IMAGE[1] / COCO_IMAGE[0])
 
 
 class HRFPN(nn.Module):
@@ -93,55 +83,6 @@ class PyramidBackbone(nn.Module):
         levels = self.neck(list(self.body(x)))
         names = [str(i) for i in range(len(levels) - 1)] + ["pool"]
         return OrderedDict(zip(names, levels))
-
-
-@dataclass(frozen=True, kw_only=True)
-class DetectorConfig(ModelConfig):
-    """A two-stage detector: backbone, head, and torchvision's training sample sizes."""
-
-    img_size: int = 800  # the image height (short side); the width follows 1333:800
-    num_classes: int = 91  # torchvision's COCO label space (80 used, background 0)
-    backbone: str = "resnet50"
-    head: str = "faster_rcnn"
-    rpn_post_nms_top_n_train: int = 2000  # proposals kept per image after NMS
-    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head
-    # The data-dependent sizes of a training step: "max", at their configured maxima (the
-    # RPN's proposals after NMS, the sampler's positive RoIs), or "drawn", what the targets
-    # and the network give (`Detector`, "Sizes at their maxima").
-    data_sizes: str = "max"
-
-    @property
-    def resolution_multiple(self) -> int:
-        return 32  # the coarsest map's stride: the RevBiFPN and HRNet trunks need it
-
-    @property
-    def min_resolution(self) -> int:
-        return 64
-
-    @property
-    def task(self) -> str:
-        return HEAD_TASKS[self.head]
-
-    def validate(self) -> None:
-        check_positive_ints(self, "rpn_post_nms_top_n_train", "box_batch_size_per_image")
-        if self.data_sizes not in DATA_SIZES:
-            raise ValueError(
-                f"data_sizes {self.data_sizes!r} is invalid; valid: {', '.join(DATA_SIZES)}"
-            )
-        if self.head not in HEADS:
-            raise ValueError(f"head {self.head!r} is invalid; valid: {', '.join(HEADS)}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes {self.num_classes} is invalid: it needs 2 or more")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RevDetectorConfig(DetectorConfig):
-    """A detector on a RevBiFPN backbone: every engine mode, on the same weights."""
-
-    mode: str = "reversible"
-    backbone: str = "revbifpn_s0"
-
-    modes: ClassVar[tuple[str, ...]] = MODES
 
 
 def keep_proposals_to_maximum(rpn: nn.Module) -> None:
@@ -298,14 +239,3 @@ class Detector(ReversibleModel):
             rois = images.new_zeros(images.shape[0] * COUNT_MASK_ROIS, NECK_CHANNELS, 14, 14)
             out += (det.roi_heads.mask_predictor(det.roi_heads.mask_head(rois)),)
         return out
-
-
-# ---------------------------------------------------------------------------- registration
-
-for _head in HEADS:
-    for _backbone, (_family, _size) in BACKBONES.items():
-        _rev = _backbone.startswith("revbifpn")
-        _config = (RevDetectorConfig if _rev else DetectorConfig)(backbone=_backbone, head=_head)
-        register_model(
-            model_name(_head, _backbone), _config, family=_family, size=_size, builder=Detector
-        )

@@ -34,16 +34,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-MODES = ("reversible", "vanilla", "checkpoint")
+from .modes import check_mode
 
 Tensors = tuple[Tensor, ...]
-
-
-def check_mode(mode: str, valid: Sequence[str] = MODES) -> str:
-    """The one check of an execution mode (configs, stacks and `set_mode` call it)."""
-    if mode not in valid:
-        raise ValueError(f"mode {mode!r} is invalid; valid: {', '.join(valid)}")
-    return mode
 
 
 # --------------------------------------------------------------------------- replay state

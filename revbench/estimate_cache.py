@@ -116,19 +116,6 @@ def resolved_config(cell: Cell, *, for_counts: bool = False) -> dict:
     return {"class": f"{kind.__module__}.{kind.__qualname__}", "fields": data}
 
 
-def _source_file(builder) -> str:
-    """The file a model's builder is defined in ("" where it cannot be told): a plugin's
-    module counts in the code digest. Partials (timm's baselines) name their function."""
-    import inspect
-
-    while hasattr(builder, "func"):
-        builder = builder.func
-    try:
-        return inspect.getsourcefile(builder) or ""
-    except TypeError:
-        return ""
-
-
 def _canonical(doc: dict) -> str:
     return json.dumps(doc, sort_keys=True, default=repr, separators=(",", ":"))
 
@@ -149,7 +136,7 @@ class EstimateCache:
     def _base(self, cell: Cell, *, for_counts: bool = False) -> dict:
         if self._software is None:
             self._software = software()
-        builder = _source_file(get_info(cell.model).builder)
+        builder = get_info(cell.model).builder_file
         if builder not in self._code:
             self._code[builder] = code_digest((builder,) if builder else ())
         return {

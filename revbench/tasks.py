@@ -7,11 +7,11 @@ Detection and segmentation register here beside classification.
 Dense tasks (`detect`, `segment`) follow MMDetection's conventions, the detection papers'
 harness: images of 1333x800 (width x height). A cell has one resolution, so for them it is
 the short side (the image height) and the width follows the 1333:800 aspect
-(`dense_image_shape`, beside the detectors in models/detection.py: 800 -> 800x1333, 64 ->
-64x107). The targets are synthetic COCO-like annotations drawn from a fixed seed, the same
-on every machine: `BOXES_PER_IMAGE` boxes per image with labels (and instance masks for
-`segment`). Memory per sample is per image. `detect_square` is `detect` on R x R images,
-EfficientDet's convention.
+(`dense_image_shape`, beside the detectors' configs in models/configs/detection.py:
+800 -> 800x1333, 64 -> 64x107). The targets are synthetic COCO-like annotations drawn
+from a fixed seed, the same on every machine: `BOXES_PER_IMAGE` boxes per image with
+labels (and instance masks for `segment`). Memory per sample is per image.
+`detect_square` is `detect` on R x R images, EfficientDet's convention.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
 from torch.utils._pytree import tree_map
 
-from revbench.models.detection import dense_image_shape
+from revbench.models.configs.detection import dense_image_shape
 from revbench.models.registry import Registry
 
 
