@@ -81,7 +81,7 @@ def test_suite_batches_estimator(benchmark, key):
 @pytest.mark.parametrize("key", MODELS)
 def test_cached(benchmark, key, tmp_path):
     from revbench.estimate_cache import EstimateCache
-    from revbench.methods.estimate import EstimateMethod
+    from revbench.methods.estimate_method import EstimateMethod
     from revbench.suite import make_cell
 
     name, resolution, overrides = MODELS[key]

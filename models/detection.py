@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import create
-from .configs.detection import DetectorConfig, dense_image_shape
+from .configs.detection import DetectorConfig
+from .detection_names import dense_image_shape
 from .reversible import ReversibleModel
 
 COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals

@@ -188,7 +188,7 @@ def variant_words(variant: str) -> str:
     return ", ".join(words)
 
 
-# Detector heads by model-name prefix (models/configs/detection.py names them so).
+# Detector heads by model-name prefix (models/detection_names.py names them so).
 HEAD_NAMES = {"faster_rcnn_": "Faster R-CNN", "mask_rcnn_": "Mask R-CNN"}
 
 

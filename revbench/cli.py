@@ -17,7 +17,6 @@ import argparse
 import atexit
 import contextlib
 import gc
-import glob
 import os
 import shlex
 import sys
@@ -36,6 +35,7 @@ from .cli_args import (
     csv_list,
     make_console,
 )
+from .environment import cuda_devices_present
 from .errors import ENVIRONMENT_ERRNOS, ENVIRONMENT_EXIT_CODE, UsageError
 from .jobs import AUTO, default_jobs, parse_jobs, usable_cores
 from .outputs import EMPTY, check_output_dir, check_output_file, fit_table
@@ -58,14 +58,15 @@ INTERNAL_ERROR = 3
 
 
 def _prestart_first_worker(args: argparse.Namespace) -> None:
-    """Start the run's first worker before this process loads torch (2 s each, one core
-    each): settled by the arguments alone for GPU-free runs in local workers. A run that
-    wants another worker, or none (cached, resumed to the end), leaves it to be killed."""
-    if "torch" in sys.modules:  # loaded already (main called in-process): nothing to overlap
+    """Start the run's first worker at once (2 s on one core: torch), while this process
+    reads the suite and the estimate cache (which load no torch): settled by the arguments
+    alone for GPU-free runs in local workers. A run that wants another worker, or none
+    (cached, resumed to the end), leaves it to be killed."""
+    if "torch" in sys.modules:  # main called in-process (tests): their pools start their own
         return
     if args.dry_run or not args.isolate or args.launcher != "local" or args.gpus:
         return
-    if args.device == "cuda" or (args.device == "auto" and glob.glob("/dev/nvidia[0-9]*")):
+    if args.device == "cuda" or (args.device == "auto" and cuda_devices_present()):
         return  # cuda cells start their own workers, pinned to their cards
     try:
         jobs = parse_jobs(args.jobs)
@@ -79,7 +80,8 @@ def _prestart_first_worker(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _prestart_first_worker(args)
-    # start-up: torch, timm and pandas load with these, when a run starts (module top)
+    # start-up: pandas loads with these, when a run starts (module top); torch only where a
+    # GPU may be present or a cell runs in this process
     from .analysis import per_sample_fit
     from .loading import export_csv, load
     from .methods import resolve_device
@@ -195,7 +197,7 @@ def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
 
 def _scale_out_options(args: argparse.Namespace) -> dict:
     """RunConfig's jobs/gpus/launcher fields from --jobs, --gpus, --launcher, --slurm-*."""
-    from .runner import resolve_gpus  # start-up: torch, only when a run is asked for
+    from .runner import resolve_gpus  # start-up: the run spine, only when a run is asked for
 
     options = {
         "partition": args.slurm_partition,
@@ -286,7 +288,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         console = make_console(stderr=False)
         console.print(_suites_table(console.width))
         return 0
-    from revbench.models import list_models  # start-up: the registry loads torch
+    from revbench.models import list_models  # start-up: the registry, for this command only
 
     families = sorted({info.family for info in list_models()})
     if args.family is not None and args.family not in families:

@@ -11,7 +11,8 @@ determines them:
   side and mode applied), so a model whose definition changed misses;
 - the versions of torch, timm and effdet, and `ESTIMATOR_VERSION`, which is bumped whenever
   the estimator's output changes (the ci gate refuses a changed figure under an unchanged
-  version);
+  version), and the environment variables the estimator reads (the card's workspace
+  sizes, `ESTIMATOR_ENVIRON`);
 - a digest of the code that builds and steps the model (every file of `revbench.models`,
   a plugin model's own module, and the harness modules the step runs through), so that
   editing a model or a loss while iterating never answers from an older build.
@@ -34,15 +35,14 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 import revbench.methods
 import revbench.models
 from revbench.models import get_info
 
 from .cell import KEY_FIELDS, Cell
+from .environment import torch_build
 from .measurement import Counts, Measurement
-from .methods.estimate import ESTIMATOR_VERSION
+from .methods.estimate_method import ESTIMATOR_VERSION
 from .suite import counts_key
 
 ENV_VAR = "REVBENCH_CACHE"
@@ -64,39 +64,54 @@ def _version(package: str) -> str | None:
         return None
 
 
+# The environment variables the estimator reads: the card's cuBLAS and cuBLASLt workspace
+# sizes (revbench.methods.cuda_terms.library_rules).
+ESTIMATOR_ENVIRON = ("CUBLAS_WORKSPACE_CONFIG", "CUBLASLT_WORKSPACE_SIZE")
+
+
 def software() -> dict:
-    """What besides the cell decides the estimator's bytes."""
+    """What besides the cell decides the estimator's bytes (torch's version read without
+    importing it: a run answered wholly from the cache never loads torch)."""
     return {
         "estimator": ESTIMATOR_VERSION,
-        "torch": torch.__version__,
+        "torch": torch_build()["torch"],
         "timm": _version("timm"),
         "effdet": _version("effdet"),
+        "environ": {name: os.environ.get(name) for name in ESTIMATOR_ENVIRON},
     }
 
 
-# The harness modules an estimate runs through, besides the estimator itself.
+# The harness modules an estimate and its counts run through, besides the estimator itself.
 STEP_MODULES = (
     "revbench.scenario",
     "revbench.tasks",
     "revbench.autocast_policy",
     "revbench.axes",
+    "revbench.cards",
+    "revbench.ddp",
+    "revbench.execute",
     "revbench.trackers",
     "revbench.counting",
     "revbench.caching_allocator",
 )
 
 
-def code_digest(extra_files: tuple[str, ...] = ()) -> str:
-    """sha256 over the source of revbench.models, the step's harness modules, the
-    estimator's package and `extra_files` (a plugin's module)."""
+def code_files(extra_files: tuple[str, ...] = ()) -> list[Path]:
+    """The source of revbench.models (models/configs/ included), the step's harness
+    modules, the estimator's package and `extra_files` (a plugin's module)."""
     files: set[Path] = set()
     for package in (revbench.models, revbench.methods):
-        files.update(Path(package.__file__).parent.glob("*.py"))
-    for name in STEP_MODULES:  # found, not imported: counting's import costs a warm run 0.2 s
+        files.update(Path(package.__file__).parent.rglob("*.py"))
+    for name in STEP_MODULES:  # found, not imported: a cached run imports none of them
         files.add(Path(importlib.util.find_spec(name).origin))
     files.update(Path(f) for f in extra_files)
+    return sorted(files)
+
+
+def code_digest(extra_files: tuple[str, ...] = ()) -> str:
+    """sha256 over `code_files`."""
     digest = hashlib.sha256()
-    for path in sorted(files):
+    for path in code_files(extra_files):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -109,7 +109,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         )
     suite = None
     if args.suite:
-        # start-up: torch and the registry load only when the gate runs a suite
+        # start-up: the registry and the run spine load only when the gate runs a suite
         from .methods import resolve_device
         from .runner import RunConfig, run_suite
         from .suite import expand, load_suite
@@ -217,7 +217,7 @@ def estimator_version_problem(
 ) -> str | None:
     """Why the estimator's version does not fit the figures, or None.
 
-    `ESTIMATOR_VERSION` (revbench.methods.estimate) is bumped whenever the estimator's
+    `ESTIMATOR_VERSION` (revbench.methods.estimate_method) is bumped whenever the estimator's
     output changes, so the estimate cache never answers with an older estimator's bytes.
     The gate holds that promise: estimates that differ from the baseline's under the same
     version are refused, and so are a baseline and results of different versions (the
@@ -248,7 +248,7 @@ def estimator_version_problem(
         return (
             f"estimator version: {len(changed)} estimated cell(s) changed (first: {changed[0]}) "
             f"while ESTIMATOR_VERSION is still {max(now)}: bump it in "
-            "revbench/methods/estimate.py (the estimate cache keys on it), then refresh the "
+            "revbench/methods/estimate_method.py (the estimate cache keys on it), then refresh the "
             "baseline"
         )
     return None

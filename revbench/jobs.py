@@ -90,7 +90,7 @@ def worker_memory() -> dict[tuple[str, str], WorkerMemory]:
 def worker_peak(cells: list[Cell]) -> int:
     """The largest peak host memory a worker reaches on these cells (a family without a
     measurement takes the largest measured on its path)."""
-    from .methods.estimate import on_real_tensors  # start-up: torch, for a run only
+    from .methods.estimate_method import on_real_tensors  # start-up: the registry, for a run
 
     table = worker_memory()
     largest = {

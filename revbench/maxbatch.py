@@ -340,7 +340,7 @@ def search_cells(
     """One search per configuration of `suite` and budget: `budgets` when given, else each
     group's `budgets`. `axes` replace the suite's (models, resolutions, precisions, modes,
     scenario, optimizer), as in `revbench.suite.expand`; batch sizes are the search's."""
-    from .suite import expand  # start-up: the registry loads torch
+    from .suite import expand  # start-up: the registry, when a search is made
 
     cells = expand(suite, method=method, batch_sizes=[1], **axes)
     declared = {g["name"]: g.get("budgets") for g in suite.groups}
@@ -438,7 +438,7 @@ def register_cli(sub) -> None:
 
 
 def cmd_max_batch(args: argparse.Namespace) -> int:
-    # start-up: torch and the registry load with these, when the command runs
+    # start-up: the registry and the run spine load with these, when the command runs
     from .methods import resolve_device
     from .runner import RunConfig, run_suite
     from .suite import load_suite

@@ -71,7 +71,7 @@ class Measurement:
     throughput_samples_per_s: float | None = None
     measure_steps: int | None = None
     snapshot_file: str | None = None  # the allocator history, next to the results
-    # the estimator's ESTIMATOR_VERSION (revbench.methods.estimate): what the estimate cache
+    # the estimator's ESTIMATOR_VERSION (revbench.methods.estimate_method): what the estimate cache
     # keys on and the gate checks; None for the measured methods
     estimator_version: int | None = None
     # what the figures need said, for the record's message (ddp: every rank's peak)

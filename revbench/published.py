@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from revbench.models.configs.detection import BACKBONES, HEAD_TASKS, model_name
+from revbench.models.detection_names import BACKBONES, HEAD_TASKS, model_name
 from revbench.models.published import COLUMNS, UNITS, read_published
 
 __all__ = [

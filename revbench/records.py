@@ -20,6 +20,7 @@ from .cell import KEY_FIELDS, Cell, cell_label, method_card
 from .errors import UsageError
 from .measurement import Counts, MaxBatch, Measurement
 from .status import OK, STATUSES
+from .tasks import task_geometry
 
 SCHEMA_VERSION = 1
 
@@ -121,10 +122,6 @@ class Record:
         max_batch: MaxBatch | None = None,
         from_cache: bool = False,
     ) -> Record:
-        # start-up: tasks builds inputs with torch, imported here so that reading records
-        # (gate, plot, --resume) never loads it
-        from .tasks import task_geometry
-
         measured = asdict(measurement or Measurement())
         note = measured.pop("note")  # a method's note goes into the message
         message = "; ".join(filter(None, [note, message]))

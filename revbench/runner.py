@@ -42,7 +42,7 @@ from .launcher import (
 )
 from .methods import get_method
 from .methods.cuda_terms import card_terms
-from .methods.estimate import on_real_tensors
+from .methods.estimate_method import on_real_tensors
 from .outputs import check_output_dir
 from .progress import CellProgress
 from .records import Record

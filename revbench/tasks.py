@@ -7,26 +7,28 @@ Detection and segmentation register here beside classification.
 Dense tasks (`detect`, `segment`) follow MMDetection's conventions, the detection papers'
 harness: images of 1333x800 (width x height). A cell has one resolution, so for them it is
 the short side (the image height) and the width follows the 1333:800 aspect
-(`dense_image_shape`, beside the detectors' configs in models/configs/detection.py:
+(`dense_image_shape`, beside the detectors' names in models/detection_names.py:
 800 -> 800x1333, 64 -> 64x107). The targets are synthetic COCO-like annotations drawn
 from a fixed seed, the same on every machine: `BOXES_PER_IMAGE` boxes per image with
 labels (and instance masks for `segment`). Memory per sample is per image.
 `detect_square` is `detect` on R x R images, EfficientDet's convention.
+
+What a task is (its name, scenarios, image shape) is read without torch: a suite checks
+its task names and a record states its geometry in a process that may never load torch.
+torch is imported in the functions that make tensors, when a step is built.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
-from torch.utils._pytree import tree_map
-
-from revbench.models.configs.detection import dense_image_shape
+from revbench.models.detection_names import dense_image_shape
 from revbench.models.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Task(ABC):
@@ -54,6 +56,8 @@ class Classify(Task):
     name = "classify"
 
     def make_batch(self, model, batch_size, resolution, device):
+        import torch
+
         num_classes = getattr(model, "num_classes", None)
         if not num_classes:
             raise ValueError(
@@ -65,6 +69,8 @@ class Classify(Task):
         return images, targets
 
     def loss(self, outputs, targets):
+        import torch.nn.functional as F
+
         # The loss in fp32, as mixed-precision recipes do.
         return F.cross_entropy(outputs.float(), targets)  # outputs: (B, num_classes)
 
@@ -82,6 +88,8 @@ def synthetic_targets(
     image's, labels in 1..num_classes-1 (0 is background), and for masks an ellipse
     inscribed in each box, as uint8 (N, H, W).
     """
+    import torch
+
     g = torch.Generator().manual_seed(TARGET_SEED)
     n = BOXES_PER_IMAGE
     out = []
@@ -133,6 +141,10 @@ class Detect(Task):
         return (resolution, resolution) if self.square else dense_image_shape(resolution)
 
     def make_batch(self, model, batch_size, resolution, device):
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily
+        from torch.utils._pytree import tree_map
+
         num_classes = getattr(model, "num_classes", None)
         if not num_classes or num_classes < 2:
             raise ValueError(

@@ -47,6 +47,7 @@ from . import status
 from .cell import Cell
 from .errors import UsageError
 from .measurement import Counts
+from .methods import get_method
 from .outcome import Outcome, Request
 
 log = logging.getLogger(__name__)
@@ -241,8 +242,9 @@ _PRESTARTED_GUARD = threading.Lock()  # the slots of a run take workers from the
 
 def prestart(extra_env: dict[str, str] | None = None) -> None:
     """Start a worker now for a pool that will want one with `extra_env` (`WorkerPool`
-    takes it): a run's first worker loads torch while the run's own process loads it,
-    on another core, instead of after. `discard_prestarted` kills one nobody took."""
+    takes it): a run's first worker loads torch while the run's own process reads its
+    suite and cache, on another core, instead of after. `discard_prestarted` kills one
+    nobody took."""
     worker = Worker(extra_env)
     with _PRESTARTED_GUARD:
         _PRESTARTED.append(worker)
@@ -292,8 +294,6 @@ class WorkerPool:
     def run(
         self, cell: Cell, snapshot_path: Path | None = None, *, counts: bool, thop: bool = True
     ) -> Outcome:
-        from .methods import get_method  # start-up: torch, not at the top (see `serve`)
-
         request = Request(cell, snapshot_path, counts, thop)
         method = get_method(cell.method)
         fresh = method.fresh_worker_per_cell
@@ -396,8 +396,9 @@ def serve(parent: int) -> None:
 
     from revbench.models import UnknownModelError, get_info  # the registry and REVBENCH_PLUGINS
 
-    from . import counting, methods, scenario  # noqa: F401
+    from . import counting, scenario  # noqa: F401
     from .execute import count, run_inline
+    from .methods import cpu, cuda, estimate, estimate_method  # noqa: F401 (registered lazily)
 
     protocol.write(json.dumps({"ready": os.getpid()}) + "\n")
     protocol.flush()

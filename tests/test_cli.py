@@ -20,7 +20,7 @@ from revbench.catalog import SuiteCells, builtin_suites, estimate_time, suite_ce
 from revbench.cli import MODULE_COMMANDS, build_parser
 from revbench.eta import suite_seconds
 from revbench.loading import load
-from revbench.methods.estimate import on_real_tensors
+from revbench.methods.estimate_method import on_real_tensors
 from revbench.outcome import Outcome
 from revbench.suite import expand, load_suite
 

@@ -195,7 +195,7 @@ def test_ddp_scenarios_name_their_world_size(run_cli, tmp_path):
 
 
 def test_a_ddp_cell_on_the_estimator_is_a_train_step_plus_its_buckets():
-    from revbench.methods.estimate import EstimateMethod
+    from revbench.methods.estimate_method import EstimateMethod
     from revbench.suite import make_cell
 
     cells = {

@@ -459,8 +459,9 @@ def test_efficientdet_labels_anchors_outside_the_step_as_effdet_does_inside():
 def test_efficientdet_estimate_on_fake_tensors_equals_a_real_step():
     # Its step is shaped by the image size alone, so the fake-tensor estimator serves it; the
     # real step read off the CPU allocator (the dense estimator) must agree within 1%.
-    from revbench.methods.estimate import estimate_memory, on_real_tensors
+    from revbench.methods.estimate import estimate_memory
     from revbench.methods.estimate_dense import estimate_dense_memory
+    from revbench.methods.estimate_method import on_real_tensors
     from revbench.suite import make_cell
 
     def cell(scenario):

@@ -4,6 +4,9 @@ bytes; anything that decides the bytes misses it; a damaged or foreign entry is 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from revbench.loading import load
 from revbench.measurement import Counts, Measurement
 from revbench.suite import make_cell
 
+ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ["peak_bytes", "peak_reserved_bytes", "fragmentation_bytes", "params", "macs"]
 SUITE = """
 description = "cache"
@@ -70,7 +74,7 @@ def test_the_gate_never_reads_the_cache(run_cli, suite_file, tmp_path, monkeypat
 
 @pytest.mark.parametrize(
     "change",
-    ["torch", "estimator", "config", "batch", "precision", "mode", "code"],
+    ["torch", "estimator", "environ", "config", "batch", "precision", "mode", "code"],
 )
 def test_whatever_decides_the_bytes_misses_the_cache(tmp_path, monkeypatch, change):
     cache = EstimateCache(tmp_path)
@@ -89,6 +93,8 @@ def test_whatever_decides_the_bytes_misses_the_cache(tmp_path, monkeypatch, chan
         monkeypatch.setattr(estimate_cache, "software", lambda: {**software, "estimator": version})
     elif change == "code":
         monkeypatch.setattr(estimate_cache, "code_digest", lambda extra=(): "edited")
+    elif change == "environ":  # the card's cuBLAS workspaces, which the estimate counts
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     other = {
         "config": _cell(overrides={"width": 16}),
         "batch": _cell(batch_size=3),
@@ -145,3 +151,62 @@ def test_every_kind_of_builder_has_a_key(tmp_path):
         cache.put_measurement(cell, Measurement(peak_bytes=7))
         assert EstimateCache(tmp_path).get_measurement(cell).peak_bytes == 7
     assert cache.notices == []
+
+
+def test_the_code_digest_covers_the_configs_and_the_step():
+    files = {p.relative_to(ROOT).as_posix() for p in estimate_cache.code_files()}
+    # a model's sizes (models/configs/), its network, and the harness a step runs through
+    for name in (
+        "models/configs/revvit.py",
+        "models/revvit.py",
+        "models/reversible.py",
+        "revbench/methods/estimate.py",
+        "revbench/cards.py",
+        "revbench/scenario.py",
+    ):
+        assert name in files
+
+
+COLD_SUITE = """
+description = "a built-in model, so that no plugin loads torch"
+[defaults]
+batch_sizes = [1, 2]
+[[group]]
+name = "tiny"
+models = ["revvit_small"]
+resolutions = [32]
+overrides = { depth = [1], embed_dim = [48], num_heads = [2] }
+"""
+
+
+def test_a_run_answered_wholly_from_the_cache_never_imports_torch(suite_file, tmp_path):
+    suite = suite_file(COLD_SUITE, "cold")
+    script = (
+        "import sys\n"
+        "from revbench.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+        "sys.exit(code)\n"
+    )
+    env = {**os.environ, "REVBENCH_PLUGINS": "", "COLUMNS": "80"}
+
+    def run(out):
+        argv = ["run", "--suite", suite, "--device", "estimate", "--no-thop", "--out", out]
+        done = subprocess.run(
+            [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    cold = run(str(tmp_path / "cold"))
+    assert "from the estimate cache" not in cold.stderr
+    warm = run(str(tmp_path / "warm"))
+    assert "2 of 2 cell(s) from the estimate cache" in warm.stderr
+    assert "torch loaded: False" in warm.stdout
+    figures = [load(run_dirs(tmp_path / name)[0])[FIGURES[:3]] for name in ("cold", "warm")]
+    assert figures[0].equals(figures[1])
+    manifest = json.loads((run_dirs(tmp_path / "warm")[0] / "manifest.json").read_text())
+    import torch
+
+    assert manifest["environment"]["torch"] == torch.__version__  # read without torch
+    assert manifest["environment"]["cuda"] == torch.version.cuda

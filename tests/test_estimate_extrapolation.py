@@ -28,13 +28,8 @@ from torch.distributed._tools import mem_tracker as _mt
 
 from revbench.axes import DdpConfig
 from revbench.methods import memtrackers
-from revbench.methods.estimate import (
-    EstimateMethod,
-    StepEstimator,
-    estimate_memory,
-    model_factory,
-    on_real_tensors,
-)
+from revbench.methods.estimate import StepEstimator, estimate_memory, model_factory
+from revbench.methods.estimate_method import EstimateMethod, on_real_tensors
 from revbench.methods.fake_fastpaths import FastOutputs
 from revbench.methods.memtrackers import LedgerTracker, PeakOnlyMemTracker
 from revbench.methods.step_trace import (

@@ -556,3 +556,17 @@ def test_resume_keeps_the_snapshots_of_earlier_invocations(tmp_path, monkeypatch
     for record, cell in zip(records, cells):
         assert (store.dir / record.snapshot_file).read_text() == cell.label()
     assert sorted(p.name for p in store.dir.glob("*.pickle")) == sorted(names)
+
+
+def test_a_method_is_imported_when_first_asked_for(monkeypatch):
+    from revbench.methods import base
+    from revbench.methods.cpu import CpuMethod
+
+    monkeypatch.setattr(base.METHODS, "_entries", dict(base.METHODS._entries))
+    base.register_method("revbench.methods.cpu:CpuMethod", "cpu-again")
+    assert base.METHODS._entries["cpu-again"] == "revbench.methods.cpu:CpuMethod"
+    assert "cpu-again" in base.method_names()  # its name is known before it is imported
+    method = base.get_method("cpu-again")
+    assert type(method) is CpuMethod and base.get_method("cpu-again") is method
+    with pytest.raises(TypeError, match="give 'package.module:Class' and its name"):
+        base.register_method("revbench.methods.cpu:CpuMethod")

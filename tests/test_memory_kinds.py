@@ -27,7 +27,8 @@ from revbench.caching_allocator import MiB, peak_live_bytes, round_size
 from revbench.environment import cuda_settings, environment
 from revbench.measurement import Measurement
 from revbench.methods import cuda
-from revbench.methods.estimate import EstimateMethod, estimate_memory
+from revbench.methods.estimate import estimate_memory
+from revbench.methods.estimate_method import EstimateMethod, measurement_of
 from revbench.records import RECORD_FIELDS, check_record
 from revbench.trackers import cuda_peak
 
@@ -107,9 +108,8 @@ def test_a_cards_cublas_workspaces_share_one_large_segment():
 
 
 def test_estimate_records_carry_reserved_and_fragmentation():
-    from revbench.methods.estimate import _measurement
 
-    m = _measurement(estimate_memory(TinyNet, batch_size=2, resolution=16, card="cpu"))
+    m = measurement_of(estimate_memory(TinyNet, batch_size=2, resolution=16, card="cpu"))
     assert m.peak_reserved_bytes == 2 * MiB and m.fragmentation_bytes > 0
     new = {"fragmentation_bytes", "process_peak_bytes", "cuda_context_bytes", "num_ooms"}
     assert new <= set(RECORD_FIELDS)
@@ -363,3 +363,37 @@ def test_calibration_reads_a_known_tensor_within_one_percent():
         after = reader.read()
         assert after is not None and abs(after - before_process - nbytes) <= 0.01 * nbytes, why
     del tensor
+
+
+def test_torch_build_reads_torch_own_version_file_without_importing_it(monkeypatch):
+    from revbench.environment import torch_build
+
+    monkeypatch.delitem(sys.modules, "torch")  # as in a process that has not loaded it
+    read = torch_build.__wrapped__()
+    monkeypatch.undo()
+    assert read == {"torch": str(torch.__version__), "cuda": torch.version.cuda}
+
+
+def test_without_a_gpu_or_torch_the_manifest_leaves_torch_switches_unread(monkeypatch):
+    from revbench import environment as env_module
+
+    monkeypatch.setattr(env_module, "cuda_devices_present", lambda: False)
+    monkeypatch.delitem(sys.modules, "torch")
+    settings = env_module.cuda_settings()
+    monkeypatch.undo()
+    assert settings["cudnn_benchmark"] is None and settings["float32_matmul_precision"] is None
+    assert "pytorch_cuda_alloc_conf" in settings and "nvml" in settings
+
+
+def test_a_gpu_is_looked_for_only_where_its_driver_is(monkeypatch):
+    from revbench import environment as env_module
+
+    seen = []
+    monkeypatch.setattr(env_module.sys, "platform", "linux")
+    monkeypatch.setattr(env_module.glob, "glob", lambda p: seen.append(p) or [])
+    assert env_module.cuda_devices_present() is False
+    assert seen == list(env_module.GPU_DRIVER_PATHS)
+    monkeypatch.setattr(env_module.glob, "glob", lambda p: ["/dev/dxg"] if p == "/dev/dxg" else [])
+    assert env_module.cuda_devices_present() is True  # WSL2
+    monkeypatch.setattr(env_module.sys, "platform", "win32")
+    assert env_module.cuda_devices_present() is True  # no /dev to tell by: torch is asked

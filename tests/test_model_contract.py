@@ -19,6 +19,9 @@ does).
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import resources
 
@@ -480,3 +483,36 @@ def test_registry_keeps_order_refuses_twice_and_names_the_valid_ones() -> None:
     # The model registry's own wording, as before it was one of these.
     with pytest.raises(UnknownModelError, match="^unknown model 'revvit'; valid: tf_eff"):
         get_info("revvit")
+
+
+def test_reading_the_registry_and_expanding_a_suite_import_no_torch() -> None:
+    # Configs are torch-free (models/configs/), builders named by module: listing models,
+    # resolving and checking a config and expanding the main suite load no torch (plugins
+    # off: the tests' own define their networks beside their configs).
+    script = (
+        "import sys\n"
+        "from revbench.models import get_info, list_models\n"
+        "from revbench.methods import get_method, resolve_device\n"
+        "from revbench.suite import expand, load_suite\n"
+        "assert len(list_models()) > 60\n"
+        "get_info('revbifpn_s3').check_resolution(320, {'recompute_neck': False})\n"
+        "cells = expand(load_suite('imagenet-train-mem'), method='estimate')\n"
+        "assert get_method('estimate').batches_share_work\n"
+        "print(len(cells), sorted(m for m in ('torch', 'timm', 'pandas') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "REVBENCH_PLUGINS": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split(maxsplit=1)[1].strip() == "[]"
+
+
+def test_a_builder_is_imported_when_a_model_is_built() -> None:
+    from revbench.models import register_model
+    from revbench.models.revvit import RevViT
+
+    info = get_info("revvit_small")
+    assert info.builder_ref == "revbench.models.revvit:RevViT" and info.builder is RevViT
+    assert info.builder_file.endswith("models/revvit.py")
+    assert get_info("resnet50").builder_file.endswith("models/baselines.py")  # a partial
+    with pytest.raises(TypeError, match="builder 'revvit.RevViT' is invalid; valid:"):
+        register_model("x", info.config, family="X", size="X", builder="revvit.RevViT")

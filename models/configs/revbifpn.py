@@ -104,6 +104,7 @@ class RevBiFPNConfig(ReversibleConfig):
 
 PUBLISHED_URL = "https://cerebras-public.s3.us-west-2.amazonaws.com/revbifpn/{name}.pth.tar"
 
+
 def _scaled_config(
     width: float, num_ext_layers: int, drop_rate: float, drop_path_rate: float, img_size: int
 ) -> RevBiFPNConfig:

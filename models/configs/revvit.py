@@ -55,6 +55,4 @@ VARIANTS: dict[str, tuple[str, RevViTConfig]] = {
     ),
 }
 
-register_family(
-    "RevViT", VARIANTS, "revbench.models.revvit:RevViT", pretrained_urls=PUBLISHED_URLS
-)
+register_family("RevViT", VARIANTS, "revbench.models.revvit:RevViT", pretrained_urls=PUBLISHED_URLS)

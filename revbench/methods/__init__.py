@@ -1,23 +1,24 @@
 """Measurement methods, registered by name: cuda (real), estimate (fake tensors), cpu (real).
 `--device` names one of them, or `auto`. Every method's cells run in worker processes under
-their timeouts (`revbench.launcher`); cuda asks for a fresh worker per cell."""
+their timeouts (`revbench.launcher`); cuda asks for a fresh worker per cell.
+
+Importing this package loads no torch: each method's class is imported when the method is
+first asked for (`get_method`), and `auto` asks torch for a GPU only where the machine has
+CUDA device nodes (`revbench.environment.cuda_devices_present`).
+"""
 
 from __future__ import annotations
 
-import torch
-
+from ..environment import cuda_devices_present
 from ..errors import UsageError
 from .base import METHODS, Method, get_method, method_names, register_method
-from .cpu import CpuMethod
-from .cuda import CudaMethod
-from .estimate import EstimateMethod
 
 __all__ = ["METHODS", "Method", "get_method", "method_names", "register_method", "resolve_device"]
 
 # Registration order is the order --device and error messages list them in.
-register_method(CudaMethod())
-register_method(EstimateMethod())
-register_method(CpuMethod())
+register_method("revbench.methods.cuda:CudaMethod", "cuda")
+register_method("revbench.methods.estimate_method:EstimateMethod", "estimate")
+register_method("revbench.methods.cpu:CpuMethod", "cpu")
 
 
 def resolve_device(device: str) -> tuple[str, str | None]:
@@ -26,7 +27,7 @@ def resolve_device(device: str) -> tuple[str, str | None]:
     if device not in valid:
         raise UsageError(f"device {device!r} is invalid; valid: {', '.join(valid)}")
     if device == "auto":
-        if torch.cuda.is_available():
+        if cuda_devices_present() and get_method("cuda").unavailable() is None:
             return "cuda", None
         return "estimate", "no CUDA GPU found: using the GPU-free estimator (--device estimate)"
     why = get_method(device).unavailable()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -42,12 +44,33 @@ class Method(ABC):
         return None
 
 
-METHODS: Registry[Method] = Registry("method")
+# A method, or where to import its class from ("package.module:Class"): a method's
+# module loads torch, and a run reads only its name until a cell is launched with it.
+METHODS: Registry[Method | str] = Registry("method")
+_resolving = threading.Lock()
 
 
-def register_method(method: Method) -> Method:
+def register_method(method: Method | str, name: str | None = None) -> Method | str:
+    """Register `method`, or its class as "package.module:Class" under `name`, made (and
+    imported) by the first `get_method(name)`."""
+    if isinstance(method, str):
+        if name is None or method.count(":") != 1:
+            raise TypeError(f"method {method!r}: give 'package.module:Class' and its name")
+        return METHODS.register(name, method)
     return METHODS.register(method.name, method)
 
 
-get_method = METHODS.get
+def get_method(name: str) -> Method:
+    """The method registered under `name` (a one-line ValueError naming the valid ones)."""
+    entry = METHODS.get(name)
+    if isinstance(entry, str):
+        with _resolving:  # slots' threads may ask at once: one instance per method
+            entry = METHODS.get(name)
+            if isinstance(entry, str):
+                module, _, cls = entry.partition(":")
+                entry = getattr(importlib.import_module(module), cls)()
+                METHODS[name] = entry
+    return entry
+
+
 method_names = METHODS.names

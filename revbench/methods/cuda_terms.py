@@ -49,10 +49,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..cards import LEFT_OUT, card_capability
+from ..environment import torch_build
+
+if TYPE_CHECKING:
+    import torch
 
 FIRST_RELEASE, LAST_RELEASE = (2, 4), (2, 14)  # the releases these rules were read for
 
@@ -67,12 +70,13 @@ BLAS_OPERATORS = frozenset(
 # Composite operators that reach a dispatch mode whole under inference_mode (autograd's
 # key, where they would be decomposed, is skipped) and call the ones above.
 _COMPOSITE_BLAS = frozenset({"linear", "matmul", "einsum", "tensordot", "bilinear"})
-_LT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# by name: the run's manifest reads this module's rules without loading torch
+_LT_DTYPES = frozenset({"torch.float32", "torch.float16", "torch.bfloat16", "torch.float64"})
 
 
 def release(version: str | None = None) -> tuple[int, int]:
     """(major, minor) of a torch version string ('2.11.0+cu128' -> (2, 11))."""
-    major, minor = re.match(r"(\d+)\.(\d+)", version or torch.__version__).groups()
+    major, minor = re.match(r"(\d+)\.(\d+)", version or torch_build()["torch"]).groups()
     return int(major), int(minor)
 
 
@@ -182,7 +186,7 @@ def _lt_complies(bias, mat1_shape, out_features: int) -> bool:
         and bias.is_contiguous()
         and len(mat1_shape) == 2
         and bias.shape[0] == out_features
-        and bias.dtype in _LT_DTYPES
+        and str(bias.dtype) in _LT_DTYPES
         and min(mat1_shape[0], mat1_shape[1], out_features) > 1
     )
 

@@ -1,4 +1,5 @@
-"""The `estimate` method: peak training memory without a GPU.
+"""The estimator behind the `estimate` method (estimate_method.py): peak training memory
+without a GPU.
 
 The model and its inputs are built under FakeTensorMode (CPU fake tensors carry shapes
 and dtypes but allocate nothing), then the same step sequence as the cuda method runs
@@ -41,31 +42,23 @@ here, its inference (NMS) there.
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
-from revbench.models import create, get_info
+from revbench.models import create
 
 from ..autocast_policy import cuda_cast_policy
-from ..axes import DdpConfig, cell_ddp
+from ..axes import DdpConfig
 from ..caching_allocator import simulate
 from ..cards import DEFAULT_CARD, card_capability
-from ..cell import Cell
-from ..measurement import Measurement
-from ..scenario import build_model, build_on_meta, build_step
-from ..tasks import get_task
-from .base import Method
+from ..scenario import build_on_meta, build_step
 from .cuda_kernels import CardKernels
 from .cuda_terms import card_library, is_host_state, kept_workspaces
 from .estimate_ddp import DdpBuckets
-from .estimate_dense import estimate_dense_memory
 from .recorder import AllocationRecorder
 from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, for callers)
     CATEGORIES,
@@ -80,22 +73,6 @@ from .step_trace import (  # noqa: F401 (CATEGORIES, CUDA_BLOCK_BYTES: by name, 
     with_kept_blocks,
     without_storages,
 )
-
-
-def on_real_tensors(cell: Cell) -> bool:
-    """Whether the cell's step sizes tensors from data (NMS, sampling), which fake tensors
-    refuse: then it is estimated on real tensors (estimate_dense.py). The task says which
-    of its scenarios are shaped by the batch alone (`Task.shape_only_scenarios`); a
-    data-parallel step is a train step."""
-    scenario = "train" if cell_ddp(cell) else cell.scenario
-    return scenario not in get_task(cell.task).shape_only_scenarios
-
-
-# Bump whenever the estimator's output changes for any cell: persistent caches of its
-# figures are keyed on it. 2: estimates are for a card (cuBLAS workspaces, the optimizer's
-# foreach implementation and host step counts), detectors at their data sizes' maxima.
-# 3: the card's attention kernel and fused dropout (cuda_kernels).
-ESTIMATOR_VERSION = 3
 
 
 def from_trace(trace: StepTrace) -> MemoryEstimate:
@@ -445,66 +422,3 @@ def host_storages(optimizer: torch.optim.Optimizer | None) -> set[int]:
         for v in state.values()
         if isinstance(v, torch.Tensor) and is_host_state(v)
     }
-
-
-class EstimateMethod(Method):
-    """The estimate method for one cell (see `estimate_memory`).
-
-    A worker serves cell after cell: the method keeps a `StepEstimator` per model (the cell
-    but its batch size), so a model's other batch sizes, and max-batch's probes, reuse its
-    built model and warm-up, and from the third batch size on its two traces.
-    """
-
-    name = "estimate"
-    batches_share_work = True  # StepEstimator: two traces serve every batch size
-    MODELS_KEPT = 4  # estimators kept, least recently used dropped first
-
-    def __init__(self) -> None:
-        self._estimators: OrderedDict[Cell, StepEstimator] = OrderedDict()
-
-    def measure(self, cell: Cell, snapshot_path: Path | None = None) -> Measurement:
-        if on_real_tensors(cell):  # data-dependent detectors: real tensors, see the module
-            with amp_policy(cell.precision):
-                est = estimate_dense_memory(
-                    lambda: build_model(cell),
-                    task=cell.task,
-                    batch_size=cell.batch_size,
-                    resolution=cell.resolution,
-                    warmup_resolution=get_info(cell.model).min_resolution,
-                    scenario=cell.scenario,
-                    precision=cell.precision,
-                    optimizer=cell.optimizer,
-                    card=cell.card,
-                )
-            return _measurement(est)
-        key = replace(cell, batch_size=0)
-        estimator = self._estimators.pop(key, None) or self._estimator(cell)
-        est = estimator.estimate(cell.batch_size)  # a failed step keeps no estimator
-        self._estimators[key] = estimator
-        while len(self._estimators) > self.MODELS_KEPT:
-            self._estimators.popitem(last=False)
-        return _measurement(est)
-
-    @staticmethod
-    def _estimator(cell: Cell) -> StepEstimator:
-        ddp = cell_ddp(cell)
-        return StepEstimator(
-            lambda: build_model(cell),  # the batch size plays no part in the model
-            resolution=cell.resolution,
-            scenario="train" if ddp else cell.scenario,
-            ddp=ddp,
-            precision=cell.precision,
-            optimizer=cell.optimizer,
-            task=cell.task,
-            card=cell.card,
-        )
-
-
-def _measurement(est: MemoryEstimate) -> Measurement:
-    return Measurement(
-        peak_bytes=est.peak_bytes,
-        peak_reserved_bytes=est.peak_reserved_bytes,
-        fragmentation_bytes=est.fragmentation_bytes,
-        **{f"mem_{name}_bytes": nbytes for name, nbytes in est.by_category.items()},
-        estimator_version=ESTIMATOR_VERSION,
-    )
