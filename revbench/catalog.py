@@ -1,18 +1,14 @@
-"""The built-in suites as `revbench list --suites` shows them, without importing a model.
+"""The built-in suites as `revbench list --suites` shows them: cells and expected time.
 
-Counting a suite's cells needs the model registry (a baseline runs in one mode, a
-reversible model in each mode asked), and the registry imports torch and timm: seconds
-before anything prints. So the counts live in revbench/data/suites.csv, which
-tests/test_cli.py checks against each suite's expansion: a changed suite fails the test
-until its row is updated.
-
-Expected time on the estimator: the wall time of a timed run where the table has one
-(`measured_minutes`, on 2 cores), else the cost model a run's time left also uses
-(`revbench.eta`): the suite's fake-tensor cells cost `cost_seconds`, the sum of their
-models' seconds per configuration from a timed main job, which took those seconds over
-`TIMED_WORKERS` workers (the main job: 391 s over two, 3.3 minutes, from a run of 3 min
-19 s; 1 min 59 s since, the ratios between models about the same); a dense cell
-(torchvision's detectors run a real CPU step at full size) costs 1-3 minutes.
+The cells are each suite's expansion (the registry reads without torch: every built-in
+suite expands in a few hundredths of a second). Expected time on the estimator: the wall
+time of a timed run where revbench/data/suites.csv has one (`measured_minutes`, on 2
+cores), else the cost model a run's time left also uses (`revbench.eta`): the suite's
+fake-tensor cells cost the sum of their models' seconds per configuration from a timed
+main job, which took those seconds over `TIMED_WORKERS` workers (the main job: 391 s over
+two, 3.3 minutes, from a run of 3 min 19 s; 1 min 59 s since, the ratios between models
+about the same); a dense cell (torchvision's detectors run a real CPU step at full size)
+costs 1-3 minutes.
 """
 
 from __future__ import annotations
@@ -21,21 +17,10 @@ import csv
 import math
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 
-import tomllib
-
-from .eta import DENSE_SECONDS, TIMED_WORKERS
-
-
-def builtin_suites() -> dict[str, Path]:
-    """Built-in suite name -> its TOML file, shipped in the revbench.suites package."""
-    root = resources.files("revbench.suites")
-    return {
-        Path(str(p)).stem: Path(str(p))
-        for p in sorted(root.iterdir(), key=lambda p: p.name)
-        if p.name.endswith(".toml")
-    }
+from .eta import DENSE_SECONDS, TIMED_WORKERS, suite_seconds
+from .methods.estimate_method import on_real_tensors
+from .suite import builtin_suites, expand, load_suite
 
 
 @dataclass(frozen=True)
@@ -46,18 +31,23 @@ class SuiteCells:
     cost_seconds: float = 0.0  # the fake-tensor cells' cost (revbench.eta.suite_seconds)
 
 
-def suite_cells() -> dict[str, SuiteCells]:
-    """revbench/data/suites.csv: the cell counts of every built-in suite."""
+def measured_minutes() -> dict[str, float]:
+    """revbench/data/suites.csv: the wall time of a timed run of a built-in suite."""
     text = resources.files("revbench.data").joinpath("suites.csv").read_text(encoding="utf-8")
-    return {
-        row["suite"]: SuiteCells(
-            int(row["cells"]),
-            int(row["dense_cells"]),
-            float(row["measured_minutes"]) if row["measured_minutes"] else None,
-            float(row["cost_seconds"]),
-        )
-        for row in csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    }
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {row["suite"]: float(row["measured_minutes"]) for row in rows}
+
+
+def suite_cells(name: str) -> SuiteCells:
+    """A built-in suite's cells as `revbench run --suite NAME` expands them, and its cost."""
+    cells = expand(load_suite(name), method="estimate")
+    fake = [c for c in cells if not on_real_tensors(c)]
+    return SuiteCells(
+        len(cells),
+        len(cells) - len(fake),
+        measured_minutes().get(name),
+        round(suite_seconds(fake)),
+    )
 
 
 def estimate_time(counts: SuiteCells) -> str:
@@ -94,17 +84,10 @@ class SuiteEntry:
 
 
 def builtin_suite_entries() -> list[SuiteEntry]:
-    counts = suite_cells()
     entries = []
-    for name, path in builtin_suites().items():
-        description = tomllib.loads(path.read_text(encoding="utf-8")).get("description", "")
-        n = counts.get(name)
+    for name in builtin_suites():
+        suite, counts = load_suite(name), suite_cells(name)
         entries.append(
-            SuiteEntry(
-                name,
-                description,
-                str(n.cells) if n else "?",
-                estimate_time(n) if n else "?",
-            )
+            SuiteEntry(name, suite.description, str(counts.cells), estimate_time(counts))
         )
     return entries

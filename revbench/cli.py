@@ -25,7 +25,6 @@ from dataclasses import replace
 
 from . import __version__, status
 from .budget import resolve_budgets
-from .catalog import builtin_suite_entries
 from .cell import model_label
 from .cli_args import (
     add_axis_flags,
@@ -325,10 +324,10 @@ MODE_LETTERS = {"reversible": "r", "vanilla": "v", "checkpoint": "c"}
 def _suites_table(width: int):
     """Every built-in suite: cells, the time a run takes on the estimator, what it is for.
 
-    Read from the suite files and revbench/data/suites.csv alone (no model is imported:
-    counting cells needs the registry, which imports torch); tests/test_cli.py checks the
-    counts against the suites' expansion.
+    Each suite expanded (the registry, without torch) and revbench/data/suites.csv's
+    timed runs (revbench/catalog.py).
     """
+    from .catalog import builtin_suite_entries  # start-up: the registry, for this command
     columns = ["suite", "cells", "time (estimator)", "description"]
     rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
     title = "built-in suites (revbench run --suite NAME)"

@@ -17,6 +17,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from importlib import resources
 from pathlib import Path
 
 import tomllib
@@ -31,7 +32,6 @@ from revbench.models import (
 
 from .axes import OPTIMIZERS, PRECISIONS, check_scenario
 from .cards import CARDS
-from .catalog import builtin_suites
 from .cell import Cell, model_label, variant_label
 from .errors import UsageError
 from .methods import method_names
@@ -100,6 +100,16 @@ class Suite:
     description: str
     defaults: dict  # [defaults] resolved against the built-in defaults
     groups: list[dict]  # each group fully resolved against the defaults
+
+
+def builtin_suites() -> dict[str, Path]:
+    """Built-in suite name -> its TOML file, shipped in the revbench.suites package."""
+    root = resources.files("revbench.suites")
+    return {
+        Path(str(p)).stem: Path(str(p))
+        for p in sorted(root.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".toml")
+    }
 
 
 def load_suite(name_or_path: str) -> Suite:
