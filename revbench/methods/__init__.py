@@ -3,8 +3,8 @@
 their timeouts (`revbench.launcher`); cuda asks for a fresh worker per cell.
 
 Importing this package loads no torch: each method's class is imported when the method is
-first asked for (`get_method`), and `auto` asks torch for a GPU only where the machine has
-CUDA device nodes (`revbench.environment.cuda_devices_present`).
+first asked for (`get_method`), and `auto` asks torch for a GPU only where a GPU driver is
+present (`revbench.environment.cuda_devices_present`).
 """
 
 from __future__ import annotations
