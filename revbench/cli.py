@@ -4,7 +4,7 @@ Exit codes, for every command: 0 done; 1 only from `gate`, a regression; 2 bad i
 line naming the bad value, nothing written); 3 an internal error (a bug in revbench: the
 traceback is printed); 4 the machine refused a write (no space, read-only, no permission: one
 line naming the path; finished rows are kept); 130 interrupted (`run`: every finished cell is
-saved).
+saved), 143 terminated (SIGTERM, as a scheduler's time limit sends it: handled as Ctrl-C is).
 """
 
 # Imports stay light at module level: `revbench --help`, `--version` and `list --suites`
@@ -19,6 +19,7 @@ import contextlib
 import gc
 import os
 import shlex
+import signal
 import sys
 import traceback
 from dataclasses import replace
@@ -519,12 +520,29 @@ def main(argv: list[str] | None = None) -> int:
         discard_prestarted()  # a run's first worker, started early, that no pool took
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`), raised where Ctrl-C's KeyboardInterrupt
+    would be: a run stops its workers, keeps every finished row and says how to resume."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
 def entry() -> None:
     """The `revbench` command: `main`, its exit handlers (workers killed, logs flushed),
     then the end of the process without the interpreter's teardown: its last garbage
     collection and the module-by-module release of everything torch and timm loaded took
     0.4 s of a cached run's 2.3 s. The run's files are closed by then."""
-    code = main()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        code = main()
+    except Terminated:  # between main's own handlers
+        code = 130
+    terminated = signal.signal(signal.SIGTERM, previous) is signal.SIG_DFL
+    if terminated and code == 130:
+        code = 128 + signal.SIGTERM
     gc.freeze()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

@@ -180,6 +180,40 @@ def test_killing_the_parent_kills_its_workers():
     assert _dead(worker)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_its_rows(tmp_path):
+    # A scheduler's time limit sends SIGTERM: the run stops the cell in flight (its worker
+    # killed), keeps every finished row, says how to resume, and exits 143.
+    suite = tmp_path / "term.toml"
+    write_suite(suite, ["test_tiny_cnn"], batch_sizes=[1])
+    suite.write_text(
+        suite.read_text() + '[[group]]\nmodels = ["test_hangs"]\nresolutions = [32]\n'
+    )
+    marker = f"REVBENCH_TEST_RUN={tmp_path.name}"
+    env = {**os.environ, "REVBENCH_TEST_RUN": tmp_path.name, "COLUMNS": "80"}
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "revbench", "run", "--suite", str(suite), "--device", "cpu",
+         "--no-thop", "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen = []
+    for line in run.stdout:  # the healthy cell's line: the hanging one runs next
+        seen.append(line)
+        if " ok " in line:
+            break
+    run.send_signal(signal.SIGTERM)
+    rest = run.stdout.read()
+    assert run.wait(timeout=60) == 128 + signal.SIGTERM, "".join(seen) + rest
+    assert "interrupted: 1 cell(s) saved" in rest and "continue with --resume" in rest
+    rows = read_records(only_run(out) / "results.jsonl")
+    assert [(r["model"], r["status"]) for r in rows] == [("test_tiny_cnn", "ok")]
+    deadline = time.monotonic() + 15
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_with(marker) == []  # the hanging cell's worker went with the run
+
+
 def test_a_worker_that_cannot_start_is_one_line(monkeypatch):
     monkeypatch.setattr(sys, "executable", "false")  # an interpreter that exits at once
     worker = Worker()
