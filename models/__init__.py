@@ -56,7 +56,7 @@ _DEFINED_IN = {
     **dict.fromkeys(
         ("ReversibleBlock", "ReversibleModel", "ReversibleStack", "set_mode"), "reversible"
     ),
-    "MODES": "modes",
+    "MODES": "modes",  # read by suite expansion: without torch
     "Registry": "registry",
 }
 

@@ -126,4 +126,3 @@ class BiFPNNet(nn.Module):
         levels = self.neck(feats[-3:])  # P3..P7, each (B, width, H/2^k, W/2^k)
         pooled = torch.stack([p.mean((2, 3)) for p in levels]).mean(0)  # (B, width)
         return self.head(pooled)  # (B, num_classes)
-

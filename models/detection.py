@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import create
-from .configs.detection import DetectorConfig
-from .detection_names import dense_image_shape
+from .configs.detection import DATA_SIZES, DetectorConfig, RevDetectorConfig  # noqa: F401 (the detectors' configs, named here too)
+from .detection_names import COCO_IMAGE, dense_image_shape  # noqa: F401
 from .reversible import ReversibleModel
 
 COUNT_BOX_ROIS = 1000  # MMDetection's get_flops: the box head on 1000 proposals

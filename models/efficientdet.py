@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from .configs.efficientdet import EfficientDetConfig
+from .configs.efficientdet import NATIVE_SIZES, EfficientDetConfig  # noqa: F401 (the family's sizes, named here too)
 
 
 class EfficientDet(nn.Module):
@@ -84,4 +84,3 @@ class EfficientDet(nn.Module):
             target["img_size"] = images.new_tensor([images.shape[-2:][::-1]] * b)
             return self.bench(images, target)["detections"]
         return {"loss": self.bench(images, target)["loss"]}
-

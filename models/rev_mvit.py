@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
-from .configs.rev_mvit import RevMViTConfig
+from .configs.rev_mvit import PUBLISHED_URLS, VARIANTS, RevMViTConfig  # noqa: F401 (the family's sizes, named here too)
 from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
 from .revvit import MLPSubBlock
 

@@ -86,7 +86,7 @@ from torch import Tensor, nn
 from . import hub
 from ._layers import drop_path_layer
 from ._registry import check_side
-from .configs.revbifpn import STEM_BLOCK, RevBiFPNConfig
+from .configs.revbifpn import PUBLISHED_URL, STEM_BLOCK, VARIANTS, RevBiFPNConfig  # noqa: F401 (the family's sizes, named here too)
 from .reversible import (
     ReversibleBlock,
     ReversibleModel,

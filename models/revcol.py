@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import drop_path_layer, drop_path_rates
-from .configs.revcol import STEM_STRIDE, RevColConfig
+from .configs.revcol import PUBLISHED_URLS, STEM_STRIDE, VARIANTS, RevColConfig  # noqa: F401 (the family's sizes, named here too)
 from .reversible import ReversibleBlock, ReversibleModel, ReversibleStack
 
 ALPHA_INIT = 0.5

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from .modes import check_mode
+from .modes import MODES, check_mode  # noqa: F401 (the engine's modes, named here too)
 
 Tensors = tuple[Tensor, ...]
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import hub
 from ._layers import check_input, drop_path_layer, drop_path_rates, init_vit_weights
-from .configs.revvit import RevViTConfig
+from .configs.revvit import PUBLISHED_URLS, VARIANTS, RevViTConfig  # noqa: F401 (the family's sizes, named here too)
 from .reversible import ReversibleModel, ReversibleStack, TwoStreamBlock
 
 # ------------------------------------------------------------------------ building blocks

@@ -1,5 +1,9 @@
 """One request carried out in this process: the cell measured by its method, its model
-counted. Worker processes and submitit jobs call `run_inline`; so does `--no-isolate`."""
+counted. Worker processes and submitit jobs call `run_inline`; so does `--no-isolate`.
+
+The step's machinery (models, DDP, torch) is imported when a cell is carried out, not with
+this module: the launchers import it in a run's own process, which may run no cell here
+(every cell in workers, or answered from the estimate cache)."""
 
 from __future__ import annotations
 
@@ -13,11 +17,9 @@ from pathlib import Path
 from . import status
 from .axes import cell_ddp
 from .cell import Cell
-from .ddp import init_rank, run_ranks
 from .measurement import Counts, Measurement
 from .methods import get_method
 from .outcome import Outcome, first_line, is_oom
-from .scenario import build_model, build_on_meta
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,10 @@ def count(cell: Cell, thop: bool = True) -> Counts:
     only, so no real forward is needed; skipped with `thop=False`). Counts are extras: a
     model that cannot be counted still runs, with the count missing.
     """
-    # start-up: the flop counter imports triton (0.2 s), which only a counting process needs
+    # start-up: the flop counter imports triton (0.2 s), which only a counting process needs;
+    # the step's machinery (torch) loads with the first cell (see the module)
     from .counting import count_macs, count_macs_both, count_macs_thop, count_params
+    from .scenario import build_model, build_on_meta
 
     params = macs = macs_thop = None
     try:
@@ -93,6 +97,8 @@ def measure_on_ranks(cell: Cell) -> Measurement:
     the note), the time the slowest rank's, the throughput that of all N batches."""
     import torch
 
+    from .ddp import run_ranks  # start-up: see the module
+
     config = cell_ddp(cell)
     if cell.method == "cuda" and torch.cuda.device_count() < config.world_size:
         raise RuntimeError(
@@ -118,6 +124,8 @@ def measure_on_ranks(cell: Cell) -> Measurement:
 def _measure_rank(rank: int, world_size: int, rendezvous: str, cell_json: str) -> Measurement:
     """One rank: join the group, then the cell's method measures its DDP step (at least two
     warm-up steps: DDP rebuilds its buckets at the second)."""
+    from .ddp import init_rank  # start-up: see the module
+
     cell = Cell.from_json(cell_json)
     init_rank(rank, world_size, rendezvous, "cuda" if cell.method == "cuda" else "cpu")
     rank_cell = replace(cell, warmup_steps=max(2, cell.warmup_steps))

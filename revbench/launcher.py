@@ -30,6 +30,7 @@ from pathlib import Path
 from . import status
 from .cell import Cell, bytes_label, readable_bytes
 from .estimate_cache import EstimateCache
+from .execute import run_inline
 from .measurement import Counts
 from .methods import get_method
 from .outcome import Outcome, Request
@@ -313,8 +314,6 @@ class InlineLauncher(Launcher):
     """Cells in this process, without timeouts: a crashing cell takes the run down."""
 
     def launch(self, request: Request, slot: int = 0) -> Outcome:
-        from .execute import run_inline  # start-up: torch, only when a cell is launched
-
         return run_inline(
             request.cell, request.snapshot_path, counts=request.counts, thop=request.thop
         )

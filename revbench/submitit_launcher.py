@@ -31,6 +31,7 @@ from rich.console import Console
 from . import status
 from .cell import KEY_FIELDS, Cell
 from .errors import UsageError, naming
+from .execute import run_inline
 from .launcher import Finished, Launcher, PoolLauncher, RunContext, Slot, Task, measure_task
 from .outcome import Outcome, Request
 from .records import Record
@@ -179,8 +180,6 @@ class SubmititLauncher(Launcher):
 
     def launch(self, request: Request, slot: int = 0) -> Outcome:
         """One request as one job, waited for (a task's probe, should one ever run here)."""
-        from .execute import run_inline  # start-up: torch, only when a cell is launched
-
         executor = make_executor([request.cell], self.store, self.options)
         job = executor.submit(
             run_inline,

@@ -22,8 +22,7 @@ import pytest
 
 from revbench.cell import KEY_FIELDS
 from revbench.errors import UsageError
-from revbench.execute import run_inline
-from revbench.launcher import Worker, WorkerPool, run_isolated
+from revbench.launcher import Worker, WorkerPool, run_inline, run_isolated
 from revbench.loading import load
 from revbench.measurement import Counts, Measurement
 from revbench.records import Record, read_records

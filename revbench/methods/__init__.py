@@ -9,6 +9,8 @@ present (`revbench.environment.cuda_devices_present`).
 
 from __future__ import annotations
 
+import importlib
+
 from ..environment import cuda_devices_present
 from ..errors import UsageError
 from .base import METHODS, Method, get_method, method_names, register_method
@@ -16,9 +18,23 @@ from .base import METHODS, Method, get_method, method_names, register_method
 __all__ = ["METHODS", "Method", "get_method", "method_names", "register_method", "resolve_device"]
 
 # Registration order is the order --device and error messages list them in.
-register_method("revbench.methods.cuda:CudaMethod", "cuda")
-register_method("revbench.methods.estimate_method:EstimateMethod", "estimate")
-register_method("revbench.methods.cpu:CpuMethod", "cpu")
+CLASSES = {
+    "cuda": "revbench.methods.cuda:CudaMethod",
+    "estimate": "revbench.methods.estimate_method:EstimateMethod",
+    "cpu": "revbench.methods.cpu:CpuMethod",
+}
+for _name, _class in CLASSES.items():
+    register_method(_class, _name)
+
+
+def __getattr__(name: str):
+    # PEP 562: the classes are named here too (`from revbench.methods import CpuMethod`),
+    # each imported when first asked for, as `get_method` does.
+    for where in CLASSES.values():
+        module, _, cls = where.partition(":")
+        if cls == name:
+            return getattr(importlib.import_module(module), cls)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve_device(device: str) -> tuple[str, str | None]:
