@@ -190,15 +190,15 @@ def test_a_run_answered_wholly_from_the_cache_never_imports_torch(suite_file, tm
     )
     env = {**os.environ, "REVBENCH_PLUGINS": "", "COLUMNS": "80"}
 
-    def run(out):
+    def run(out, *extra):
         argv = ["run", "--suite", suite, "--device", "estimate", "--no-thop", "--out", out]
         done = subprocess.run(
-            [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env
+            [sys.executable, "-c", script, *argv, *extra], capture_output=True, text=True, env=env
         )
         assert done.returncode == 0, done.stderr[-2000:]
         return done
 
-    cold = run(str(tmp_path / "cold"))
+    cold = run(str(tmp_path / "cold"), "--no-isolate")  # in-process: no worker to start
     assert "from the estimate cache" not in cold.stderr
     warm = run(str(tmp_path / "warm"))
     assert "2 of 2 cell(s) from the estimate cache" in warm.stderr
