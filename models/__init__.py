@@ -24,16 +24,17 @@ from typing import Any
 from .errors import UsageError
 
 # Importing a family's config module registers its models; this is their registration
-# order. timm's baselines are one torch-free file (no network of their own).
+# order (RevViT before Rev-MViT, which builds on it). timm's baselines are one torch-free
+# file (no network of their own).
 FAMILY_MODULES = (
     "baselines",
     "bifpn",
     "detection",
     "efficientdet",
+    "revvit",
     "rev_mvit",
     "revbifpn",
     "revcol",
-    "revvit",
 )
 
 # The package's names: where each is defined.
