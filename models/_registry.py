@@ -22,7 +22,6 @@ register the same way, from a module named in `REVBENCH_PLUGINS`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import inspect
 import os
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from .modes import MODES, check_mode
 from .published import PublishedFigure, model_figures
-from .registry import Registry
+from .registry import Registry, import_ref, is_ref
 
 if TYPE_CHECKING:
     from torch import nn
@@ -167,16 +166,13 @@ class ModelInfo:
     @property
     def builder(self) -> Callable[[Any], nn.Module]:
         """The builder, its module imported on first use (torch with it)."""
-        if not isinstance(self.builder_ref, str):
-            return self.builder_ref
-        module, _, name = self.builder_ref.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return import_ref(self.builder_ref) if is_ref(self.builder_ref) else self.builder_ref
 
     @property
     def builder_file(self) -> str:
         """The file the builder is defined in, found without importing it ("" where it
         cannot be told). Partials (timm's baselines) name their function."""
-        if isinstance(self.builder_ref, str):
+        if is_ref(self.builder_ref):
             spec = importlib.util.find_spec(self.builder_ref.partition(":")[0])
             return (spec.origin or "") if spec else ""
         builder = self.builder_ref
@@ -284,7 +280,7 @@ def register_model(
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"{name}: config must be a ModelConfig, not {type(config).__name__}")
-    if isinstance(builder, str) and not (builder.count(":") == 1 and all(builder.split(":"))):
+    if isinstance(builder, str) and not is_ref(builder):
         raise TypeError(f"{name}: builder {builder!r} is invalid; valid: 'package.module:name'")
     return _MODELS.register(name, ModelInfo(name, family, size, config, builder, pretrained_url))
 

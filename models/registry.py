@@ -6,15 +6,31 @@
 
 Names keep their registration order: that is the order every listing and every error
 message gives them in.
+
+An entry's code may be named rather than imported, as "package.module:name" (`is_ref`,
+`import_ref`): model builders and measurement methods are, so that reading a registry
+costs no torch import.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 _REQUIRED = object()  # `get` without a default
+
+
+def is_ref(value: object) -> bool:
+    """Whether `value` names an object as "package.module:name"."""
+    return isinstance(value, str) and value.count(":") == 1 and all(value.split(":"))
+
+
+def import_ref(ref: str) -> Any:
+    """The object "package.module:name" names, its module imported now."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class Registry(Generic[T]):

@@ -20,7 +20,7 @@ from importlib import resources
 
 from .eta import DENSE_SECONDS, TIMED_WORKERS, suite_seconds
 from .methods.estimate_method import on_real_tensors
-from .suite import builtin_suites, expand, load_suite
+from .suite import Suite, builtin_suites, expand, load_suite
 
 
 @dataclass(frozen=True)
@@ -38,14 +38,14 @@ def measured_minutes() -> dict[str, float]:
     return {row["suite"]: float(row["measured_minutes"]) for row in rows}
 
 
-def suite_cells(name: str) -> SuiteCells:
-    """A built-in suite's cells as `revbench run --suite NAME` expands them, and its cost."""
-    cells = expand(load_suite(name), method="estimate")
+def suite_cells(suite: Suite) -> SuiteCells:
+    """A suite's cells as `revbench run --suite NAME` expands them, and its cost."""
+    cells = expand(suite, method="estimate")
     fake = [c for c in cells if not on_real_tensors(c)]
     return SuiteCells(
         len(cells),
         len(cells) - len(fake),
-        measured_minutes().get(name),
+        measured_minutes().get(suite.name),
         round(suite_seconds(fake)),
     )
 
@@ -86,7 +86,8 @@ class SuiteEntry:
 def builtin_suite_entries() -> list[SuiteEntry]:
     entries = []
     for name in builtin_suites():
-        suite, counts = load_suite(name), suite_cells(name)
+        suite = load_suite(name)
+        counts = suite_cells(suite)
         entries.append(
             SuiteEntry(name, suite.description, str(counts.cells), estimate_time(counts))
         )

@@ -38,6 +38,7 @@ from .cli_args import (
 from .environment import cuda_devices_present
 from .errors import ENVIRONMENT_ERRNOS, ENVIRONMENT_EXIT_CODE, UsageError
 from .jobs import AUTO, default_jobs, parse_jobs, usable_cores
+from .methods import resolve_device
 from .outputs import EMPTY, check_output_dir, check_output_file, fit_table
 from .worker import cpu_slots, discard_prestarted, prestart
 
@@ -80,11 +81,10 @@ def _prestart_first_worker(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _prestart_first_worker(args)
-    # start-up: pandas loads with these, when a run starts (module top); torch only where a
-    # GPU may be present or a cell runs in this process
+    # start-up: pandas, the run spine and the registry (with its plugins) load with these,
+    # when a run starts, so that --help and --version answer at once
     from .analysis import per_sample_fit
     from .loading import export_csv, load
-    from .methods import resolve_device
     from .runner import RunConfig, run_suite
     from .suite import expand, load_suite
 
@@ -197,7 +197,7 @@ def _ddp_scenario(scenario: str | None, world_size: int | None) -> str | None:
 
 def _scale_out_options(args: argparse.Namespace) -> dict:
     """RunConfig's jobs/gpus/launcher fields from --jobs, --gpus, --launcher, --slurm-*."""
-    from .runner import resolve_gpus  # start-up: the run spine, only when a run is asked for
+    from .runner import resolve_gpus  # start-up: the run spine (0.1 s), when a run is asked for
 
     options = {
         "partition": args.slurm_partition,
@@ -288,7 +288,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         console = make_console(stderr=False)
         console.print(_suites_table(console.width))
         return 0
-    from revbench.models import list_models  # start-up: the registry, for this command only
+    from revbench.models import list_models  # start-up: the registry and its plugins, here only
 
     families = sorted({info.family for info in list_models()})
     if args.family is not None and args.family not in families:
@@ -328,7 +328,8 @@ def _suites_table(width: int):
     Each suite expanded (the registry, without torch) and revbench/data/suites.csv's
     timed runs (revbench/catalog.py).
     """
-    from .catalog import builtin_suite_entries  # start-up: the registry, for this command
+    from .catalog import builtin_suite_entries  # start-up: the suites and the registry, here only
+
     columns = ["suite", "cells", "time (estimator)", "description"]
     rows = [[e.name, e.cells, e.estimate_time, e.description] for e in builtin_suite_entries()]
     title = "built-in suites (revbench run --suite NAME)"

@@ -35,6 +35,7 @@ from .comparison import FIT_METRIC, OK, compare, parse_tolerances, row_key
 from .errors import UsageError
 from .gate_render import benchmark_entries, markdown, print_text
 from .loading import load
+from .methods import resolve_device
 from .outputs import check_output_dir, check_output_file
 
 
@@ -109,8 +110,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
         )
     suite = None
     if args.suite:
-        # start-up: the registry and the run spine load only when the gate runs a suite
-        from .methods import resolve_device
+        # start-up: the run spine and the registry (with its plugins) load only when the
+        # gate runs a suite
         from .runner import RunConfig, run_suite
         from .suite import expand, load_suite
 

@@ -90,7 +90,8 @@ def worker_memory() -> dict[tuple[str, str], WorkerMemory]:
 def worker_peak(cells: list[Cell]) -> int:
     """The largest peak host memory a worker reaches on these cells (a family without a
     measurement takes the largest measured on its path)."""
-    from .methods.estimate_method import on_real_tensors  # start-up: the registry, for a run
+    # start-up: the registry (with its plugins), for a run only: the CLI imports this module
+    from .methods.estimate_method import on_real_tensors
 
     table = worker_memory()
     largest = {

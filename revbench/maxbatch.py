@@ -54,6 +54,7 @@ from .cli_args import (
 )
 from .errors import UsageError
 from .measurement import MaxBatch, Measurement
+from .methods import resolve_device
 from .outputs import EMPTY, fit_table
 from .records import Record
 
@@ -340,7 +341,7 @@ def search_cells(
     """One search per configuration of `suite` and budget: `budgets` when given, else each
     group's `budgets`. `axes` replace the suite's (models, resolutions, precisions, modes,
     scenario, optimizer), as in `revbench.suite.expand`; batch sizes are the search's."""
-    from .suite import expand  # start-up: the registry, when a search is made
+    from .suite import expand  # start-up: the registry (with its plugins), when a search is made
 
     cells = expand(suite, method=method, batch_sizes=[1], **axes)
     declared = {g["name"]: g.get("budgets") for g in suite.groups}
@@ -438,8 +439,8 @@ def register_cli(sub) -> None:
 
 
 def cmd_max_batch(args: argparse.Namespace) -> int:
-    # start-up: the registry and the run spine load with these, when the command runs
-    from .methods import resolve_device
+    # start-up: the run spine and the registry (with its plugins) load with these, when the
+    # command runs, not when its options are read for the parser
     from .runner import RunConfig, run_suite
     from .suite import load_suite
 

@@ -376,11 +376,11 @@ def test_commands_listed_without_import_have_their_own_help_line():
 
 def test_suite_cells_are_the_suites_expansion_and_their_timed_runs():
     assert set(measured_minutes()) <= set(builtin_suites())  # no row of a suite gone
-    counts = suite_cells("coco-det-mem")  # torchvision's detectors: dense cells only
+    counts = suite_cells(load_suite("coco-det-mem"))  # torchvision's detectors: dense cells only
     cells = expand(load_suite("coco-det-mem"), method="estimate")
     assert counts.cells == counts.dense_cells == len(cells) > 0
     assert counts.cost_seconds == 0 and counts.measured_minutes is None
-    counts = suite_cells("imagenet-train-mem")
+    counts = suite_cells(load_suite("imagenet-train-mem"))
     assert counts.measured_minutes == measured_minutes()["imagenet-train-mem"]
     # the cost model a run's time left uses, so `list --suites` and the run agree
     cells = expand(load_suite("imagenet-train-mem"), method="estimate")

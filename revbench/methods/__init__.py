@@ -9,7 +9,7 @@ present (`revbench.environment.cuda_devices_present`).
 
 from __future__ import annotations
 
-import importlib
+from revbench.models.registry import import_ref
 
 from ..environment import cuda_devices_present
 from ..errors import UsageError
@@ -31,9 +31,8 @@ def __getattr__(name: str):
     # PEP 562: the classes are named here too (`from revbench.methods import CpuMethod`),
     # each imported when first asked for, as `get_method` does.
     for where in CLASSES.values():
-        module, _, cls = where.partition(":")
-        if cls == name:
-            return getattr(importlib.import_module(module), cls)
+        if where.endswith(f":{name}"):
+            return import_ref(where)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

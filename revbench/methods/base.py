@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from revbench.models.registry import Registry
+from revbench.models.registry import Registry, import_ref, is_ref
 
 from ..cell import Cell
 from ..measurement import Measurement
@@ -54,7 +53,7 @@ def register_method(method: Method | str, name: str | None = None) -> Method | s
     """Register `method`, or its class as "package.module:Class" under `name`, made (and
     imported) by the first `get_method(name)`."""
     if isinstance(method, str):
-        if name is None or method.count(":") != 1:
+        if name is None or not is_ref(method):
             raise TypeError(f"method {method!r}: give 'package.module:Class' and its name")
         return METHODS.register(name, method)
     return METHODS.register(method.name, method)
@@ -67,9 +66,7 @@ def get_method(name: str) -> Method:
         with _resolving:  # slots' threads may ask at once: one instance per method
             entry = METHODS.get(name)
             if isinstance(entry, str):
-                module, _, cls = entry.partition(":")
-                entry = getattr(importlib.import_module(module), cls)()
-                METHODS[name] = entry
+                entry = METHODS[name] = import_ref(entry)()
     return entry
 
 
